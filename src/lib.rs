@@ -1,0 +1,8 @@
+//! cwmpd: a TR-069 (CWMP) agent for Linux set-top boxes and other CPEs.
+//!
+//! Layers: wire formats and pure state machines (no IO, time passed in) in `model`, `cwmp`,
+//! `connreq`; drivers (tokio tasks owning sockets) in `engine`, `ctl` and the transports.
+//! See docs/ARCHITECTURE.md.
+
+pub mod model;
+pub mod util;

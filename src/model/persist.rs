@@ -1,0 +1,180 @@
+//! Persistence of the agent's state in `state_dir/state`: crash-safe and checksummed.
+//!
+//! File layout: one header line `cwmpd-state 1 <sha256-hex> <length>` and then `length` bytes of
+//! JSON. A write goes to a temp file that is fsynced and renamed over the old one; the old file
+//! is kept as `state.prev`. On load, a file whose header, length or checksum is wrong is
+//! reported and the previous copy is used; nothing is ever half-applied.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::store::Snapshot;
+use crate::util::fsutil::write_atomic;
+
+const MAGIC: &str = "cwmpd-state 1";
+
+/// Everything the agent keeps across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The data model's difference from factory.
+    #[serde(default)]
+    pub model: Snapshot,
+    /// Other components' state by name (events, transfers, connection-request secrets, ...).
+    #[serde(default)]
+    pub agent: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where a loaded state came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    /// No state file: first start (or after a factory reset).
+    Fresh,
+    Current,
+    /// The current file was bad (reason given); the previous copy was used.
+    Previous(String),
+    /// Both files were bad (reasons given); starting from the factory state.
+    BothBad(String),
+}
+
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(state_dir: &Path) -> StateFile {
+        StateFile {
+            path: state_dir.join("state"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn prev_path(&self) -> PathBuf {
+        self.path.with_file_name("state.prev")
+    }
+
+    pub fn save(&self, state: &State) -> io::Result<()> {
+        let body = serde_json::to_vec(state).map_err(io::Error::other)?;
+        let mut data = format!("{MAGIC} {} {}\n", sha256_hex(&body), body.len()).into_bytes();
+        data.extend_from_slice(&body);
+        write_atomic(&self.path, &data, true)
+    }
+
+    pub fn load(&self) -> (State, Loaded) {
+        let cur = read_one(&self.path);
+        match cur {
+            Ok(Some(s)) => return (s, Loaded::Current),
+            Ok(None) if !self.prev_path().exists() => return (State::default(), Loaded::Fresh),
+            _ => {}
+        }
+        let why = match cur {
+            Err(e) => e,
+            _ => "missing".to_string(),
+        };
+        match read_one(&self.prev_path()) {
+            Ok(Some(s)) => (s, Loaded::Previous(why)),
+            Ok(None) => (State::default(), Loaded::BothBad(format!("{why}; no previous copy"))),
+            Err(e2) => (State::default(), Loaded::BothBad(format!("{why}; previous copy: {e2}"))),
+        }
+    }
+
+    /// Removes the state (factory reset).
+    pub fn remove(&self) -> io::Result<()> {
+        for p in [self.path.clone(), self.prev_path()] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_one(path: &Path) -> Result<Option<State>, String> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let nl = data
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| format!("{}: no header (truncated?)", path.display()))?;
+    let header = std::str::from_utf8(&data[..nl]).map_err(|_| format!("{}: bad header", path.display()))?;
+    let rest = header
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| format!("{}: not a cwmpd state file", path.display()))?;
+    let mut it = rest.split_whitespace();
+    let (sum, len) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+    let len: usize = len.parse().map_err(|_| format!("{}: bad length", path.display()))?;
+    let body = &data[nl + 1..];
+    if body.len() != len {
+        return Err(format!(
+            "{}: {} bytes of state where the header says {len} (truncated?)",
+            path.display(),
+            body.len()
+        ));
+    }
+    if sha256_hex(body) != sum {
+        return Err(format!("{}: checksum mismatch (corrupt)", path.display()));
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cwmpd-persist-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn state(v: &str) -> State {
+        let mut s = State::default();
+        s.model.values.insert("Device.X".into(), v.into());
+        s
+    }
+
+    #[test]
+    fn save_load_and_fallback() {
+        let d = tmpdir("a");
+        let f = StateFile::new(&d);
+        assert_eq!(f.load().1, Loaded::Fresh);
+        f.save(&state("1")).unwrap();
+        f.save(&state("2")).unwrap();
+        assert_eq!(f.load(), (state("2"), Loaded::Current));
+        let meta = std::fs::metadata(f.path()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Truncate the current file: the previous copy is used and the reason given.
+        let data = std::fs::read(f.path()).unwrap();
+        std::fs::write(f.path(), &data[..data.len() - 3]).unwrap();
+        let (s, how) = f.load();
+        assert_eq!(s, state("1"));
+        assert!(matches!(how, Loaded::Previous(ref w) if w.contains("truncated")), "{how:?}");
+        // Flip a byte: checksum.
+        let mut data2 = data.clone();
+        let n = data2.len() - 2;
+        data2[n] ^= 1;
+        std::fs::write(f.path(), &data2).unwrap();
+        assert!(matches!(f.load().1, Loaded::Previous(ref w) if w.contains("checksum")));
+        f.remove().unwrap();
+        assert_eq!(f.load().1, Loaded::Fresh);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,982 @@
+//! The data-model store: the concrete tree of objects, instances and parameter values, with the
+//! CWMP semantics of GetParameterNames/Values/Attributes, SetParameterValues/Attributes,
+//! AddObject and DeleteObject, and change tracking for notifications.
+//!
+//! The store is synchronous and owned by one task (the engine). Values that come from outside
+//! (procfs, an integrator's provider program) are either read on the spot through
+//! [`LiveSource`] or cached here and refreshed by the engine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::fault::Fault;
+use super::schema::{Access, ActiveNotify, ObjId, ParamId, Schema, generic_path};
+
+/// Who is changing the model. Changes made by the ACS are not notified back to it
+/// (TR-069 §A.3.2.1 SetParameterValues), everything else is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Acs,
+    /// The device side: middleware through the control socket, a provider, the config.
+    /// May write read-only parameters (they describe the device's own state).
+    Local,
+    /// The agent itself reporting status (ConnectionRequestURL, JabberID, ...).
+    Internal,
+}
+
+/// Values computed on read rather than stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    UpTime,
+    MemoryTotal,
+    MemoryFree,
+    CpuUsage,
+    CurrentLocalTime,
+}
+
+impl LiveKind {
+    pub fn for_path(generic: &str) -> Option<LiveKind> {
+        Some(match generic {
+            "Device.DeviceInfo.UpTime" => LiveKind::UpTime,
+            "Device.DeviceInfo.MemoryStatus.Total" => LiveKind::MemoryTotal,
+            "Device.DeviceInfo.MemoryStatus.Free" => LiveKind::MemoryFree,
+            "Device.DeviceInfo.ProcessStatus.CPUUsage" => LiveKind::CpuUsage,
+            "Device.Time.CurrentLocalTime" => LiveKind::CurrentLocalTime,
+            _ => return None,
+        })
+    }
+}
+
+/// Reads live values. The default implementation reads procfs; tests inject their own.
+pub trait LiveSource {
+    fn read(&mut self, kind: LiveKind) -> Option<String>;
+}
+
+/// Where a parameter's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Stored,
+    Live(LiveKind),
+    /// Cached here; owned by external provider number N (the engine refreshes the cache).
+    External(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjKind {
+    Single,
+    Table,
+    Instance,
+}
+
+#[derive(Debug, Clone)]
+struct ObjNode {
+    def: ObjId,
+    kind: ObjKind,
+}
+
+#[derive(Debug, Clone)]
+struct ParamNode {
+    def: ParamId,
+    value: String,
+    notification: u8,
+    access_list: Vec<String>,
+}
+
+/// One entry of a GetParameterValues answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueEntry {
+    pub name: String,
+    pub value: String,
+    pub xsi_type: &'static str,
+}
+
+/// A failed SetParameterValues: every failing parameter with its fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetError {
+    /// The overall fault: 9003 when there are per-parameter faults, or e.g. 9003 for duplicates.
+    pub fault: Fault,
+    pub per_param: Vec<(String, Fault)>,
+}
+
+/// One SetParameterAttributes entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrSet {
+    pub name: String,
+    pub notification: Option<u8>,
+    pub access_list: Option<Vec<String>>,
+}
+
+/// What is persisted: only what differs from the factory state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Table path (`Device.XMPP.Connection.`) → (next instance number, live instances).
+    pub tables: BTreeMap<String, (u32, Vec<u32>)>,
+    /// Concrete parameter path → value, for values that differ from the factory value.
+    pub values: BTreeMap<String, String>,
+    /// Concrete parameter path → (notification, access list), where not the default.
+    pub attrs: BTreeMap<String, (u8, Vec<String>)>,
+}
+
+pub struct Store {
+    schema: Schema,
+    sources: Vec<Source>,
+    objects: BTreeMap<String, ObjNode>,
+    params: BTreeMap<String, ParamNode>,
+    next_instance: BTreeMap<String, u32>,
+    /// Factory values given by configuration, by concrete path.
+    factory_values: HashMap<String, String>,
+    /// Factory instance sets, by table path.
+    factory_tables: BTreeMap<String, (u32, Vec<u32>)>,
+    /// Parameters whose value changed since the last Inform and whose notification is on.
+    changed: BTreeSet<String>,
+    /// True when one of `changed` has active notification.
+    active_change: bool,
+    dirty: bool,
+    live: Box<dyn LiveSource>,
+}
+
+/// Parameter paths are ≤256 characters (cwmp-1-2.xsd).
+pub const MAX_PATH_LEN: usize = 256;
+
+impl Store {
+    /// Builds the factory state: every single-instance object of the schema, plus the
+    /// instances named by `factory` paths, with their values.
+    pub fn new(
+        schema: Schema,
+        factory: &[(String, String)],
+        live: Box<dyn LiveSource>,
+    ) -> Result<Store, String> {
+        let sources = schema
+            .params
+            .iter()
+            .map(|p| match LiveKind::for_path(&p.path) {
+                Some(k) => Source::Live(k),
+                None => Source::Stored,
+            })
+            .collect();
+        let root = schema.object("Device.").ok_or("the model has no Device. object")?;
+        let mut s = Store {
+            schema,
+            sources,
+            objects: BTreeMap::new(),
+            params: BTreeMap::new(),
+            next_instance: BTreeMap::new(),
+            factory_values: HashMap::new(),
+            factory_tables: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            active_change: false,
+            dirty: false,
+            live,
+        };
+        s.instantiate(root, "Device.".to_string(), ObjKind::Single);
+        for (path, value) in factory {
+            s.apply_factory(path, value)?;
+        }
+        s.factory_tables = s.table_state();
+        s.changed.clear();
+        s.active_change = false;
+        s.dirty = false;
+        Ok(s)
+    }
+
+    fn apply_factory(&mut self, path: &str, value: &str) -> Result<(), String> {
+        let generic = generic_path(path).into_owned();
+        let pid = self
+            .schema
+            .param(&generic)
+            .ok_or_else(|| format!("{path} is not a parameter of the data model"))?;
+        // Create the instances the path names.
+        let segs: Vec<&str> = path.split('.').collect();
+        let mut prefix = String::new();
+        for (i, seg) in segs.iter().enumerate().take(segs.len() - 1) {
+            if i > 0 && seg.bytes().all(|b| b.is_ascii_digit()) {
+                let n: u32 = seg
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| format!("{path}: instance numbers start at 1"))?;
+                let inst = format!("{prefix}{seg}.");
+                if !self.objects.contains_key(&inst) {
+                    if !matches!(self.objects.get(&prefix), Some(o) if o.kind == ObjKind::Table) {
+                        return Err(format!("{path}: {prefix} is not a table"));
+                    }
+                    self.create_instance(&prefix, n)
+                        .map_err(|f| format!("{path}: {}", f.reason))?;
+                }
+            }
+            prefix.push_str(seg);
+            prefix.push('.');
+        }
+        let syntax = &self.schema.params[pid].syntax;
+        let v = syntax
+            .validate(value)
+            .map_err(|f| format!("{path}: value {value:?} is invalid: {}", f.reason))?;
+        match self.params.get_mut(path) {
+            Some(node) => node.value = v.clone(),
+            None => return Err(format!("{path} does not exist")),
+        }
+        self.factory_values.insert(path.to_string(), v);
+        Ok(())
+    }
+
+    /// Creates object `path` of definition `def` and everything below it that exists
+    /// without instances.
+    fn instantiate(&mut self, def: ObjId, path: String, kind: ObjKind) {
+        let o = &self.schema.objects[def];
+        let params: Vec<ParamId> = o.params.clone();
+        let children: Vec<ObjId> = o.child_objs.clone();
+        for pid in params {
+            let p = &self.schema.params[pid];
+            let value = p
+                .default
+                .clone()
+                .unwrap_or_else(|| p.syntax.zero_value().to_string());
+            let notification = match p.active_notify {
+                ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled => 2,
+                _ => 0,
+            };
+            self.params.insert(
+                format!("{path}{}", p.name),
+                ParamNode {
+                    def: pid,
+                    value,
+                    notification,
+                    access_list: Vec::new(),
+                },
+            );
+        }
+        self.objects.insert(path.clone(), ObjNode { def, kind });
+        for c in children {
+            let cdef = &self.schema.objects[c];
+            let local = last_segment(&cdef.path);
+            if cdef.multi {
+                let table = format!("{path}{local}.");
+                self.next_instance.entry(table.clone()).or_insert(1);
+                self.objects.insert(
+                    table,
+                    ObjNode {
+                        def: c,
+                        kind: ObjKind::Table,
+                    },
+                );
+            } else {
+                self.instantiate(c, format!("{path}{local}."), ObjKind::Single);
+            }
+        }
+    }
+
+    fn create_instance(&mut self, table: &str, n: u32) -> Result<(), Fault> {
+        let node = self
+            .objects
+            .get(table)
+            .filter(|o| o.kind == ObjKind::Table)
+            .ok_or_else(|| Fault::new(9005, "not a multi-instance object"))?
+            .clone();
+        let def = &self.schema.objects[node.def];
+        if let Some(max) = def.max_entries
+            && self.instance_numbers(table).len() >= max as usize
+        {
+            return Err(Fault::new(9004, format!("{table} has its maximum of {max} entries")));
+        }
+        let inst = format!("{table}{n}.");
+        if self.objects.contains_key(&inst) {
+            return Err(Fault::new(9002, "instance exists"));
+        }
+        self.instantiate(node.def, inst, ObjKind::Instance);
+        let next = self.next_instance.entry(table.to_string()).or_insert(1);
+        if *next <= n {
+            *next = n + 1;
+        }
+        self.update_count(table);
+        Ok(())
+    }
+
+    /// Instance numbers of a table, ascending.
+    pub fn instance_numbers(&self, table: &str) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .objects
+            .range(table.to_string()..)
+            .take_while(|(k, _)| k.starts_with(table))
+            .filter(|(_, o)| o.kind == ObjKind::Instance)
+            .filter_map(|(k, _)| {
+                let rest = &k[table.len()..];
+                let seg = rest.strip_suffix('.')?;
+                if seg.contains('.') { None } else { seg.parse().ok() }
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn update_count(&mut self, table: &str) {
+        let Some(node) = self.objects.get(table) else { return };
+        let def = &self.schema.objects[node.def];
+        let Some(name) = def.num_entries_param.clone() else { return };
+        let parent = &table[..table[..table.len() - 1].rfind('.').map_or(0, |i| i + 1)];
+        let count = self.instance_numbers(table).len().to_string();
+        let path = format!("{parent}{name}");
+        self.write_value(&path, count, Origin::Internal);
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Marks parameters under `prefix` (generic or concrete prefix, e.g. a subtree) as served
+    /// by external provider `index`.
+    pub fn set_external_source(&mut self, generic_prefix: &str, index: usize) -> usize {
+        let mut n = 0;
+        for (i, p) in self.schema.params.iter().enumerate() {
+            if p.path.starts_with(generic_prefix) {
+                self.sources[i] = Source::External(index);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn source(&self, path: &str) -> Option<Source> {
+        self.params.get(path).map(|p| self.sources[p.def])
+    }
+
+    fn read(&mut self, path: &str) -> Option<String> {
+        let node = self.params.get(path)?;
+        let def = &self.schema.params[node.def];
+        if def.syntax.hidden {
+            return Some(String::new());
+        }
+        match self.sources[node.def] {
+            Source::Live(kind) => {
+                let v = self.live.read(kind).unwrap_or_else(|| node.value.clone());
+                Some(v)
+            }
+            _ => Some(node.value.clone()),
+        }
+    }
+
+    /// The raw stored value, including hidden ones (for the agent's own use: passwords).
+    pub fn secret(&self, path: &str) -> Option<&str> {
+        self.params.get(path).map(|p| p.value.as_str())
+    }
+
+    /// Value of one parameter as the ACS would read it (hidden → empty).
+    pub fn get(&mut self, path: &str) -> Option<String> {
+        self.read(path)
+    }
+
+    /// Expands one GPV/GPA name (full path, partial path ending in '.', or "" for all) to the
+    /// parameter paths it covers. Unknown names → 9005.
+    pub fn expand(&self, name: &str) -> Result<Vec<String>, Fault> {
+        if name.len() > MAX_PATH_LEN {
+            return Err(Fault::new(9005, "name longer than 256 characters"));
+        }
+        if name.is_empty() {
+            return Ok(self.params.keys().cloned().collect());
+        }
+        if name.ends_with('.') {
+            if !self.objects.contains_key(name) {
+                return Err(Fault::new(9005, format!("no object {name}")));
+            }
+            return Ok(self
+                .params
+                .range(name.to_string()..)
+                .take_while(|(k, _)| k.starts_with(name))
+                .map(|(k, _)| k.clone())
+                .collect());
+        }
+        if self.params.contains_key(name) {
+            Ok(vec![name.to_string()])
+        } else {
+            Err(Fault::new(9005, format!("no parameter {name}")))
+        }
+    }
+
+    /// GetParameterValues. All names are checked before any value is read.
+    pub fn get_values(&mut self, names: &[&str]) -> Result<Vec<ValueEntry>, Fault> {
+        let mut out = Vec::new();
+        self.for_each_value(names, |e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// GetParameterValues without collecting: `f` gets each entry in order.
+    pub fn for_each_value(
+        &mut self,
+        names: &[&str],
+        mut f: impl FnMut(ValueEntry),
+    ) -> Result<usize, Fault> {
+        let mut paths = Vec::new();
+        for n in names {
+            paths.extend(self.expand(n)?);
+        }
+        let n = paths.len();
+        for p in paths {
+            let value = self.read(&p).unwrap_or_default();
+            let def = &self.schema.params[self.params[&p].def];
+            f(ValueEntry {
+                xsi_type: def.syntax.xsi_type(),
+                name: p,
+                value,
+            });
+        }
+        Ok(n)
+    }
+
+    /// GetParameterNames.
+    pub fn get_names(&self, path: &str, next_level: bool) -> Result<Vec<(String, bool)>, Fault> {
+        if path.len() > MAX_PATH_LEN {
+            return Err(Fault::new(9005, "name longer than 256 characters"));
+        }
+        if path.is_empty() {
+            if next_level {
+                return Ok(vec![("Device.".to_string(), false)]);
+            }
+            return self.get_names("Device.", false);
+        }
+        if !path.ends_with('.') {
+            let node = self
+                .params
+                .get(path)
+                .ok_or_else(|| Fault::new(9005, format!("no parameter {path}")))?;
+            if next_level {
+                return Err(Fault::new(9003, "NextLevel true on a parameter path"));
+            }
+            return Ok(vec![(path.to_string(), self.param_writable(node))]);
+        }
+        let obj = self
+            .objects
+            .get(path)
+            .ok_or_else(|| Fault::new(9005, format!("no object {path}")))?;
+        let mut out = Vec::new();
+        if !next_level {
+            out.push((path.to_string(), self.obj_writable(obj)));
+        }
+        let mut objs = self
+            .objects
+            .range(path.to_string()..)
+            .take_while(|(k, _)| k.starts_with(path))
+            .filter(|(k, _)| k.len() > path.len())
+            .filter(|(k, _)| !next_level || !k[path.len()..k.len() - 1].contains('.'))
+            .peekable();
+        let mut params = self
+            .params
+            .range(path.to_string()..)
+            .take_while(|(k, _)| k.starts_with(path))
+            .filter(|(k, _)| !next_level || !k[path.len()..].contains('.'))
+            .peekable();
+        // Merge in path order so a subtree's parameters follow its object.
+        loop {
+            let take_obj = match (objs.peek(), params.peek()) {
+                (Some((o, _)), Some((p, _))) => o.as_str() < p.as_str(),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_obj {
+                let (k, o) = objs.next().expect("peeked");
+                out.push((k.clone(), self.obj_writable(o)));
+            } else {
+                let (k, p) = params.next().expect("peeked");
+                out.push((k.clone(), self.param_writable(p)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn obj_writable(&self, o: &ObjNode) -> bool {
+        o.kind != ObjKind::Single && self.schema.objects[o.def].writable
+    }
+
+    fn param_writable(&self, p: &ParamNode) -> bool {
+        self.schema.params[p.def].writable()
+    }
+
+    /// Checks one SPV entry and returns the canonical value, without changing anything.
+    pub fn check_set(
+        &self,
+        name: &str,
+        value: &str,
+        xsi_type: Option<&str>,
+        origin: Origin,
+    ) -> Result<String, Fault> {
+        if name.len() > MAX_PATH_LEN {
+            return Err(Fault::new(9005, "name longer than 256 characters"));
+        }
+        let node = self
+            .params
+            .get(name)
+            .ok_or_else(|| Fault::new(9005, format!("no parameter {name}")))?;
+        let def = &self.schema.params[node.def];
+        if origin == Origin::Acs {
+            match def.access {
+                Access::ReadOnly => return Err(Fault::new(9008, format!("{name} is read-only"))),
+                Access::WriteOnceReadOnly if !node.value.is_empty() => {
+                    return Err(Fault::new(9008, format!("{name} was already written")));
+                }
+                _ => {}
+            }
+        }
+        if let Some(t) = xsi_type
+            && !def.syntax.accepts_xsi_type(t)
+        {
+            return Err(Fault::new(
+                9006,
+                format!("{name} is {}, not {t}", def.syntax.xsi_type()),
+            ));
+        }
+        if matches!(self.sources[node.def], Source::Live(_)) {
+            return Err(Fault::new(9008, format!("{name} is computed by the device")));
+        }
+        def.syntax.validate(value)
+    }
+
+    /// SetParameterValues: all or nothing. Returns the paths whose value actually changed.
+    pub fn set_values(
+        &mut self,
+        list: &[(String, String, Option<String>)],
+        origin: Origin,
+    ) -> Result<Vec<String>, SetError> {
+        let mut seen = BTreeSet::new();
+        let mut faults = Vec::new();
+        let mut ok = Vec::with_capacity(list.len());
+        for (name, value, xsi) in list {
+            if !seen.insert(name.as_str()) {
+                faults.push((
+                    name.clone(),
+                    Fault::new(9003, "parameter named twice in one request"),
+                ));
+                continue;
+            }
+            match self.check_set(name, value, xsi.as_deref(), origin) {
+                Ok(v) => ok.push((name.clone(), v)),
+                Err(f) => faults.push((name.clone(), f)),
+            }
+        }
+        if !faults.is_empty() {
+            return Err(SetError {
+                fault: Fault::new(9003, "one or more parameters could not be set"),
+                per_param: faults,
+            });
+        }
+        let mut changed = Vec::new();
+        for (name, v) in ok {
+            if self.write_value(&name, v, origin) {
+                changed.push(name);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Writes a value the agent or a provider reports (no access check, but type-checked).
+    pub fn set_internal(&mut self, path: &str, value: &str) -> Result<bool, Fault> {
+        let node = self
+            .params
+            .get(path)
+            .ok_or_else(|| Fault::new(9005, format!("no parameter {path}")))?;
+        let v = self.schema.params[node.def].syntax.validate(value)?;
+        Ok(self.write_value(path, v, Origin::Internal))
+    }
+
+    /// Stores a value; records a notification when it changed and the origin is not the ACS.
+    fn write_value(&mut self, path: &str, value: String, origin: Origin) -> bool {
+        let Some(node) = self.params.get_mut(path) else { return false };
+        if node.value == value {
+            return false;
+        }
+        node.value = value;
+        let notification = node.notification;
+        self.dirty = true;
+        if origin != Origin::Acs && notification > 0 {
+            self.changed.insert(path.to_string());
+            if notification == 2 {
+                self.active_change = true;
+            }
+        }
+        true
+    }
+
+    /// Re-reads live values of parameters with notification on and records changes.
+    /// Returns how many changed.
+    pub fn poll_live(&mut self) -> usize {
+        let watched: Vec<(String, LiveKind)> = self
+            .params
+            .iter()
+            .filter(|(_, p)| p.notification > 0)
+            .filter_map(|(k, p)| match self.sources[p.def] {
+                Source::Live(kind) => Some((k.clone(), kind)),
+                _ => None,
+            })
+            .collect();
+        let mut n = 0;
+        for (path, kind) in watched {
+            if let Some(v) = self.live.read(kind) {
+                let node = self.params.get_mut(&path).expect("listed");
+                if node.value != v {
+                    node.value = v;
+                    let active = node.notification == 2;
+                    self.changed.insert(path);
+                    self.active_change |= active;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Updates the cached value of a provider-backed parameter; returns whether it changed.
+    pub fn update_cached(&mut self, path: &str, value: &str) -> Result<bool, Fault> {
+        self.set_internal(path, value)
+    }
+
+    /// AddObject: creates the next instance of `table` (a path ending in `.`).
+    pub fn add_object(&mut self, table: &str, origin: Origin) -> Result<u32, Fault> {
+        if table.len() > MAX_PATH_LEN || !table.ends_with('.') {
+            return Err(Fault::new(9005, format!("{table} is not an object path")));
+        }
+        let node = self
+            .objects
+            .get(table)
+            .ok_or_else(|| Fault::new(9005, format!("no object {table}")))?;
+        if node.kind != ObjKind::Table {
+            return Err(Fault::new(9005, format!("{table} is not a multi-instance object")));
+        }
+        if origin == Origin::Acs && !self.schema.objects[node.def].writable {
+            return Err(Fault::new(9005, format!("{table} does not allow AddObject")));
+        }
+        let n = *self.next_instance.get(table).unwrap_or(&1);
+        if n == u32::MAX {
+            return Err(Fault::new(9004, "instance numbers exhausted"));
+        }
+        self.create_instance(table, n)?;
+        self.dirty = true;
+        Ok(n)
+    }
+
+    /// DeleteObject: removes an instance (a path ending in `N.`) and everything below it.
+    pub fn delete_object(&mut self, inst: &str, origin: Origin) -> Result<(), Fault> {
+        let node = self
+            .objects
+            .get(inst)
+            .ok_or_else(|| Fault::new(9005, format!("no object {inst}")))?;
+        if node.kind != ObjKind::Instance {
+            return Err(Fault::new(9005, format!("{inst} is not an object instance")));
+        }
+        let def = &self.schema.objects[node.def];
+        if origin == Origin::Acs && !def.writable {
+            return Err(Fault::new(9005, format!("{inst} does not allow DeleteObject")));
+        }
+        let table = inst[..inst[..inst.len() - 1].rfind('.').map_or(0, |i| i + 1)].to_string();
+        if self.instance_numbers(&table).len() <= def.min_entries as usize {
+            return Err(Fault::new(9001, format!("{table} needs at least {} entries", def.min_entries)));
+        }
+        let objs: Vec<String> = self
+            .objects
+            .range(inst.to_string()..)
+            .take_while(|(k, _)| k.starts_with(inst))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in objs {
+            self.objects.remove(&k);
+        }
+        let ps: Vec<String> = self
+            .params
+            .range(inst.to_string()..)
+            .take_while(|(k, _)| k.starts_with(inst))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in ps {
+            self.params.remove(&k);
+            self.changed.remove(&k);
+        }
+        self.next_instance.retain(|k, _| !k.starts_with(inst));
+        self.update_count(&table);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// GetParameterAttributes.
+    pub fn get_attributes(&self, names: &[&str]) -> Result<Vec<(String, u8, Vec<String>)>, Fault> {
+        let mut out = Vec::new();
+        for n in names {
+            for p in self.expand(n)? {
+                let node = &self.params[&p];
+                out.push((p, node.notification, node.access_list.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// SetParameterAttributes: all or nothing.
+    pub fn set_attributes(&mut self, list: &[AttrSet]) -> Result<(), Fault> {
+        let mut plan = Vec::new();
+        for a in list {
+            let paths = self.expand(&a.name)?;
+            if let Some(n) = a.notification {
+                if n > 6 {
+                    return Err(Fault::new(9007, format!("notification {n} is not 0..6")));
+                }
+                for p in &paths {
+                    let def = &self.schema.params[self.params[p].def];
+                    match def.active_notify {
+                        ActiveNotify::ForceEnabled if n != 2 => {
+                            return Err(Fault::new(
+                                9009,
+                                format!("{p} always has active notification"),
+                            ));
+                        }
+                        ActiveNotify::CanDeny if n == 2 || n >= 5 => {
+                            return Err(Fault::new(
+                                9009,
+                                format!("active notification refused for {p}"),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(al) = &a.access_list
+                && let Some(bad) = al.iter().find(|e| e.as_str() != "Subscriber")
+            {
+                return Err(Fault::new(9007, format!("access list entry {bad:?} is not Subscriber")));
+            }
+            plan.push((paths, a.notification, a.access_list.clone()));
+        }
+        for (paths, n, al) in plan {
+            for p in paths {
+                let node = self.params.get_mut(&p).expect("expanded");
+                if let Some(n) = n {
+                    node.notification = n;
+                }
+                if let Some(al) = &al {
+                    node.access_list = al.clone();
+                }
+            }
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Parameters that changed since the last delivered Inform, with their current values.
+    pub fn pending_changes(&mut self) -> Vec<ValueEntry> {
+        let names: Vec<String> = self.changed.iter().cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let value = self.read(&n)?;
+                let t = self.schema.params[self.params[&n].def].syntax.xsi_type();
+                Some(ValueEntry {
+                    name: n,
+                    value,
+                    xsi_type: t,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether an active-notification change is waiting (it should start a session).
+    pub fn has_active_change(&self) -> bool {
+        self.active_change
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// Forgets the given reported changes (after the Inform carrying them succeeded).
+    pub fn clear_changes(&mut self, names: &[String]) {
+        for n in names {
+            self.changed.remove(n);
+        }
+        self.active_change = self
+            .changed
+            .iter()
+            .any(|n| self.params.get(n).is_some_and(|p| p.notification == 2));
+    }
+
+    /// Values of the forcedInform parameters, in path order.
+    pub fn forced_inform(&mut self) -> Vec<ValueEntry> {
+        let names: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(_, p)| self.schema.params[p.def].forced_inform)
+            .map(|(k, _)| k.clone())
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let value = self.read(&n)?;
+                let t = self.schema.params[self.params[&n].def].syntax.xsi_type();
+                Some(ValueEntry {
+                    name: n,
+                    value,
+                    xsi_type: t,
+                })
+            })
+            .collect()
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub fn mark_clean(&mut self) {
+        self.dirty = false;
+    }
+
+    fn table_state(&self) -> BTreeMap<String, (u32, Vec<u32>)> {
+        self.next_instance
+            .iter()
+            .map(|(t, &n)| (t.clone(), (n, self.instance_numbers(t))))
+            .collect()
+    }
+
+    /// What differs from the factory state, for persistence.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for (t, st) in self.table_state() {
+            if self.factory_tables.get(&t) != Some(&st) {
+                snap.tables.insert(t, st);
+            }
+        }
+        for (path, node) in &self.params {
+            let def = &self.schema.params[node.def];
+            if self.sources[node.def] != Source::Stored {
+                continue;
+            }
+            let persist = def.writable()
+                || def.forced_inform
+                || matches!(
+                    def.active_notify,
+                    ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled
+                );
+            if persist && node.value != self.factory_value(path, node.def) {
+                snap.values.insert(path.clone(), node.value.clone());
+            }
+            let default_n = match def.active_notify {
+                ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled => 2,
+                _ => 0,
+            };
+            if node.notification != default_n || !node.access_list.is_empty() {
+                snap.attrs
+                    .insert(path.clone(), (node.notification, node.access_list.clone()));
+            }
+        }
+        snap
+    }
+
+    fn factory_value(&self, path: &str, def: ParamId) -> String {
+        if let Some(v) = self.factory_values.get(path) {
+            return v.clone();
+        }
+        let p = &self.schema.params[def];
+        p.default
+            .clone()
+            .unwrap_or_else(|| p.syntax.zero_value().to_string())
+    }
+
+    /// Applies a persisted snapshot on top of the factory state. Entries the current model no
+    /// longer has are skipped and returned as warnings.
+    pub fn restore(&mut self, snap: &Snapshot) -> Vec<String> {
+        let mut warnings = Vec::new();
+        // Tables, parents before children (BTreeMap order puts A. before A.1.B.).
+        for (table, (next, live)) in &snap.tables {
+            if !matches!(self.objects.get(table), Some(o) if o.kind == ObjKind::Table) {
+                warnings.push(format!("state names table {table}, which does not exist"));
+                continue;
+            }
+            let have = self.instance_numbers(table);
+            for n in &have {
+                if !live.contains(n) {
+                    let _ = self.delete_object(&format!("{table}{n}."), Origin::Internal);
+                }
+            }
+            for n in live {
+                if !have.contains(n)
+                    && let Err(f) = self.create_instance(table, *n)
+                {
+                    warnings.push(format!("cannot restore {table}{n}.: {}", f.reason));
+                }
+            }
+            let e = self.next_instance.entry(table.clone()).or_insert(1);
+            *e = (*e).max(*next);
+        }
+        for (path, value) in &snap.values {
+            let Some(node) = self.params.get(path) else {
+                warnings.push(format!("state value for unknown parameter {path} skipped"));
+                continue;
+            };
+            match self.schema.params[node.def].syntax.validate(value) {
+                Ok(v) => {
+                    self.params.get_mut(path).expect("exists").value = v;
+                }
+                Err(f) => warnings.push(format!("state value of {path} skipped: {}", f.reason)),
+            }
+        }
+        for (path, (n, al)) in &snap.attrs {
+            if let Some(node) = self.params.get_mut(path) {
+                node.notification = *n;
+                node.access_list = al.clone();
+            }
+        }
+        self.changed.clear();
+        self.active_change = false;
+        self.dirty = false;
+        warnings
+    }
+}
+
+fn last_segment(generic_obj_path: &str) -> &str {
+    let t = generic_obj_path.trim_end_matches('.');
+    let t = t.strip_suffix(".{i}").unwrap_or(t);
+    t.rsplit('.').next().unwrap_or(t)
+}
+
+/// Reads live values from procfs and the clock.
+#[derive(Default)]
+pub struct ProcfsLive {
+    last_cpu: Option<(u64, u64)>,
+}
+
+impl LiveSource for ProcfsLive {
+    fn read(&mut self, kind: LiveKind) -> Option<String> {
+        match kind {
+            LiveKind::UpTime => {
+                let s = std::fs::read_to_string("/proc/uptime").ok()?;
+                let secs = s.split('.').next()?.trim().parse::<u64>().ok()?;
+                Some(secs.min(u32::MAX as u64).to_string())
+            }
+            LiveKind::MemoryTotal | LiveKind::MemoryFree => {
+                let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+                let key = if kind == LiveKind::MemoryTotal { "MemTotal:" } else { "MemFree:" };
+                let line = s.lines().find(|l| l.starts_with(key))?;
+                let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kb.min(u32::MAX as u64).to_string())
+            }
+            LiveKind::CpuUsage => {
+                let s = std::fs::read_to_string("/proc/stat").ok()?;
+                let fields: Vec<u64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|f| f.parse().ok())
+                    .collect();
+                let total: u64 = fields.iter().sum();
+                let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+                let pct = match self.last_cpu {
+                    Some((t0, i0)) if total > t0 => {
+                        let dt = total - t0;
+                        let di = idle.saturating_sub(i0);
+                        (dt.saturating_sub(di)) * 100 / dt
+                    }
+                    _ => 0,
+                };
+                self.last_cpu = Some((total, idle));
+                Some(pct.to_string())
+            }
+            LiveKind::CurrentLocalTime => Some(crate::util::time::now_datetime()),
+        }
+    }
+}
