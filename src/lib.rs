@@ -4,5 +4,13 @@
 //! `connreq`; drivers (tokio tasks owning sockets) in `engine`, `ctl` and the transports.
 //! See docs/ARCHITECTURE.md.
 
+pub mod config;
+pub mod ctl;
+pub mod demo;
+pub mod engine;
+pub mod logging;
+pub mod connreq;
+pub mod cwmp;
 pub mod model;
+pub mod provider;
 pub mod util;

@@ -1,1 +1,355 @@
-fn main() {}
+//! `cwmpd`: the agent, and its local tools (check-config, dump-model, ctl, demo).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use cwmpd::config::Config;
+use cwmpd::engine::{Command, Engine};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const DEFAULT_CONFIG: &str = "/etc/cwmpd/cwmpd.toml";
+
+const USAGE: &str = "\
+usage:
+  cwmpd [run] [-c FILE]            run the agent (default config /etc/cwmpd/cwmpd.toml)
+  cwmpd check-config FILE          validate a configuration and the data model it names
+  cwmpd dump-model [-c FILE]       print the supported tree with types and access
+  cwmpd ctl [-s SOCKET | -c FILE] OP [ARGS]
+        get NAME...                values (a name ending in '.' is a subtree)
+        set NAME=VALUE...          set values as the device (middleware) side
+        add OBJECT.  |  delete OBJECT.N.
+        names PATH [next]          parameter names (GetParameterNames)
+        getattr NAME... | setattr NAME NOTIFICATION
+        changes | poll | inform | status
+  cwmpd demo                       run a demo ACS and the agent on loopback
+  cwmpd --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cwmpd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn take_opt(args: &mut Vec<String>, short: &str, long: &str) -> Result<Option<String>, String> {
+    if let Some(i) = args.iter().position(|a| a == short || a == long) {
+        if i + 1 >= args.len() {
+            return Err(format!("{long} needs a value"));
+        }
+        let v = args.remove(i + 1);
+        args.remove(i);
+        return Ok(Some(v));
+    }
+    Ok(None)
+}
+
+fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.iter().any(|a| a == "-V" || a == "--version") {
+        println!("cwmpd {}", env!("CARGO_PKG_VERSION"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cmd = if args.first().is_some_and(|a| !a.starts_with('-')) {
+        args.remove(0)
+    } else {
+        "run".to_string()
+    };
+    if cmd != "run" && cmd != "demo" {
+        // Command-line tools end quietly when their output pipe closes (`| head`).
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
+    match cmd.as_str() {
+        "run" => {
+            let file =
+                take_opt(&mut args, "-c", "--config")?.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            reject_extra(&args)?;
+            run_agent(Path::new(&file))
+        }
+        "check-config" => {
+            let file = match take_opt(&mut args, "-c", "--config")? {
+                Some(f) => f,
+                None if !args.is_empty() => args.remove(0),
+                None => DEFAULT_CONFIG.to_string(),
+            };
+            reject_extra(&args)?;
+            let cfg = Config::load(Path::new(&file)).map_err(|e| e.to_string())?;
+            let store = cwmpd::engine::build_store(
+                &cfg,
+                Box::new(cwmpd::model::store::ProcfsLive::default()),
+            )
+            .map_err(|e| e.to_string())?;
+            println!(
+                "{file}: ok ({} parameters, {} objects defined; {} factory values)",
+                store.schema().params.len(),
+                store.schema().objects.len(),
+                cfg.parameters.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "dump-model" => {
+            let dirs: Vec<PathBuf> = match take_opt(&mut args, "-c", "--config")? {
+                Some(f) => {
+                    Config::load(Path::new(&f))
+                        .map_err(|e| e.to_string())?
+                        .agent
+                        .datamodel
+                }
+                None => match take_opt(&mut args, "-d", "--datamodel")? {
+                    Some(d) => vec![PathBuf::from(d)],
+                    None => {
+                        Config::load(Path::new(DEFAULT_CONFIG))
+                            .map_err(|e| e.to_string())?
+                            .agent
+                            .datamodel
+                    }
+                },
+            };
+            reject_extra(&args)?;
+            let schema = cwmpd::model::Schema::load_dirs(&dirs).map_err(|e| e.to_string())?;
+            dump_model(&schema);
+            Ok(ExitCode::SUCCESS)
+        }
+        "ctl" => ctl(args),
+        "demo" => cwmpd::demo::run(args).map(|_| ExitCode::SUCCESS),
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+fn reject_extra(args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.first() {
+        return Err(format!("unexpected argument {a:?}\n{USAGE}"));
+    }
+    Ok(())
+}
+
+fn dump_model(schema: &cwmpd::model::Schema) {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let mut out = String::new();
+    for o in &schema.objects {
+        let kind = if o.multi {
+            let max = o
+                .max_entries
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "unbounded".into());
+            format!(
+                "object table [{}..{max}]{}",
+                o.min_entries,
+                if o.writable { " add/delete" } else { "" }
+            )
+        } else {
+            "object".to_string()
+        };
+        let _ = writeln!(out, "{}  {kind}", o.path);
+        for &p in &o.params {
+            let p = &schema.params[p];
+            let mut flags = Vec::new();
+            if p.forced_inform {
+                flags.push("forcedInform");
+            }
+            if p.syntax.hidden {
+                flags.push("hidden");
+            }
+            match p.active_notify {
+                cwmpd::model::schema::ActiveNotify::ForceEnabled => {
+                    flags.push("activeNotify=forceEnabled")
+                }
+                cwmpd::model::schema::ActiveNotify::ForceDefaultEnabled => {
+                    flags.push("activeNotify=forceDefaultEnabled")
+                }
+                cwmpd::model::schema::ActiveNotify::CanDeny => flags.push("activeNotify=canDeny"),
+                _ => {}
+            }
+            let _ = writeln!(
+                out,
+                "{}  {} {}{}{}",
+                p.path,
+                p.syntax.describe(),
+                p.access.name(),
+                p.default
+                    .as_ref()
+                    .map(|d| format!(" default={d:?}"))
+                    .unwrap_or_default(),
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", flags.join(","))
+                }
+            );
+        }
+    }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn ctl(mut args: Vec<String>) -> Result<ExitCode, String> {
+    let sock = match take_opt(&mut args, "-s", "--socket")? {
+        Some(s) => PathBuf::from(s),
+        None => {
+            let f = take_opt(&mut args, "-c", "--config")?.unwrap_or_else(|| DEFAULT_CONFIG.into());
+            Config::load(Path::new(&f))
+                .map_err(|e| e.to_string())?
+                .agent
+                .control_socket
+        }
+    };
+    if args.is_empty() {
+        return Err(format!("ctl needs an operation\n{USAGE}"));
+    }
+    let op = args.remove(0);
+    let req: Value = match op.as_str() {
+        "get" => json!({"op": "get", "names": args}),
+        "getattr" => json!({"op": "getattr", "names": args}),
+        "set" => {
+            let mut m = serde_json::Map::new();
+            for a in &args {
+                let (k, v) = a
+                    .split_once('=')
+                    .ok_or_else(|| format!("set takes NAME=VALUE, not {a:?}"))?;
+                m.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            json!({"op": "set", "values": m})
+        }
+        "add" | "delete" => json!({"op": op, "object": args.first().cloned().unwrap_or_default()}),
+        "names" => json!({"op": "names", "path": args.first().cloned().unwrap_or_default(),
+            "next_level": args.get(1).is_some_and(|a| a == "next" || a == "true")}),
+        "setattr" => {
+            let n: u64 = args
+                .get(1)
+                .and_then(|v| v.parse().ok())
+                .ok_or("setattr NAME NOTIFICATION")?;
+            json!({"op": "setattr", "name": args.first().cloned().unwrap_or_default(), "notification": n})
+        }
+        "changes" | "poll" | "inform" | "status" => json!({"op": op}),
+        other => return Err(format!("unknown ctl operation {other:?}")),
+    };
+    let ans = cwmpd::ctl::request(&sock, &req).map_err(|e| format!("{}: {e}", sock.display()))?;
+    print_answer(&op, &ans);
+    Ok(if ans.get("ok") == Some(&Value::Bool(true)) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_answer(op: &str, ans: &Value) {
+    if ans.get("ok") != Some(&Value::Bool(true)) {
+        if let Some(f) = ans.get("fault") {
+            eprintln!(
+                "fault {}: {}",
+                f["code"],
+                f["message"].as_str().unwrap_or("")
+            );
+            if let Some(Value::Array(list)) = ans.get("faults") {
+                for f in list {
+                    eprintln!(
+                        "  {} fault {}: {}",
+                        f["name"].as_str().unwrap_or(""),
+                        f["code"],
+                        f["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        } else {
+            eprintln!(
+                "error: {}",
+                ans.get("error").and_then(Value::as_str).unwrap_or("failed")
+            );
+        }
+        return;
+    }
+    match op {
+        "get" => {
+            for v in ans["values"].as_array().into_iter().flatten() {
+                println!(
+                    "{} = {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["value"].as_str().unwrap_or("")
+                );
+            }
+        }
+        "names" => {
+            for v in ans["names"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {}",
+                    v["name"].as_str().unwrap_or(""),
+                    if v["writable"] == Value::Bool(true) {
+                        "W"
+                    } else {
+                        "R"
+                    }
+                );
+            }
+        }
+        "add" => println!("{}", ans["instance"]),
+        "changes" => {
+            for v in ans["changes"].as_array().into_iter().flatten() {
+                println!(
+                    "{} = {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["value"].as_str().unwrap_or("")
+                );
+            }
+        }
+        "getattr" => {
+            for v in ans["attributes"].as_array().into_iter().flatten() {
+                println!(
+                    "{} notification={}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["notification"]
+                );
+            }
+        }
+        "set" | "delete" | "setattr" | "poll" => {}
+        _ => println!("{ans}"),
+    }
+}
+
+fn run_agent(file: &Path) -> Result<ExitCode, String> {
+    let cfg = Config::load(file).map_err(|e| e.to_string())?;
+    cwmpd::logging::init(&cfg.agent.log_level);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
+        engine.start_providers();
+        let (tx, rx) = mpsc::channel::<Command>(64);
+        if !cfg.agent.control_socket.as_os_str().is_empty() {
+            let l = cwmpd::ctl::bind(&cfg.agent.control_socket).map_err(|e| {
+                format!("control socket {}: {e}", cfg.agent.control_socket.display())
+            })?;
+            tokio::task::spawn_local(cwmpd::ctl::serve(l, tx.clone()));
+        }
+        tracing::info!(
+            config = %cfg.file.display(),
+            parameters = engine.store.param_count(),
+            "cwmpd {} started",
+            env!("CARGO_PKG_VERSION")
+        );
+        let engine_task = tokio::task::spawn_local(engine.run(rx));
+        cwmpd::util::signals::wait_for_shutdown().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(Command::Shutdown).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), engine_task).await;
+        Ok::<_, String>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

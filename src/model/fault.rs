@@ -47,7 +47,13 @@ impl Fault {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.code, Fault::standard_string(self.code), self.reason)
+        write!(
+            f,
+            "{} {}: {}",
+            self.code,
+            Fault::standard_string(self.code),
+            self.reason
+        )
     }
 }
 

@@ -78,8 +78,14 @@ impl StateFile {
         };
         match read_one(&self.prev_path()) {
             Ok(Some(s)) => (s, Loaded::Previous(why)),
-            Ok(None) => (State::default(), Loaded::BothBad(format!("{why}; no previous copy"))),
-            Err(e2) => (State::default(), Loaded::BothBad(format!("{why}; previous copy: {e2}"))),
+            Ok(None) => (
+                State::default(),
+                Loaded::BothBad(format!("{why}; no previous copy")),
+            ),
+            Err(e2) => (
+                State::default(),
+                Loaded::BothBad(format!("{why}; previous copy: {e2}")),
+            ),
         }
     }
 
@@ -105,13 +111,16 @@ fn read_one(path: &Path) -> Result<Option<State>, String> {
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| format!("{}: no header (truncated?)", path.display()))?;
-    let header = std::str::from_utf8(&data[..nl]).map_err(|_| format!("{}: bad header", path.display()))?;
+    let header =
+        std::str::from_utf8(&data[..nl]).map_err(|_| format!("{}: bad header", path.display()))?;
     let rest = header
         .strip_prefix(MAGIC)
         .ok_or_else(|| format!("{}: not a cwmpd state file", path.display()))?;
     let mut it = rest.split_whitespace();
     let (sum, len) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
-    let len: usize = len.parse().map_err(|_| format!("{}: bad length", path.display()))?;
+    let len: usize = len
+        .parse()
+        .map_err(|_| format!("{}: bad length", path.display()))?;
     let body = &data[nl + 1..];
     if body.len() != len {
         return Err(format!(
@@ -166,7 +175,10 @@ mod tests {
         std::fs::write(f.path(), &data[..data.len() - 3]).unwrap();
         let (s, how) = f.load();
         assert_eq!(s, state("1"));
-        assert!(matches!(how, Loaded::Previous(ref w) if w.contains("truncated")), "{how:?}");
+        assert!(
+            matches!(how, Loaded::Previous(ref w) if w.contains("truncated")),
+            "{how:?}"
+        );
         // Flip a byte: checksum.
         let mut data2 = data.clone();
         let n = data2.len() - 2;

@@ -240,6 +240,19 @@ impl Schema {
                     return Err(err(pos, "elements nested too deeply".into()));
                 }
             }
+            // Elements whose content the loader does not use.
+            if matches!(
+                e.local_name().as_ref(),
+                "uniqueKey" | "description" | "profile" | "component" | "import" | "bibliography"
+            ) {
+                if !empty {
+                    depth -= 1;
+                    reader
+                        .read_to_end(e.name())
+                        .map_err(|x| err(reader.error_position(), format!("XML error: {x}")))?;
+                }
+                continue;
+            }
             let attrs = attributes(&e).map_err(|m| err(pos, m))?;
             let get = |k: &str| attr(&attrs, k);
             match e.local_name().as_ref() {
@@ -249,10 +262,10 @@ impl Schema {
                     cur_obj = if empty { None } else { Some(id) };
                 }
                 "parameter" => {
-                    let obj = cur_obj
-                        .ok_or_else(|| err(pos, "parameter outside an object".into()))?;
-                    let name = get("name")
-                        .ok_or_else(|| err(pos, "parameter without name".into()))?;
+                    let obj =
+                        cur_obj.ok_or_else(|| err(pos, "parameter outside an object".into()))?;
+                    let name =
+                        get("name").ok_or_else(|| err(pos, "parameter without name".into()))?;
                     if name.is_empty() || name.contains('.') || name.contains('{') {
                         return Err(err(pos, format!("bad parameter name {name:?}")));
                     }
@@ -306,7 +319,9 @@ impl Schema {
                     }
                 }
                 "size" => {
-                    let Some(p) = cur_param.as_mut() else { continue };
+                    let Some(p) = cur_param.as_mut() else {
+                        continue;
+                    };
                     let max = num_attr(get("maxLength")).map_err(|m| err(pos, m))?;
                     let min = num_attr(get("minLength")).map_err(|m| err(pos, m))?;
                     if in_list && p.syntax.is_none() {
@@ -364,11 +379,7 @@ impl Schema {
         Ok(())
     }
 
-    fn add_object(
-        &mut self,
-        name: &str,
-        attrs: &[(String, String)],
-    ) -> Result<ObjId, String> {
+    fn add_object(&mut self, name: &str, attrs: &[(String, String)]) -> Result<ObjId, String> {
         let get = |k: &str| attr(attrs, k);
         if !name.ends_with('.') || name.starts_with('.') || name.contains("..") {
             return Err(format!("object name {name:?} must be a path ending in '.'"));
@@ -378,23 +389,25 @@ impl Schema {
         }
         let trimmed = &name[..name.len() - 1];
         let multi = trimmed.ends_with(".{i}");
-        let parent = match trimmed.rfind('.') {
-            None => None,
-            Some(_) => {
-                // Parent of A.B.{i}. is A. (the table A.B. itself is not an object definition).
-                let base = if multi { &trimmed[..trimmed.len() - 4] } else { trimmed };
-                let cut = base.rfind('.').map(|i| &base[..=i]);
-                match cut {
-                    Some(pp) => Some(
-                        *self
-                            .obj_index
-                            .get(pp)
-                            .ok_or_else(|| format!("parent object {pp} of {name} is not defined"))?,
-                    ),
-                    None => None,
+        let parent =
+            match trimmed.rfind('.') {
+                None => None,
+                Some(_) => {
+                    // Parent of A.B.{i}. is A. (the table A.B. itself is not an object definition).
+                    let base = if multi {
+                        &trimmed[..trimmed.len() - 4]
+                    } else {
+                        trimmed
+                    };
+                    let cut = base.rfind('.').map(|i| &base[..=i]);
+                    match cut {
+                        Some(pp) => Some(*self.obj_index.get(pp).ok_or_else(|| {
+                            format!("parent object {pp} of {name} is not defined")
+                        })?),
+                        None => None,
+                    }
                 }
-            }
-        };
+            };
         if parent.is_none() && name != "Device." {
             return Err(format!("object {name} is outside Device."));
         }
@@ -518,7 +531,11 @@ fn num_attr(v: Option<&str>) -> Result<Option<u32>, String> {
 
 fn line_of(text: &str, pos: usize) -> usize {
     let pos = pos.min(text.len());
-    text.as_bytes()[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..pos]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -560,7 +577,11 @@ mod tests {
         assert_eq!(l.syntax.ranges.len(), 1);
         assert!(l.syntax.validate("1,2").is_ok());
         assert!(l.syntax.validate("1,10").is_err());
-        assert!(s.params[s.param("Device.T.{i}.Secret").unwrap()].syntax.hidden);
+        assert!(
+            s.params[s.param("Device.T.{i}.Secret").unwrap()]
+                .syntax
+                .hidden
+        );
         let r = &s.params[s.param("Device.RootDataModelVersion").unwrap()];
         assert!(r.forced_inform);
         assert_eq!(r.default.as_deref(), Some("2.19"));
@@ -576,9 +597,19 @@ mod tests {
         assert!(e.to_string().starts_with("v.xml:4:"), "{e}");
         assert!(s.object("Device.U.").is_none(), "rolled back");
         let dup = "<d><model><object name=\"Device.T.{i}.\"/></model></d>";
-        assert!(s.load_str(dup, Path::new("w.xml")).unwrap_err().msg.contains("twice"));
+        assert!(
+            s.load_str(dup, Path::new("w.xml"))
+                .unwrap_err()
+                .msg
+                .contains("twice")
+        );
         let orphan = "<d><model><object name=\"Device.A.B.\"/></model></d>";
-        assert!(s.load_str(orphan, Path::new("w.xml")).unwrap_err().msg.contains("parent"));
+        assert!(
+            s.load_str(orphan, Path::new("w.xml"))
+                .unwrap_err()
+                .msg
+                .contains("parent")
+        );
     }
 
     #[test]

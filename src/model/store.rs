@@ -153,7 +153,9 @@ impl Store {
                 None => Source::Stored,
             })
             .collect();
-        let root = schema.object("Device.").ok_or("the model has no Device. object")?;
+        let root = schema
+            .object("Device.")
+            .ok_or("the model has no Device. object")?;
         let mut s = Store {
             schema,
             sources,
@@ -275,7 +277,10 @@ impl Store {
         if let Some(max) = def.max_entries
             && self.instance_numbers(table).len() >= max as usize
         {
-            return Err(Fault::new(9004, format!("{table} has its maximum of {max} entries")));
+            return Err(Fault::new(
+                9004,
+                format!("{table} has its maximum of {max} entries"),
+            ));
         }
         let inst = format!("{table}{n}.");
         if self.objects.contains_key(&inst) {
@@ -300,7 +305,11 @@ impl Store {
             .filter_map(|(k, _)| {
                 let rest = &k[table.len()..];
                 let seg = rest.strip_suffix('.')?;
-                if seg.contains('.') { None } else { seg.parse().ok() }
+                if seg.contains('.') {
+                    None
+                } else {
+                    seg.parse().ok()
+                }
             })
             .collect();
         v.sort_unstable();
@@ -308,9 +317,13 @@ impl Store {
     }
 
     fn update_count(&mut self, table: &str) {
-        let Some(node) = self.objects.get(table) else { return };
+        let Some(node) = self.objects.get(table) else {
+            return;
+        };
         let def = &self.schema.objects[node.def];
-        let Some(name) = def.num_entries_param.clone() else { return };
+        let Some(name) = def.num_entries_param.clone() else {
+            return;
+        };
         let parent = &table[..table[..table.len() - 1].rfind('.').map_or(0, |i| i + 1)];
         let count = self.instance_numbers(table).len().to_string();
         let path = format!("{parent}{name}");
@@ -523,7 +536,10 @@ impl Store {
             ));
         }
         if matches!(self.sources[node.def], Source::Live(_)) {
-            return Err(Fault::new(9008, format!("{name} is computed by the device")));
+            return Err(Fault::new(
+                9008,
+                format!("{name} is computed by the device"),
+            ));
         }
         def.syntax.validate(value)
     }
@@ -577,7 +593,9 @@ impl Store {
 
     /// Stores a value; records a notification when it changed and the origin is not the ACS.
     fn write_value(&mut self, path: &str, value: String, origin: Origin) -> bool {
-        let Some(node) = self.params.get_mut(path) else { return false };
+        let Some(node) = self.params.get_mut(path) else {
+            return false;
+        };
         if node.value == value {
             return false;
         }
@@ -621,6 +639,29 @@ impl Store {
         n
     }
 
+    /// Provider-backed parameters with notification on, by provider: what a poll must fetch.
+    pub fn watched_external(&self) -> Vec<(usize, String)> {
+        self.params
+            .iter()
+            .filter(|(_, p)| p.notification > 0)
+            .filter_map(|(k, p)| match self.sources[p.def] {
+                Source::External(i) => Some((i, k.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Provider-backed parameters among `paths`, by provider.
+    pub fn external_of(&self, paths: &[String]) -> Vec<(usize, String)> {
+        paths
+            .iter()
+            .filter_map(|k| match self.source(k) {
+                Some(Source::External(i)) => Some((i, k.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Updates the cached value of a provider-backed parameter; returns whether it changed.
     pub fn update_cached(&mut self, path: &str, value: &str) -> Result<bool, Fault> {
         self.set_internal(path, value)
@@ -636,10 +677,16 @@ impl Store {
             .get(table)
             .ok_or_else(|| Fault::new(9005, format!("no object {table}")))?;
         if node.kind != ObjKind::Table {
-            return Err(Fault::new(9005, format!("{table} is not a multi-instance object")));
+            return Err(Fault::new(
+                9005,
+                format!("{table} is not a multi-instance object"),
+            ));
         }
         if origin == Origin::Acs && !self.schema.objects[node.def].writable {
-            return Err(Fault::new(9005, format!("{table} does not allow AddObject")));
+            return Err(Fault::new(
+                9005,
+                format!("{table} does not allow AddObject"),
+            ));
         }
         let n = *self.next_instance.get(table).unwrap_or(&1);
         if n == u32::MAX {
@@ -657,15 +704,24 @@ impl Store {
             .get(inst)
             .ok_or_else(|| Fault::new(9005, format!("no object {inst}")))?;
         if node.kind != ObjKind::Instance {
-            return Err(Fault::new(9005, format!("{inst} is not an object instance")));
+            return Err(Fault::new(
+                9005,
+                format!("{inst} is not an object instance"),
+            ));
         }
         let def = &self.schema.objects[node.def];
         if origin == Origin::Acs && !def.writable {
-            return Err(Fault::new(9005, format!("{inst} does not allow DeleteObject")));
+            return Err(Fault::new(
+                9005,
+                format!("{inst} does not allow DeleteObject"),
+            ));
         }
         let table = inst[..inst[..inst.len() - 1].rfind('.').map_or(0, |i| i + 1)].to_string();
         if self.instance_numbers(&table).len() <= def.min_entries as usize {
-            return Err(Fault::new(9001, format!("{table} needs at least {} entries", def.min_entries)));
+            return Err(Fault::new(
+                9001,
+                format!("{table} needs at least {} entries", def.min_entries),
+            ));
         }
         let objs: Vec<String> = self
             .objects
@@ -735,7 +791,10 @@ impl Store {
             if let Some(al) = &a.access_list
                 && let Some(bad) = al.iter().find(|e| e.as_str() != "Subscriber")
             {
-                return Err(Fault::new(9007, format!("access list entry {bad:?} is not Subscriber")));
+                return Err(Fault::new(
+                    9007,
+                    format!("access list entry {bad:?} is not Subscriber"),
+                ));
             }
             plan.push((paths, a.notification, a.access_list.clone()));
         }
@@ -949,7 +1008,11 @@ impl LiveSource for ProcfsLive {
             }
             LiveKind::MemoryTotal | LiveKind::MemoryFree => {
                 let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-                let key = if kind == LiveKind::MemoryTotal { "MemTotal:" } else { "MemFree:" };
+                let key = if kind == LiveKind::MemoryTotal {
+                    "MemTotal:"
+                } else {
+                    "MemFree:"
+                };
                 let line = s.lines().find(|l| l.starts_with(key))?;
                 let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
                 Some(kb.min(u32::MAX as u64).to_string())
@@ -964,7 +1027,8 @@ impl LiveSource for ProcfsLive {
                     .filter_map(|f| f.parse().ok())
                     .collect();
                 let total: u64 = fields.iter().sum();
-                let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+                let idle =
+                    fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
                 let pct = match self.last_cpu {
                     Some((t0, i0)) if total > t0 => {
                         let dt = total - t0;

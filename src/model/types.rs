@@ -253,7 +253,7 @@ impl Syntax {
             }
             BaseType::HexBinary => {
                 let t = value.trim();
-                if t.len() % 2 != 0 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(Fault::new(9006, "not hexBinary"));
                 }
                 self.check_len(t.len() / 2)?;
@@ -335,7 +335,7 @@ pub fn parse_integer(s: &str) -> Option<i128> {
 /// Length of the decoded bytes of a base64 text, or None when it is not base64.
 pub fn base64_decoded_len(s: &str) -> Option<usize> {
     let bytes: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let pad = bytes.iter().rev().take_while(|&&b| b == b'=').count();
@@ -382,7 +382,10 @@ mod tests {
         assert_eq!(s.validate("0").unwrap_err().code, 9007);
         assert_eq!(s.validate("65535").unwrap(), "65535");
         let l = syn(BaseType::Long);
-        assert_eq!(l.validate("-9223372036854775808").unwrap(), "-9223372036854775808");
+        assert_eq!(
+            l.validate("-9223372036854775808").unwrap(),
+            "-9223372036854775808"
+        );
         assert!(syn(BaseType::Int).validate("2147483648").is_err());
     }
 

@@ -1,4 +1,5 @@
 //! Small helpers shared by every layer.
 
 pub mod fsutil;
+pub mod signals;
 pub mod time;

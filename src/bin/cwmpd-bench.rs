@@ -1,0 +1,126 @@
+//! `cwmpd-bench`: benchmarks that print tables. `cwmpd-bench store` measures the data-model
+//! store on a generated 10,000-parameter model.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use cwmpd::model::store::{LiveKind, LiveSource};
+use cwmpd::model::{Schema, Store};
+
+/// Counts live heap bytes, so the store's memory is measured exactly.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+struct NoLive;
+impl LiveSource for NoLive {
+    fn read(&mut self, _: LiveKind) -> Option<String> {
+        None
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("store") | None => bench_store(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000)),
+        Some(other) => {
+            eprintln!("usage: cwmpd-bench [store [N]]   (unknown: {other})");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A model with `rows` instances of a 10-parameter table, all instantiated by factory values.
+fn generated_model(params: usize) -> (Schema, Vec<(String, String)>) {
+    let mut xml = String::from(
+        "<dm:document xmlns:dm=\"urn:broadband-forum-org:cwmp:datamodel-1-14\" spec=\"urn:bench\"><model name=\"Device:2.19\">\
+         <object name=\"Device.\" access=\"readOnly\" minEntries=\"1\" maxEntries=\"1\">\
+         <parameter name=\"RowNumberOfEntries\" access=\"readOnly\"><syntax><unsignedInt/></syntax></parameter></object>\
+         <object name=\"Device.Row.{i}.\" access=\"readWrite\" minEntries=\"0\" maxEntries=\"unbounded\" numEntriesParameter=\"RowNumberOfEntries\">",
+    );
+    let types = ["string", "unsignedInt", "boolean", "int", "dateTime"];
+    for c in 0..10 {
+        xml.push_str(&format!(
+            "<parameter name=\"Column{c}\" access=\"readWrite\"><syntax><{t}/></syntax></parameter>",
+            t = types[c % types.len()]
+        ));
+    }
+    xml.push_str("</object></model></dm:document>");
+    let mut schema = Schema::default();
+    schema.load_str(&xml, std::path::Path::new("generated.xml")).expect("model");
+    let rows = params.div_ceil(10);
+    let factory = (1..=rows)
+        .map(|r| (format!("Device.Row.{r}.Column0"), format!("row {r} value")))
+        .collect();
+    (schema, factory)
+}
+
+fn bench_store(n: usize) {
+    let (schema, factory) = generated_model(n);
+    let before = LIVE.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut store = Store::new(schema, &factory, Box::new(NoLive)).expect("store");
+    let build = t0.elapsed();
+    let mem = LIVE.load(Ordering::Relaxed) - before;
+    let count = store.param_count();
+
+    let runs = 50;
+    let mut get_times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut bytes = 0usize;
+        let k = store
+            .for_each_value(&[""], |e| bytes += e.name.len() + e.value.len())
+            .expect("get");
+        assert_eq!(k, count);
+        std::hint::black_box(bytes);
+        get_times.push(t.elapsed());
+    }
+    let mut gpn_times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let v = store.get_names("", false).expect("gpn");
+        std::hint::black_box(v.len());
+        gpn_times.push(t.elapsed());
+    }
+    let t = Instant::now();
+    let snap = store.snapshot();
+    let snap_t = t.elapsed();
+    get_times.sort();
+    gpn_times.sort();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!("cwmpd-bench store: generated model, {count} parameters, {runs} runs each");
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| build store from definitions | {:.2} ms | - |", ms(build));
+    println!(
+        "| get whole tree (GPV \"\"), p50 / max | {:.2} ms / {:.2} ms | < 20 ms |",
+        ms(get_times[runs / 2]),
+        ms(get_times[runs - 1])
+    );
+    println!(
+        "| names of whole tree (GPN \"\" false), p50 | {:.2} ms | - |",
+        ms(gpn_times[runs / 2])
+    );
+    println!("| snapshot for persistence | {:.2} ms ({} values) | - |", ms(snap_t), snap.values.len());
+    println!("| store heap memory | {:.2} MB ({} B/parameter) | < 4 MB |", mem as f64 / 1e6, mem / count.max(1));
+}

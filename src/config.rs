@@ -1,0 +1,433 @@
+//! Configuration: one TOML file with local settings and factory defaults by TR-181 path.
+//!
+//! Every mistake (unknown key, unknown path, wrong type) is an error naming the file, the line
+//! and the key; the agent refuses to start rather than guess.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::schema::{Schema, generic_path};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.msg)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Local settings of the agent process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Directory for the persisted state (created 0700).
+    pub state_dir: PathBuf,
+    /// Directories of data-model XML files, loaded in order.
+    pub datamodel: Vec<PathBuf>,
+    /// error, warn, info, debug, trace.
+    pub log_level: String,
+    /// Unix socket of the local control interface (mode 0600); empty disables it.
+    pub control_socket: PathBuf,
+    /// Seconds between polls of live and provider-backed parameters for notifications.
+    pub poll_interval: u64,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            state_dir: PathBuf::from("/var/lib/cwmpd"),
+            datamodel: vec![PathBuf::from("/usr/share/cwmpd/datamodel")],
+            log_level: "info".into(),
+            control_socket: PathBuf::from("/run/cwmpd/ctl.sock"),
+            poll_interval: 30,
+        }
+    }
+}
+
+/// How the agent talks to the ACS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcsSection {
+    /// PEM file of CA certificates for HTTPS to the ACS; empty = the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Skip server certificate verification. For lab use only; logged loudly.
+    pub insecure_skip_verify: bool,
+    /// Seconds to wait for each ACS response.
+    pub response_timeout: u64,
+}
+
+impl Default for AcsSection {
+    fn default() -> Self {
+        AcsSection {
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            insecure_skip_verify: false,
+            response_timeout: 30,
+        }
+    }
+}
+
+/// Connection-request listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnReqSection {
+    /// TCP addresses of the HTTP connection-request listener.
+    pub http_listen: Vec<SocketAddr>,
+    /// UDP address shared by STUN and UDP connection requests.
+    pub udp_listen: SocketAddr,
+    /// A fixed public URL to publish (port forward set up by the operator).
+    pub public_url: String,
+    /// External port of a gateway port forward; the public address comes from STUN.
+    pub external_port: u16,
+    /// Use UPnP IGD to open a port forward on the gateway.
+    pub upnp: bool,
+    /// Connection requests accepted per minute (all mechanisms together).
+    pub rate_per_minute: u32,
+    /// Burst of connection requests accepted at once.
+    pub rate_burst: u32,
+}
+
+impl Default for ConnReqSection {
+    fn default() -> Self {
+        ConnReqSection {
+            http_listen: vec!["0.0.0.0:7547".parse().expect("addr")],
+            udp_listen: "0.0.0.0:7547".parse().expect("addr"),
+            public_url: String::new(),
+            external_port: 0,
+            upnp: false,
+            rate_per_minute: 30,
+            rate_burst: 5,
+        }
+    }
+}
+
+/// XMPP client settings that are not in the data model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XmppSection {
+    /// PEM file of CA certificates for the XMPP server; empty = system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Commands run for device actions. Each is an argv list; `{file}` is replaced by a path.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionsSection {
+    pub reboot: Vec<String>,
+    pub factory_reset: Vec<String>,
+    /// Installs a firmware image: `["/usr/sbin/sysupgrade", "{file}"]`.
+    pub firmware_install: Vec<String>,
+    /// Applies a vendor configuration file.
+    pub config_install: Vec<String>,
+    /// Writes the vendor configuration file to upload to `{file}`.
+    pub config_export: Vec<String>,
+    /// Writes the log file to upload to `{file}`.
+    pub log_export: Vec<String>,
+    /// Directory where downloads are staged.
+    pub download_dir: Option<PathBuf>,
+    /// Largest download accepted, in bytes.
+    pub max_download: u64,
+}
+
+/// An external provider: one long-lived program serving a subtree (see docs/PROVIDERS.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Subtree served, as a generic or concrete object path ending in '.'.
+    pub prefix: String,
+    /// argv of the program.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayout {
+    #[serde(default)]
+    agent: AgentSection,
+    #[serde(default)]
+    acs: AcsSection,
+    #[serde(default)]
+    connreq: ConnReqSection,
+    #[serde(default)]
+    xmpp: XmppSection,
+    #[serde(default)]
+    actions: ActionsSection,
+    #[serde(default)]
+    provider: Vec<ProviderSection>,
+    #[serde(default)]
+    parameters: BTreeMap<String, toml::Value>,
+}
+
+/// A loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub agent: AgentSection,
+    pub acs: AcsSection,
+    pub connreq: ConnReqSection,
+    pub xmpp: XmppSection,
+    pub actions: ActionsSection,
+    pub providers: Vec<ProviderSection>,
+    /// Factory values by concrete path, in file order.
+    pub parameters: Vec<(String, String)>,
+    /// Line of each parameter key, for later error messages.
+    param_lines: BTreeMap<String, usize>,
+}
+
+impl Config {
+    /// Reads and parses the file; relative paths are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            msg: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let err = |line: usize, msg: String| ConfigError {
+            file: path.to_path_buf(),
+            line,
+            msg,
+        };
+        let raw: FileLayout = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_at(text, s.start)).unwrap_or(0);
+            err(line, e.message().trim().to_string())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &PathBuf| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.clone()
+            }
+        };
+        let mut agent = raw.agent;
+        agent.state_dir = resolve(&agent.state_dir);
+        agent.datamodel = agent.datamodel.iter().map(resolve).collect();
+        if !agent.control_socket.as_os_str().is_empty() {
+            agent.control_socket = resolve(&agent.control_socket);
+        }
+        if !matches!(
+            agent.log_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(err(
+                key_line(text, "log_level"),
+                format!(
+                    "log_level {:?} is not one of error, warn, info, debug, trace",
+                    agent.log_level
+                ),
+            ));
+        }
+        let mut actions = raw.actions;
+        actions.download_dir = actions.download_dir.as_ref().map(resolve);
+        if actions.max_download == 0 {
+            actions.max_download = 256 * 1024 * 1024;
+        }
+        let mut parameters = Vec::new();
+        let mut param_lines = BTreeMap::new();
+        for (k, v) in &raw.parameters {
+            let line = key_line(text, k);
+            let s = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    return Err(err(
+                        line,
+                        format!("parameter {k}: a value must be a string, number or boolean"),
+                    ));
+                }
+            };
+            if !k.starts_with("Device.") || k.ends_with('.') {
+                return Err(err(
+                    line,
+                    format!("{k:?} is not a parameter path under Device."),
+                ));
+            }
+            param_lines.insert(k.clone(), line);
+            parameters.push((k.clone(), s));
+        }
+        for p in &raw.provider {
+            if !p.prefix.starts_with("Device.") || !p.prefix.ends_with('.') {
+                return Err(err(
+                    key_line(text, &p.prefix),
+                    format!(
+                        "provider prefix {:?} must be an object path ending in '.'",
+                        p.prefix
+                    ),
+                ));
+            }
+            if p.command.is_empty() {
+                return Err(err(
+                    key_line(text, &p.prefix),
+                    "provider command is empty".into(),
+                ));
+            }
+        }
+        Ok(Config {
+            file: path.to_path_buf(),
+            agent,
+            acs: raw.acs,
+            connreq: raw.connreq,
+            xmpp: raw.xmpp,
+            actions,
+            providers: raw.provider,
+            parameters,
+            param_lines,
+        })
+    }
+
+    /// Checks the `[parameters]` table against the data model (path exists, value valid)
+    /// and each provider prefix names an object.
+    pub fn check_against(&self, schema: &Schema) -> Result<(), ConfigError> {
+        for (k, v) in &self.parameters {
+            let line = self.param_lines.get(k).copied().unwrap_or(0);
+            let g = generic_path(k);
+            let Some(pid) = schema.param(&g) else {
+                return Err(ConfigError {
+                    file: self.file.clone(),
+                    line,
+                    msg: format!("{k} is not a parameter of the data model"),
+                });
+            };
+            if let Err(f) = schema.params[pid].syntax.validate(v) {
+                return Err(ConfigError {
+                    file: self.file.clone(),
+                    line,
+                    msg: format!(
+                        "{k} = {v:?}: {} (type {})",
+                        f.reason,
+                        schema.params[pid].syntax.describe()
+                    ),
+                });
+            }
+        }
+        for p in &self.providers {
+            let g = generic_path(&p.prefix);
+            if schema.object(&g).is_none() && schema.object(&format!("{g}{{i}}.")).is_none() {
+                return Err(ConfigError {
+                    file: self.file.clone(),
+                    line: key_line_raw(&self.file, &p.prefix),
+                    msg: format!(
+                        "provider prefix {} is not an object of the data model",
+                        p.prefix
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the error for a factory value the store refused (e.g. an instance beyond
+    /// maxEntries), with the line of that key.
+    pub fn error_for(&self, msg: String) -> ConfigError {
+        let line = self
+            .param_lines
+            .iter()
+            .find(|(k, _)| msg.starts_with(k.as_str()))
+            .map(|(_, l)| *l)
+            .unwrap_or(0);
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            msg,
+        }
+    }
+}
+
+fn line_at(text: &str, pos: usize) -> usize {
+    let pos = pos.min(text.len());
+    text.as_bytes()[..pos]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Line of the first line that mentions `key` as a key or a quoted value.
+fn key_line(text: &str, key: &str) -> usize {
+    let quoted = format!("\"{key}\"");
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim_start();
+        if t.starts_with(&quoted)
+            || t.starts_with(&format!("{key} "))
+            || t.starts_with(&format!("{key}="))
+            || l.contains(&quoted)
+        {
+            return i + 1;
+        }
+    }
+    0
+}
+
+fn key_line_raw(file: &Path, key: &str) -> usize {
+    std::fs::read_to_string(file)
+        .map(|t| key_line(&t, key))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("/etc/cwmpd/test.toml"))
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse("[agent]\nstate_dir = \"state\"\n").unwrap();
+        assert_eq!(c.agent.state_dir, PathBuf::from("/etc/cwmpd/state"));
+        assert_eq!(c.connreq.http_listen[0].port(), 7547);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let e = parse("[agent]\nstate_dir = \"/x\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse("[agnt]\n").unwrap_err();
+        assert!(e.to_string().contains("agnt"), "{e}");
+    }
+
+    #[test]
+    fn parameter_values_become_strings() {
+        let c = parse(
+            "[parameters]\n\"Device.ManagementServer.PeriodicInformEnable\" = true\n\"Device.XMPP.Connection.1.Server.1.Port\" = 5222\n",
+        )
+        .unwrap();
+        assert_eq!(c.parameters.len(), 2);
+        assert!(c.parameters.contains(&(
+            "Device.XMPP.Connection.1.Server.1.Port".into(),
+            "5222".into()
+        )));
+        let e = parse("\n[parameters]\n\"Device.X\" = [1]\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        let e = parse("[parameters]\n\"Foo.X\" = 1\n").unwrap_err();
+        assert!(e.msg.contains("not a parameter path"));
+    }
+}

@@ -1,0 +1,7 @@
+//! Connection requests: wire formats (Digest, UDP CR, STUN) and the pure policies shared by the
+//! listeners (rate limit, coalescing, retry waits).
+
+pub mod backoff;
+pub mod digest;
+pub mod stun;
+pub mod udpcr;

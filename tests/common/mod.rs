@@ -1,0 +1,169 @@
+//! Test harness: runs the real `cwmpd` binary on a private directory and talks to it through
+//! its control socket.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("cwmpd-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a config into `dir` with the given extra TOML appended, and returns its path.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let cfg = format!(
+        "[agent]\nstate_dir = \"{d}/state\"\ndatamodel = [\"{m}/datamodel\"]\ncontrol_socket = \"{d}/ctl.sock\"\nlog_level = \"debug\"\npoll_interval = 3600\n{extra}",
+        d = dir.display(),
+        m = manifest().display()
+    );
+    let p = dir.join("cwmpd.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `cwmpd run -c CONFIG` and waits for its control socket.
+    pub fn start(config: &Path) -> Agent {
+        let dir = config.parent().unwrap();
+        let sock = dir.join("ctl.sock");
+        let _ = std::fs::remove_file(&sock);
+        let log = dir.join("agent.log");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cwmpd"))
+            .args(["run", "-c"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start cwmpd");
+        let mut a = Agent { child, sock, log };
+        let t0 = Instant::now();
+        loop {
+            if UnixStream::connect(&a.sock).is_ok() {
+                break;
+            }
+            if let Ok(Some(st)) = a.child.try_wait() {
+                panic!("cwmpd exited with {st}: {}", a.log_text());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "cwmpd did not start: {}",
+                a.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        a
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn ctl(&self, req: Value) -> Value {
+        ctl(&self.sock, &req).expect("control request")
+    }
+
+    pub fn get(&self, name: &str) -> String {
+        let v = self.ctl(json!({"op": "get", "names": [name]}));
+        assert_eq!(v["ok"], true, "get {name}: {v}");
+        v["values"][0]["value"].as_str().unwrap().to_string()
+    }
+
+    pub fn set(&self, name: &str, value: &str) -> Value {
+        self.ctl(json!({"op": "set", "values": {name: value}}))
+    }
+
+    /// SIGKILL, as a power cut would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                std::mem::forget(self);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn ctl(sock: &Path, req: &Value) -> std::io::Result<Value> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = req.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut r = BufReader::new(s);
+    let mut ans = String::new();
+    r.read_line(&mut ans)?;
+    serde_json::from_str(&ans).map_err(std::io::Error::other)
+}
+
+/// Runs `cwmpd ARGS` to completion; returns (exit code, stdout, stderr).
+pub fn cwmpd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cwmpd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
