@@ -5,12 +5,12 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod config;
+pub mod connreq;
 pub mod ctl;
+pub mod cwmp;
 pub mod demo;
 pub mod engine;
 pub mod logging;
-pub mod connreq;
-pub mod cwmp;
 pub mod model;
 pub mod provider;
 pub mod util;

@@ -41,7 +41,9 @@ impl LiveSource for NoLive {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("store") | None => bench_store(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000)),
+        Some("store") | None => {
+            bench_store(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000))
+        }
         Some(other) => {
             eprintln!("usage: cwmpd-bench [store [N]]   (unknown: {other})");
             std::process::exit(2);
@@ -66,7 +68,9 @@ fn generated_model(params: usize) -> (Schema, Vec<(String, String)>) {
     }
     xml.push_str("</object></model></dm:document>");
     let mut schema = Schema::default();
-    schema.load_str(&xml, std::path::Path::new("generated.xml")).expect("model");
+    schema
+        .load_str(&xml, std::path::Path::new("generated.xml"))
+        .expect("model");
     let rows = params.div_ceil(10);
     let factory = (1..=rows)
         .map(|r| (format!("Device.Row.{r}.Column0"), format!("row {r} value")))
@@ -121,6 +125,14 @@ fn bench_store(n: usize) {
         "| names of whole tree (GPN \"\" false), p50 | {:.2} ms | - |",
         ms(gpn_times[runs / 2])
     );
-    println!("| snapshot for persistence | {:.2} ms ({} values) | - |", ms(snap_t), snap.values.len());
-    println!("| store heap memory | {:.2} MB ({} B/parameter) | < 4 MB |", mem as f64 / 1e6, mem / count.max(1));
+    println!(
+        "| snapshot for persistence | {:.2} ms ({} values) | - |",
+        ms(snap_t),
+        snap.values.len()
+    );
+    println!(
+        "| store heap memory | {:.2} MB ({} B/parameter) | < 4 MB |",
+        mem as f64 / 1e6,
+        mem / count.max(1)
+    );
 }

@@ -257,8 +257,15 @@ impl Schema {
             let get = |k: &str| attr(&attrs, k);
             match e.local_name().as_ref() {
                 "object" => {
-                    let name = get("name").ok_or_else(|| err(pos, "object without name".into()))?;
-                    let id = self.add_object(name, &attrs).map_err(|m| err(pos, m))?;
+                    // `base` extends an object an earlier file defined (BBF's own form).
+                    let id = if let (None, Some(base)) = (get("name"), get("base")) {
+                        self.object(base)
+                            .ok_or_else(|| err(pos, format!("base object {base} is not defined")))?
+                    } else {
+                        let name =
+                            get("name").ok_or_else(|| err(pos, "object without name".into()))?;
+                        self.add_object(name, &attrs).map_err(|m| err(pos, m))?
+                    };
                     cur_obj = if empty { None } else { Some(id) };
                 }
                 "parameter" => {
@@ -610,6 +617,17 @@ mod tests {
                 .msg
                 .contains("parent")
         );
+    }
+
+    #[test]
+    fn a_later_file_extends_an_object_with_base() {
+        let mut s = Schema::default();
+        s.load_str(DOC, Path::new("t.xml")).unwrap();
+        let ext = "<d><model><object base=\"Device.T.{i}.\"><parameter name=\"X_00D09E_Extra\" access=\"readWrite\"><syntax><boolean/></syntax></parameter></object></model></d>";
+        s.load_str(ext, Path::new("x.xml")).unwrap();
+        assert!(s.param("Device.T.{i}.X_00D09E_Extra").is_some());
+        let bad = "<d><model><object base=\"Device.Nope.\"/></model></d>";
+        assert!(s.load_str(bad, Path::new("y.xml")).is_err());
     }
 
     #[test]
