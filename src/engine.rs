@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, ConfigError};
+use crate::connreq::http::{CrEvent, CrSettings};
 use crate::model::persist::{Loaded, State, StateFile};
 use crate::model::schema::Schema;
 use crate::model::store::{AttrSet, LiveSource, ProcfsLive, SetError};
@@ -23,6 +24,8 @@ pub enum Command {
     Ctl(Value, oneshot::Sender<Value>),
     /// Values pushed by provider N.
     ProviderNotify(usize, BTreeMap<String, String>),
+    /// A connection request that passed authentication and the rate limit.
+    ConnectionRequest(CrEvent),
     /// Save what is unsaved and stop.
     Shutdown,
 }
@@ -87,8 +90,31 @@ pub struct Engine {
     pub agent_state: BTreeMap<String, Value>,
     pub providers: Vec<Provider>,
     pub cfg: Config,
+    /// CWMP session state (events, timers, retries).
+    pub cwmp: crate::cwmp::session::CwmpState,
+    /// A Shutdown arrived (possibly during a session).
+    pub shutdown_requested: bool,
     notify_rx: Option<mpsc::Receiver<(usize, BTreeMap<String, String>)>>,
+    /// Current HTTP connection-request settings, watched by the listener.
+    cr_tx: watch::Sender<CrSettings>,
+    /// The addresses the HTTP CR listener is bound to (for ConnectionRequestURL).
+    cr_listen: Vec<std::net::SocketAddr>,
+    /// Digest nonce key of the CR listener (persisted as `cr_secret`).
+    cr_secret: [u8; 32],
+    /// Inputs of the last ConnectionRequestURL computation (skip it when unchanged).
+    cr_url_key: Option<(bool, String, Vec<std::net::SocketAddr>)>,
+    /// Connection requests accepted since start.
+    pub cr_count: u64,
+    /// Set once [`run`](Self::run) has started.
+    running: bool,
 }
+
+const MS_ENABLE: &str = "Device.ManagementServer.EnableCWMP";
+const MS_URL: &str = "Device.ManagementServer.URL";
+const MS_CR_ENABLE: &str = "Device.ManagementServer.HTTPConnectionRequestEnable";
+const MS_CR_USER: &str = "Device.ManagementServer.ConnectionRequestUsername";
+const MS_CR_PASS: &str = "Device.ManagementServer.ConnectionRequestPassword";
+const MS_CR_URL: &str = "Device.ManagementServer.ConnectionRequestURL";
 
 impl Engine {
     /// Builds the engine and loads the persisted state (falling back to the previous copy, or
@@ -119,14 +145,141 @@ impl Engine {
         for w in store.restore(&state.model) {
             tracing::warn!("{w}");
         }
-        Ok(Engine {
+        let mut agent_state = state.agent;
+        let mut created = false;
+        let cr_path = match agent_state.get("cr_path").and_then(Value::as_str) {
+            Some(p) if p.starts_with('/') && p.len() > 1 => p.to_string(),
+            _ => {
+                let p = crate::connreq::http::random_path();
+                agent_state.insert("cr_path".into(), Value::String(p.clone()));
+                created = true;
+                p
+            }
+        };
+        let cr_secret = match agent_state
+            .get("cr_secret")
+            .and_then(Value::as_str)
+            .and_then(parse_secret)
+        {
+            Some(s) => s,
+            None => {
+                let s = crate::connreq::http::random_secret();
+                agent_state.insert("cr_secret".into(), Value::String(hex(&s)));
+                created = true;
+                s
+            }
+        };
+        let (cr_tx, _) = watch::channel(CrSettings {
+            path: cr_path,
+            ..CrSettings::default()
+        });
+        let mut e = Engine {
             store,
             state_file,
-            agent_state: state.agent,
+            agent_state,
             providers: Vec::new(),
             cfg,
+            cwmp: Default::default(),
+            shutdown_requested: false,
             notify_rx: None,
-        })
+            cr_tx,
+            cr_listen: Vec::new(),
+            cr_secret,
+            cr_url_key: None,
+            cr_count: 0,
+            running: false,
+        };
+        e.refresh_cr();
+        if created {
+            let _ = e.persist();
+        }
+        Ok(e)
+    }
+
+    /// The listener's view of the CR settings (follows every change).
+    pub fn cr_settings(&self) -> watch::Receiver<CrSettings> {
+        self.cr_tx.subscribe()
+    }
+
+    /// The persisted Digest nonce key for the CR listener.
+    pub fn cr_secret(&self) -> [u8; 32] {
+        self.cr_secret
+    }
+
+    /// Tells the engine where the HTTP CR listener is bound, and republishes the URL.
+    pub fn set_cr_listen(&mut self, addrs: Vec<std::net::SocketAddr>) {
+        self.cr_listen = addrs;
+        self.refresh_cr();
+    }
+
+    /// Recomputes the CR settings from the store and ConnectionRequestURL; call after any change.
+    pub fn refresh_cr(&mut self) {
+        let on = |s: &Store, p: &str| {
+            s.secret(p)
+                .is_none_or(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        };
+        let enabled = on(&self.store, MS_ENABLE) && on(&self.store, MS_CR_ENABLE);
+        let username = self.store.secret(MS_CR_USER).unwrap_or("").to_string();
+        let password = self.store.secret(MS_CR_PASS).unwrap_or("").to_string();
+        self.cr_tx.send_if_modified(|s| {
+            let new = CrSettings {
+                enabled,
+                username,
+                password,
+                path: s.path.clone(),
+            };
+            if *s == new {
+                false
+            } else {
+                if s.enabled != new.enabled {
+                    tracing::info!(
+                        "HTTP connection requests {}",
+                        if new.enabled { "enabled" } else { "disabled" }
+                    );
+                }
+                *s = new;
+                true
+            }
+        });
+        let acs = self.store.secret(MS_URL).unwrap_or("").to_string();
+        let key = (enabled, acs, self.cr_listen.clone());
+        if self.cr_url_key.as_ref() == Some(&key) {
+            return;
+        }
+        let url = if enabled && !self.cr_listen.is_empty() {
+            let path = self.cr_tx.borrow().path.clone();
+            cr_url(&self.cfg.connreq.public_url, &self.cr_listen, &key.1, &path)
+        } else {
+            String::new()
+        };
+        if let Some(prev) = self.store.secret(MS_CR_URL).filter(|v| *v != url) {
+            // The first publication at start-up (factory value empty) is not a value change:
+            // the URL is forcedInform and goes out with the boot Inform anyway.
+            let first = !self.running && prev.is_empty();
+            match self.store.set_internal(MS_CR_URL, &url) {
+                Ok(_) => {
+                    if first {
+                        self.store.clear_changes(&[MS_CR_URL.to_string()]);
+                    }
+                    tracing::info!("ConnectionRequestURL = {url:?}");
+                    // Derived at every start: saved with the next change, not on its own
+                    // (no extra fsync on the start-up path).
+                    if self.running {
+                        let _ = self.persist();
+                    }
+                }
+                Err(f) => tracing::warn!("cannot set ConnectionRequestURL: {f}"),
+            }
+        }
+        self.cr_url_key = Some(key);
+    }
+
+    /// HOOK for the session engine: an accepted connection request. The session engine will
+    /// start a session with "6 CONNECTION REQUEST" here (coalesced, SPEC-NOTES H8/H9).
+    fn on_connection_request(&mut self, ev: CrEvent) {
+        self.cr_count += 1;
+        tracing::debug!(peer = %ev.peer, "accepted connection request");
+        self.connection_request(ev.mechanism, ev.received);
     }
 
     /// Starts the configured providers (needs a tokio LocalSet).
@@ -415,6 +568,15 @@ impl Engine {
                 json!({"ok": true, "active": self.store.has_active_change(),
                     "changes": ch.iter().map(|e| json!({"name": e.name, "value": e.value})).collect::<Vec<_>>()})
             }
+            "inform" => {
+                let ev = req
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or("6 CONNECTION REQUEST")
+                    .to_string();
+                self.event_now(&ev, "", std::time::Instant::now());
+                json!({"ok": true, "queued": ev})
+            }
             "poll" => {
                 self.poll().await;
                 json!({"ok": true})
@@ -426,38 +588,172 @@ impl Engine {
                 "pending_changes": self.store.pending_changes().len(),
                 "state_file": self.state_file.path().display().to_string(),
                 "providers": self.providers.len(),
+                "connection_requests": self.cr_count,
+                "sessions_ok": self.cwmp.sessions_ok,
+                "sessions_failed": self.cwmp.sessions_failed,
+                "retry_count": self.cwmp.retry_count,
+                "pending_events": self.cwmp.queue.events.iter().map(|e| e.code.clone()).collect::<Vec<_>>(),
             }),
             "" => json!({"ok": false, "error": "request needs an \"op\""}),
             other => json!({"ok": false, "error": format!("unknown op {other:?}")}),
         }
     }
 
-    /// Runs until the command channel closes.
+    /// Handles one command; false when the engine should stop. Also used while a session runs,
+    /// so the control socket and the listeners are served during sessions.
+    pub async fn handle_command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Ctl(req, reply) => {
+                let v = self.handle_ctl(req).await;
+                self.refresh_cr();
+                let _ = reply.send(v);
+            }
+            Command::ProviderNotify(i, vals) => {
+                self.provider_notify(i, vals);
+                self.refresh_cr();
+            }
+            Command::ConnectionRequest(ev) => self.on_connection_request(ev),
+            Command::Shutdown => {
+                self.shutdown_requested = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs until the command channel closes or a Shutdown arrives.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.cfg.agent.poll_interval.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut notify_rx = self.notify_rx.take();
+        self.running = true;
+        self.cwmp_boot(std::time::Instant::now());
         loop {
+            let wake = self.cwmp_next_wakeup();
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                biased;
                 cmd = rx.recv() => match cmd {
-                    Some(Command::Ctl(req, reply)) => {
-                        let v = self.handle_ctl(req).await;
-                        let _ = reply.send(v);
+                    Some(c) => {
+                        if !self.handle_command(c).await {
+                            break;
+                        }
                     }
-                    Some(Command::ProviderNotify(i, vals)) => self.provider_notify(i, vals),
-                    Some(Command::Shutdown) | None => break,
+                    None => break,
                 },
                 Some((i, vals)) = async { match notify_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     self.provider_notify(i, vals);
+                    self.refresh_cr();
                 }
-                _ = tick.tick() => self.poll().await,
+                _ = tick.tick() => {
+                    self.poll().await;
+                    // The route to the ACS (our address) may have changed: recompute the URL.
+                    self.cr_url_key = None;
+                    self.refresh_cr();
+                }
+                _ = sleep => self.cwmp_tick(std::time::Instant::now(), &mut rx).await,
             }
+            if self.shutdown_requested {
+                break;
+            }
+            self.after_change(std::time::Instant::now());
         }
         if self.store.is_dirty() {
             let _ = self.persist();
         }
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn parse_secret(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The `ConnectionRequestURL` to publish: `public_url` (a base URL, used verbatim) followed by
+/// the path; else `http://HOST:PORT/path` with HOST the first listen address if specific, or the
+/// local address the kernel would use towards the ACS (from `acs_url`), or 127.0.0.1.
+pub fn cr_url(
+    public_url: &str,
+    listen: &[std::net::SocketAddr],
+    acs_url: &str,
+    path: &str,
+) -> String {
+    use std::net::{IpAddr, Ipv4Addr};
+    if !public_url.is_empty() {
+        return format!("{}{path}", public_url.trim_end_matches('/'));
+    }
+    let Some(first) = listen.first() else {
+        return String::new();
+    };
+    let ip = if !first.ip().is_unspecified() {
+        first.ip()
+    } else {
+        route_source(acs_url, first.is_ipv6()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    };
+    let host = match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    format!("http://{host}:{}{path}", first.port())
+}
+
+/// The local address used to reach the host of `acs_url` (a UDP connect sends no packet).
+fn route_source(acs_url: &str, v6_listener: bool) -> Option<std::net::IpAddr> {
+    use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+    let rest = acs_url.split_once("://").map(|(_, r)| r).unwrap_or(acs_url);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let default_port = if acs_url.starts_with("https") {
+        443
+    } else {
+        80
+    };
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, after) = h.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        (h.to_string(), port.unwrap_or(default_port))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()?),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    // Name resolution may block briefly; only done when the settings are recomputed.
+    let targets: Vec<SocketAddr> = (host.as_str(), port).to_socket_addrs().ok()?.collect();
+    // A wildcard IPv4 listener can only be reached over IPv4.
+    for t in targets.iter().filter(|t| v6_listener || t.is_ipv4()) {
+        let bind: SocketAddr = if t.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        if let Ok(s) = UdpSocket::bind(bind)
+            && s.connect(t).is_ok()
+            && let Ok(a) = s.local_addr()
+        {
+            return Some(a.ip());
+        }
+    }
+    None
 }
 
 fn str_list(v: Option<&Value>) -> Vec<String> {

@@ -12,5 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod logging;
 pub mod model;
+pub mod net;
 pub mod provider;
+pub mod testacs;
 pub mod util;

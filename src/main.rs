@@ -319,6 +319,60 @@ fn print_answer(op: &str, ans: &Value) {
     }
 }
 
+/// Binds the HTTP connection-request listeners and spawns the server (needs the LocalSet).
+async fn start_http_cr(
+    cfg: &Config,
+    engine: &mut Engine,
+    tx: mpsc::Sender<Command>,
+) -> Result<(), String> {
+    use cwmpd::connreq::backoff::RateLimiter;
+    use cwmpd::connreq::http::CrEvent;
+    if cfg.connreq.http_listen.is_empty() {
+        tracing::info!("no HTTP connection-request listener configured");
+        return Ok(());
+    }
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for a in &cfg.connreq.http_listen {
+        match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => {
+                let bound = l.local_addr().unwrap_or(*a);
+                tracing::info!("HTTP connection requests on {bound}");
+                addrs.push(bound);
+                listeners.push(l);
+            }
+            Err(e) => tracing::warn!("HTTP connection-request listener {a}: {e}"),
+        }
+    }
+    if listeners.is_empty() {
+        return Err("no HTTP connection-request listener could be bound".into());
+    }
+    engine.set_cr_listen(addrs);
+    // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute; shared with the
+    // UDP and XMPP connection requests once they exist.
+    let limiter = std::rc::Rc::new(std::cell::RefCell::new(RateLimiter::new(
+        cfg.connreq.rate_burst,
+        f64::from(cfg.connreq.rate_per_minute) / 60.0,
+    )));
+    let (etx, mut erx) = mpsc::channel::<CrEvent>(16);
+    tokio::task::spawn_local(cwmpd::connreq::http::serve(
+        listeners,
+        engine.cr_settings(),
+        limiter,
+        etx,
+        engine.cr_secret(),
+    ));
+    // Forward accepted requests to the engine without ever blocking the listener.
+    tokio::task::spawn_local(async move {
+        while let Some(ev) = erx.recv().await {
+            if tx.send(Command::ConnectionRequest(ev)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
 fn run_agent(file: &Path) -> Result<ExitCode, String> {
     let cfg = Config::load(file).map_err(|e| e.to_string())?;
     cwmpd::logging::init(&cfg.agent.log_level);
@@ -332,6 +386,7 @@ fn run_agent(file: &Path) -> Result<ExitCode, String> {
         let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
         engine.start_providers();
         let (tx, rx) = mpsc::channel::<Command>(64);
+        start_http_cr(&cfg, &mut engine, tx.clone()).await?;
         if !cfg.agent.control_socket.as_os_str().is_empty() {
             let l = cwmpd::ctl::bind(&cfg.agent.control_socket).map_err(|e| {
                 format!("control socket {}: {e}", cfg.agent.control_socket.display())

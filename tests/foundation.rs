@@ -294,17 +294,14 @@ fn truncated_state_falls_back_to_the_previous_copy() {
     let d = TempDir::new("trunc");
     let cfg = write_config(d.path(), "");
     let a = Agent::start(&cfg);
-    a.set("Device.ManagementServer.URL", "http://first.example/");
-    a.set("Device.ManagementServer.URL", "http://second.example/");
+    a.set("Device.ManagementServer.Username", "first");
+    a.set("Device.ManagementServer.Username", "second");
     a.stop();
     let st = d.path().join("state/state");
     let data = std::fs::read(&st).unwrap();
     std::fs::write(&st, &data[..data.len() / 2]).unwrap();
     let a = Agent::start(&cfg);
-    assert_eq!(
-        a.get("Device.ManagementServer.URL"),
-        "http://first.example/"
-    );
+    assert_eq!(a.get("Device.ManagementServer.Username"), "first");
     let log = a.log_text();
     assert!(
         log.contains("previous good copy") && log.contains("truncated"),
@@ -319,10 +316,10 @@ fn truncated_state_falls_back_to_the_previous_copy() {
     )
     .unwrap();
     let a = Agent::start(&cfg);
-    assert_eq!(a.get("Device.ManagementServer.URL"), "");
+    assert_eq!(a.get("Device.ManagementServer.Username"), "");
     assert!(a.log_text().contains("starting from the factory state"));
     use std::os::unix::fs::PermissionsExt;
-    a.set("Device.ManagementServer.URL", "http://x/");
+    a.set("Device.ManagementServer.Username", "x");
     let mode = std::fs::metadata(&st).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let dmode = std::fs::metadata(d.path().join("state"))

@@ -3,5 +3,6 @@
 
 pub mod backoff;
 pub mod digest;
+pub mod http;
 pub mod stun;
 pub mod udpcr;

@@ -1,3 +1,6 @@
 //! CWMP: the SOAP codec and, on top of it, the session.
 
+pub mod events;
+pub mod rpc;
+pub mod session;
 pub mod soap;

@@ -39,8 +39,15 @@ impl Drop for TempDir {
 
 /// Writes a config into `dir` with the given extra TOML appended, and returns its path.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    // Without a [connreq] section of its own, a test gets an HTTP CR listener on a free loopback
+    // port, so that agents running in parallel do not fight over 7547.
+    let connreq = if extra.contains("[connreq]") {
+        ""
+    } else {
+        "\n[connreq]\nhttp_listen = [\"127.0.0.1:0\"]\n"
+    };
     let cfg = format!(
-        "[agent]\nstate_dir = \"{d}/state\"\ndatamodel = [\"{m}/datamodel\"]\ncontrol_socket = \"{d}/ctl.sock\"\nlog_level = \"debug\"\npoll_interval = 3600\n{extra}",
+        "[agent]\nstate_dir = \"{d}/state\"\ndatamodel = [\"{m}/datamodel\"]\ncontrol_socket = \"{d}/ctl.sock\"\nlog_level = \"debug\"\npoll_interval = 3600\n{extra}{connreq}",
         d = dir.display(),
         m = manifest().display()
     );

@@ -1,0 +1,275 @@
+//! Serving the ACS's requests against the engine's store: one request envelope in, the response
+//! envelope written straight into the output buffer (GetParameterValues/Names are streamed, never
+//! built twice), plus the deferred effects (reboot, factory reset, scheduled inform) the session
+//! must carry out after it ends.
+
+use super::soap::{
+    self, AcsRequest, CpeMessage, Envelope, Fault as SoapFault, GpnWriter, GpvWriter, ParamAttr,
+};
+use crate::engine::Engine;
+use crate::model::store::AttrSet;
+use crate::model::{Fault, Origin};
+
+/// RPCs this agent serves (GetRPCMethods answer).
+pub const METHODS: &[&str] = &[
+    "GetRPCMethods",
+    "GetParameterNames",
+    "GetParameterValues",
+    "SetParameterValues",
+    "GetParameterAttributes",
+    "SetParameterAttributes",
+    "AddObject",
+    "DeleteObject",
+    "Reboot",
+    "FactoryReset",
+    "ScheduleInform",
+    "GetQueuedTransfers",
+    "GetAllQueuedTransfers",
+];
+
+const PARAMETER_KEY: &str = "Device.ManagementServer.ParameterKey";
+
+/// What must happen after the session because of a request served in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Reboot {
+        command_key: String,
+    },
+    FactoryReset,
+    ScheduleInform {
+        delay_seconds: u32,
+        command_key: String,
+    },
+}
+
+fn fault_env(env: &Envelope<AcsRequest>, f: SoapFault) -> Envelope<CpeMessage> {
+    let mut e = env.header().map(|_| CpeMessage::Fault(f));
+    e.hold_requests = None;
+    e
+}
+
+fn model_fault(f: &Fault) -> SoapFault {
+    SoapFault::with_string(f.code, Fault::standard_string(f.code))
+}
+
+fn reply(env: &Envelope<AcsRequest>, m: CpeMessage) -> Envelope<CpeMessage> {
+    let mut e = env.header().map(|_| m);
+    e.hold_requests = None;
+    e
+}
+
+impl Engine {
+    /// Writes the ParameterKey into the store ahead of a change that persists on success, and
+    /// gives back the old key to restore on failure (so key and change land in one write).
+    fn stage_key(&mut self, key: &str) -> Option<String> {
+        let old = self.store.secret(PARAMETER_KEY).map(str::to_string);
+        if old.is_some() {
+            let _ = self.store.set_internal(PARAMETER_KEY, key);
+        }
+        old
+    }
+
+    fn unstage_key(&mut self, old: Option<String>) {
+        if let Some(o) = old {
+            let _ = self.store.set_internal(PARAMETER_KEY, &o);
+        }
+    }
+
+    /// Serves one ACS request; the response envelope is appended to `out`.
+    pub async fn serve_rpc(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        out: &mut Vec<u8>,
+    ) -> Option<Effect> {
+        let mut effect = None;
+        let resp = match &env.body {
+            AcsRequest::GetRPCMethods => reply(
+                env,
+                CpeMessage::GetRPCMethodsResponse {
+                    methods: METHODS.iter().map(|m| m.to_string()).collect(),
+                },
+            ),
+            AcsRequest::GetParameterValues { names } => {
+                let mut paths = Vec::new();
+                for n in names {
+                    match self.store.expand(n) {
+                        Ok(p) => paths.extend(p),
+                        Err(f) => {
+                            soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                            return None;
+                        }
+                    }
+                }
+                self.refresh_external(&paths).await;
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let mut w = GpvWriter::begin(out, &env.header());
+                match self
+                    .store
+                    .for_each_value(&refs, |e| w.param(&e.name, &e.value, e.xsi_type))
+                {
+                    Ok(_) => {
+                        w.finish();
+                    }
+                    Err(f) => {
+                        drop(w);
+                        out.clear();
+                        soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                    }
+                }
+                return None;
+            }
+            AcsRequest::GetParameterNames { path, next_level } => {
+                match self.store.get_names(path, *next_level) {
+                    Ok(list) => {
+                        let mut w = GpnWriter::begin(out, &env.header());
+                        for (n, wr) in &list {
+                            w.param(n, *wr);
+                        }
+                        w.finish();
+                        return None;
+                    }
+                    Err(f) => fault_env(env, model_fault(&f)),
+                }
+            }
+            AcsRequest::SetParameterValues {
+                list,
+                parameter_key,
+            } => {
+                let items: Vec<(String, String, Option<String>)> = list
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone(), p.xsi_type.clone()))
+                    .collect();
+                let old = self.stage_key(parameter_key);
+                match self.set_values(&items, Origin::Acs).await {
+                    Ok(_) => reply(env, CpeMessage::SetParameterValuesResponse { status: 0 }),
+                    Err(e) => {
+                        self.unstage_key(old);
+                        let mut f = SoapFault::new(e.fault.code);
+                        for (n, pf) in &e.per_param {
+                            f.push_spv_fault(n.clone(), pf.code);
+                        }
+                        tracing::info!(
+                            "SetParameterValues refused: {}",
+                            e.per_param
+                                .iter()
+                                .map(|(n, f)| format!("{n}: {f}"))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        );
+                        fault_env(env, f)
+                    }
+                }
+            }
+            AcsRequest::GetParameterAttributes { names } => {
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                match self.store.get_attributes(&refs) {
+                    Ok(v) => reply(
+                        env,
+                        CpeMessage::GetParameterAttributesResponse {
+                            list: v
+                                .into_iter()
+                                .map(|(name, notification, access_list)| ParamAttr {
+                                    name,
+                                    notification,
+                                    access_list,
+                                })
+                                .collect(),
+                        },
+                    ),
+                    Err(f) => fault_env(env, model_fault(&f)),
+                }
+            }
+            AcsRequest::SetParameterAttributes { list } => {
+                let sets: Vec<AttrSet> = list
+                    .iter()
+                    .map(|a| AttrSet {
+                        name: a.name.clone(),
+                        notification: if a.notification_change {
+                            Some(a.notification.unwrap_or(0))
+                        } else {
+                            None
+                        },
+                        access_list: a.access_list_change.then(|| a.access_list.clone()),
+                    })
+                    .collect();
+                match self.store.set_attributes(&sets) {
+                    Ok(()) => match self.persist() {
+                        Ok(()) => reply(env, CpeMessage::SetParameterAttributesResponse),
+                        Err(_) => fault_env(env, SoapFault::new(9002)),
+                    },
+                    Err(f) => fault_env(env, model_fault(&f)),
+                }
+            }
+            AcsRequest::AddObject {
+                object_name,
+                parameter_key,
+            } => {
+                let old = self.stage_key(parameter_key);
+                match self.add_object(object_name, Origin::Acs).await {
+                    Ok(n) => reply(
+                        env,
+                        CpeMessage::AddObjectResponse {
+                            instance_number: n,
+                            status: 0,
+                        },
+                    ),
+                    Err(f) => {
+                        self.unstage_key(old);
+                        fault_env(env, model_fault(&f))
+                    }
+                }
+            }
+            AcsRequest::DeleteObject {
+                object_name,
+                parameter_key,
+            } => {
+                let old = self.stage_key(parameter_key);
+                match self.delete_object(object_name, Origin::Acs).await {
+                    Ok(()) => reply(env, CpeMessage::DeleteObjectResponse { status: 0 }),
+                    Err(f) => {
+                        self.unstage_key(old);
+                        fault_env(env, model_fault(&f))
+                    }
+                }
+            }
+            AcsRequest::Reboot { command_key } => {
+                effect = Some(Effect::Reboot {
+                    command_key: command_key.clone(),
+                });
+                reply(env, CpeMessage::RebootResponse)
+            }
+            AcsRequest::FactoryReset => {
+                effect = Some(Effect::FactoryReset);
+                reply(env, CpeMessage::FactoryResetResponse)
+            }
+            AcsRequest::ScheduleInform {
+                delay_seconds,
+                command_key,
+            } => {
+                if *delay_seconds == 0 {
+                    fault_env(env, SoapFault::new(9003))
+                } else {
+                    effect = Some(Effect::ScheduleInform {
+                        delay_seconds: *delay_seconds,
+                        command_key: command_key.clone(),
+                    });
+                    reply(env, CpeMessage::ScheduleInformResponse)
+                }
+            }
+            AcsRequest::GetQueuedTransfers => reply(
+                env,
+                CpeMessage::GetQueuedTransfersResponse { list: Vec::new() },
+            ),
+            AcsRequest::GetAllQueuedTransfers => reply(
+                env,
+                CpeMessage::GetAllQueuedTransfersResponse { list: Vec::new() },
+            ),
+            other => {
+                tracing::info!("{} is not supported yet: fault 9000", other.method_name());
+                fault_env(env, SoapFault::new(9000))
+            }
+        };
+        soap::emit_cpe(&resp, out);
+        effect
+    }
+}

@@ -1,0 +1,3 @@
+//! Network clients of the agent.
+
+pub mod acs;

@@ -1,0 +1,856 @@
+//! A scriptable test ACS for integration tests, the demo and benchmarks.
+//!
+//! It plays the ACS side of CWMP sessions over HTTP/1.1 on `127.0.0.1`:
+//!
+//! 1. the CPE's Inform is answered with an InformResponse (MaxEnvelopes from
+//!    [`AcsOptions::max_envelopes`], the Inform's `cwmp:ID` echoed, in the
+//!    namespace the CPE used), or with [`AcsOptions::inform_status`] to make
+//!    the session fail (503 gets `Retry-After: 60`);
+//! 2. CPE requests (TransferComplete, AutonomousTransferComplete,
+//!    GetRPCMethods) get their responses;
+//! 3. the CPE's empty POST, and every POST carrying a response or a fault,
+//!    is answered with the next queued RPC (fresh `cwmp:ID`), or with 204
+//!    (200 and an empty body with [`AcsOptions::end_with_200_empty`]), which
+//!    ends the session;
+//! 4. malformed messages are recorded (raw bytes kept) and answered with 400,
+//!    which ends the session.
+//!
+//! A session is one TCP connection's worth of requests; with
+//! [`AcsOptions::set_cookie`] the InformResponse sets a `session` cookie, a
+//! request on a new connection carrying it continues the session, and
+//! [`SessionRecord::cookie_ok`] tells whether every request after the Inform
+//! carried it.
+//!
+//! RPCs given to [`TestAcs::queue`] are claimed, all at once, by the next
+//! session whose Inform arrives, and sent in order.
+//!
+//! Runtime: [`TestAcs::start`] spawns its tasks with plain `tokio::spawn`
+//! (all futures are `Send`), so it works on a `current_thread` runtime, with
+//! or without a `LocalSet`, as long as the runtime keeps being driven (e.g.
+//! while the test awaits). Tests that drive a separate agent process
+//! synchronously use [`spawn_in_thread`], which runs the ACS on its own
+//! thread and runtime.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::connreq::digest::{DigestError, DigestServer};
+use crate::cwmp::soap::{
+    AcsMessage, AcsRequest, CpeMessage, CwmpNs, Envelope, Inform, emit_acs, is_empty_body,
+    parse_cpe_message,
+};
+use crate::net::acs::base64_decode;
+
+/// Largest request body accepted.
+const MAX_REQUEST: usize = 16 * 1024 * 1024;
+/// Realm of the test ACS's challenges.
+pub const REALM: &str = "cwmpd-testacs";
+/// Name of the session cookie.
+pub const COOKIE_NAME: &str = "session";
+
+/// How the test ACS authenticates the CPE.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AcsAuth {
+    #[default]
+    None,
+    Basic {
+        user: String,
+        pass: String,
+    },
+    Digest {
+        user: String,
+        pass: String,
+    },
+}
+
+/// Behaviour of a [`TestAcs`]. Can be changed while it runs with
+/// [`TestAcs::update_options`].
+#[derive(Debug, Clone)]
+pub struct AcsOptions {
+    pub auth: AcsAuth,
+    /// Set a `session` cookie on the InformResponse and check it afterwards.
+    pub set_cookie: bool,
+    /// End sessions with 200 and an empty body instead of 204.
+    pub end_with_200_empty: bool,
+    /// Send `Connection: close` with the end-of-session response.
+    pub connection_close_on_end: bool,
+    /// Answer the Inform with this HTTP status instead of an InformResponse
+    /// (e.g. 503, sent with `Retry-After: 60`, or 400), which fails the session.
+    pub inform_status: Option<u16>,
+    /// MaxEnvelopes of the InformResponse.
+    pub max_envelopes: u32,
+}
+
+impl Default for AcsOptions {
+    fn default() -> Self {
+        AcsOptions {
+            auth: AcsAuth::None,
+            set_cookie: true,
+            end_with_200_empty: false,
+            connection_close_on_end: false,
+            inform_status: None,
+            max_envelopes: 1,
+        }
+    }
+}
+
+/// What the ACS saw of one session.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// The Inform (None when the first message was not a valid Inform).
+    pub inform: Option<Inform>,
+    /// Every parsed CPE message after the Inform, in order (requests,
+    /// responses and faults).
+    pub received: Vec<CpeMessage>,
+    /// TCP connections the session used.
+    pub connections: usize,
+    /// `set_cookie` was on and every request after the Inform carried the
+    /// cookie.
+    pub cookie_ok: bool,
+    /// When the session's first request arrived.
+    pub started: Instant,
+    /// When the Inform arrived.
+    pub inform_at: Option<Instant>,
+    /// Raw bodies of the messages that failed to parse.
+    pub raw: Vec<Vec<u8>>,
+    /// Why each of `raw` failed (or another protocol error, e.g. an empty
+    /// POST before the Inform).
+    pub errors: Vec<String>,
+    /// The RPCs sent to the CPE, in order.
+    pub sent: Vec<AcsRequest>,
+    /// The HTTP status of every answer (401s included), in order.
+    pub statuses: Vec<u16>,
+    /// Empty POSTs received.
+    pub empty_posts: usize,
+    /// The session has ended (final answer sent, or the connection closed).
+    pub ended: bool,
+    /// When it ended.
+    pub ended_at: Option<Instant>,
+    /// The connection closed before the ACS ended the session.
+    pub aborted: bool,
+    /// Authorization failures (401 after credentials were sent).
+    pub auth_failures: u32,
+}
+
+impl SessionRecord {
+    fn new(now: Instant) -> Self {
+        SessionRecord {
+            inform: None,
+            received: Vec::new(),
+            connections: 1,
+            cookie_ok: false,
+            started: now,
+            inform_at: None,
+            raw: Vec::new(),
+            errors: Vec::new(),
+            sent: Vec::new(),
+            statuses: Vec::new(),
+            empty_posts: 0,
+            ended: false,
+            ended_at: None,
+            aborted: false,
+            auth_failures: 0,
+        }
+    }
+
+    /// The session ended normally: Inform accepted and the ACS closed it with
+    /// 204/200 (not by a failure status, a 400 or a dropped connection).
+    pub fn succeeded(&self) -> bool {
+        self.ended
+            && !self.aborted
+            && self.inform.is_some()
+            && self.errors.is_empty()
+            && matches!(self.statuses.last(), Some(200 | 204))
+    }
+}
+
+struct SessionState {
+    rec: SessionRecord,
+    queue: VecDeque<AcsRequest>,
+    cookie: Option<String>,
+    ns: CwmpNs,
+    requests: usize,
+}
+
+struct State {
+    opts: AcsOptions,
+    sessions: Vec<SessionState>,
+    pending: Vec<AcsRequest>,
+    next_id: u64,
+    auth_failures: u32,
+    digest: DigestServer,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.notify.notify_waiters();
+        self.cond.notify_all();
+    }
+
+    fn sessions(&self) -> Vec<SessionRecord> {
+        self.lock().sessions.iter().map(|s| s.rec.clone()).collect()
+    }
+
+    fn ended(st: &State) -> usize {
+        st.sessions.iter().filter(|s| s.rec.ended).count()
+    }
+
+    fn queue(&self, rpcs: Vec<AcsRequest>) {
+        self.lock().pending.extend(rpcs);
+    }
+
+    async fn wait_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if Self::ended(&self.lock()) >= n {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        self.sessions()
+    }
+
+    fn wait_sessions_blocking(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        while Self::ended(&st) < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.sessions.iter().map(|s| s.rec.clone()).collect()
+    }
+}
+
+fn new_shared(opts: AcsOptions) -> Arc<Shared> {
+    use ring::rand::SecureRandom;
+    let mut secret = [0u8; 32];
+    let _ = ring::rand::SystemRandom::new().fill(&mut secret);
+    Arc::new(Shared {
+        state: Mutex::new(State {
+            opts,
+            sessions: Vec::new(),
+            pending: Vec::new(),
+            next_id: 1,
+            auth_failures: 0,
+            digest: DigestServer::new(secret, REALM, Duration::from_secs(300)),
+        }),
+        notify: Notify::new(),
+        cond: Condvar::new(),
+    })
+}
+
+/// A running test ACS (see the module documentation). Stops when dropped.
+pub struct TestAcs {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestAcs {
+    /// Starts on `127.0.0.1:0` inside the current tokio runtime.
+    pub async fn start(opts: AcsOptions) -> std::io::Result<TestAcs> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
+    }
+
+    /// Starts on the given address inside the current tokio runtime.
+    pub async fn start_on(addr: SocketAddr, opts: AcsOptions) -> std::io::Result<TestAcs> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = new_shared(opts);
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(TestAcs { addr, shared, task })
+    }
+
+    /// `http://127.0.0.1:PORT/acs`.
+    pub fn url(&self) -> String {
+        format!("http://{}/acs", self.addr)
+    }
+
+    /// Queues RPCs for the next session (see the module documentation).
+    pub fn queue(&self, rpcs: Vec<AcsRequest>) {
+        self.shared.queue(rpcs);
+    }
+
+    /// Completed and in-progress sessions, oldest first.
+    pub fn sessions(&self) -> Vec<SessionRecord> {
+        self.shared.sessions()
+    }
+
+    /// Waits until `n` sessions have ended (or the timeout passed) and
+    /// returns all sessions.
+    pub async fn wait_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
+        self.shared.wait_sessions(n, timeout).await
+    }
+
+    /// Changes the options for the requests still to come.
+    pub fn update_options(&self, f: impl FnOnce(&mut AcsOptions)) {
+        f(&mut self.shared.lock().opts);
+    }
+
+    /// 401 answers given to requests that carried wrong credentials.
+    pub fn auth_failures(&self) -> u32 {
+        self.shared.lock().auth_failures
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn stop(self) {}
+}
+
+impl Drop for TestAcs {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A [`TestAcs`] running on its own thread (with its own `current_thread`
+/// runtime), for synchronous tests. Stops when dropped.
+pub struct TestAcsHandle {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a [`TestAcs`] on `127.0.0.1:0` on its own thread. Panics if it
+/// cannot bind (see [`try_spawn_in_thread`]).
+pub fn spawn_in_thread(opts: AcsOptions) -> TestAcsHandle {
+    try_spawn_in_thread(SocketAddr::from(([127, 0, 0, 1], 0)), opts).expect("start the test ACS")
+}
+
+/// Starts a [`TestAcs`] on `addr` on its own thread.
+pub fn try_spawn_in_thread(addr: SocketAddr, opts: AcsOptions) -> std::io::Result<TestAcsHandle> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("testacs".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match TestAcs::start_on(addr, opts).await {
+                    Ok(acs) => {
+                        let _ = ready_tx.send(Ok((acs.addr, acs.shared.clone())));
+                        let _ = stop_rx.await;
+                        acs.stop();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok((addr, shared))) => Ok(TestAcsHandle {
+            addr,
+            shared,
+            stop_tx: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(std::io::Error::other("test ACS thread died"))
+        }
+    }
+}
+
+impl TestAcsHandle {
+    /// `http://127.0.0.1:PORT/acs`.
+    pub fn url(&self) -> String {
+        format!("http://{}/acs", self.addr)
+    }
+
+    /// Queues RPCs for the next session.
+    pub fn queue(&self, rpcs: Vec<AcsRequest>) {
+        self.shared.queue(rpcs);
+    }
+
+    /// Completed and in-progress sessions, oldest first.
+    pub fn sessions(&self) -> Vec<SessionRecord> {
+        self.shared.sessions()
+    }
+
+    /// Blocks until `n` sessions have ended (or the timeout passed) and
+    /// returns all sessions.
+    pub fn wait_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
+        self.shared.wait_sessions_blocking(n, timeout)
+    }
+
+    /// Changes the options for the requests still to come.
+    pub fn update_options(&self, f: impl FnOnce(&mut AcsOptions)) {
+        f(&mut self.shared.lock().opts);
+    }
+
+    /// 401 answers given to requests that carried wrong credentials.
+    pub fn auth_failures(&self) -> u32 {
+        self.shared.lock().auth_failures
+    }
+
+    /// Stops the ACS and joins its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestAcsHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    conns.spawn(serve_conn(s, shared.clone()));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "test ACS accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    session: Option<usize>,
+    authenticated: bool,
+    /// Statuses answered on this connection before it belonged to a session (the 401 of the
+    /// first request); they are put at the front of the session's record.
+    pre_statuses: Vec<u16>,
+}
+
+async fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(Mutex::new(ConnState::default()));
+    let svc = {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
+        })
+    };
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+    let idx = conn.lock().unwrap_or_else(|e| e.into_inner()).session;
+    if let Some(i) = idx {
+        let mut st = shared.lock();
+        let s = &mut st.sessions[i].rec;
+        if !s.ended {
+            s.ended = true;
+            s.aborted = true;
+            s.ended_at = Some(Instant::now());
+        }
+        drop(st);
+        shared.changed();
+    }
+}
+
+fn reply(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+    r
+}
+
+fn xml_reply(body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = reply(200, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/xml; charset=\"utf-8\""),
+    );
+    r
+}
+
+fn set_header(r: &mut Response<Full<Bytes>>, name: header::HeaderName, value: &str) {
+    if let Ok(v) = header::HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn request_cookie(req: &Request<hyper::body::Incoming>) -> Option<String> {
+    let prefix = format!("{COOKIE_NAME}=");
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([';', ',']))
+        .find_map(|p| p.trim().strip_prefix(prefix.as_str()).map(str::to_string))
+}
+
+/// Checks the request's credentials; `Some(response)` when it must be refused.
+fn check_auth(
+    st: &mut State,
+    conn: &mut ConnState,
+    req: &Request<hyper::body::Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match st.opts.auth.clone() {
+        AcsAuth::None => None,
+        AcsAuth::Basic { user, pass } => {
+            let ok = authz.as_deref().is_some_and(|a| {
+                a.split_once(' ').is_some_and(|(scheme, cred)| {
+                    scheme.eq_ignore_ascii_case("Basic")
+                        && base64_decode(cred)
+                            .is_some_and(|d| d == format!("{user}:{pass}").as_bytes())
+                })
+            });
+            if ok || (authz.is_none() && conn.authenticated) {
+                conn.authenticated = true;
+                return None;
+            }
+            if authz.is_some() {
+                st.auth_failures += 1;
+            }
+            let mut r = reply(401, Vec::new());
+            set_header(
+                &mut r,
+                header::WWW_AUTHENTICATE,
+                &format!("Basic realm=\"{REALM}\""),
+            );
+            Some(r)
+        }
+        AcsAuth::Digest { user, pass } => {
+            if authz.is_none() && conn.authenticated {
+                return None;
+            }
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let now = now_unix();
+            let stale = match st
+                .digest
+                .verify("POST", &target, authz.as_deref(), &user, &pass, now)
+            {
+                Ok(()) => {
+                    conn.authenticated = true;
+                    return None;
+                }
+                Err(DigestError::StaleNonce) => true,
+                Err(DigestError::Missing) if authz.is_none() => false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "test ACS: Digest verification failed");
+                    st.auth_failures += 1;
+                    false
+                }
+            };
+            let mut r = reply(401, Vec::new());
+            set_header(
+                &mut r,
+                header::WWW_AUTHENTICATE,
+                &st.digest.challenge(now, stale),
+            );
+            Some(r)
+        }
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    conn: &Mutex<ConnState>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return reply(405, Vec::new());
+    }
+    let cookie = request_cookie(&req);
+    // Authentication first (before reading the body, as a real ACS may).
+    {
+        let mut st = shared.lock();
+        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = check_auth(&mut st, &mut c, &req) {
+            if let Some(i) = c.session {
+                st.sessions[i].rec.statuses.push(401);
+                if req.headers().contains_key(header::AUTHORIZATION) {
+                    st.sessions[i].rec.auth_failures += 1;
+                }
+            } else {
+                c.pre_statuses.push(401);
+            }
+            return r;
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(413, Vec::new()),
+    };
+    let resp = {
+        let mut st = shared.lock();
+        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let resp = process(&mut st, &mut c, cookie, &body);
+        if let Some(i) = c.session {
+            st.sessions[i].rec.statuses.push(resp.status().as_u16());
+        }
+        resp
+    };
+    shared.changed();
+    resp
+}
+
+/// Finds or creates the session of a request.
+fn session_for(st: &mut State, conn: &mut ConnState, cookie: Option<&str>) -> usize {
+    if let Some(i) = conn.session
+        && !st.sessions[i].rec.ended
+    {
+        return i;
+    }
+    if let Some(ck) = cookie
+        && let Some(i) = st
+            .sessions
+            .iter()
+            .position(|s| s.cookie.as_deref() == Some(ck))
+        && (!st.sessions[i].rec.ended || st.sessions[i].rec.aborted)
+        && conn.session != Some(i)
+    {
+        let s = &mut st.sessions[i].rec;
+        s.connections += 1;
+        s.ended = false;
+        s.aborted = false;
+        s.ended_at = None;
+        conn.session = Some(i);
+        return i;
+    }
+    let mut rec = SessionRecord::new(Instant::now());
+    rec.statuses = std::mem::take(&mut conn.pre_statuses);
+    st.sessions.push(SessionState {
+        rec,
+        queue: VecDeque::new(),
+        cookie: None,
+        ns: CwmpNs::default(),
+        requests: 0,
+    });
+    let i = st.sessions.len() - 1;
+    conn.session = Some(i);
+    i
+}
+
+fn end_session(st: &mut State, i: usize) -> Response<Full<Bytes>> {
+    let mut r = if st.opts.end_with_200_empty {
+        reply(200, Vec::new())
+    } else {
+        reply(204, Vec::new())
+    };
+    if st.opts.connection_close_on_end {
+        set_header(&mut r, header::CONNECTION, "close");
+    }
+    mark_ended(st, i);
+    r
+}
+
+fn mark_ended(st: &mut State, i: usize) {
+    let s = &mut st.sessions[i].rec;
+    s.ended = true;
+    s.ended_at = Some(Instant::now());
+}
+
+fn fail_session(st: &mut State, i: usize, raw: &[u8], why: String) -> Response<Full<Bytes>> {
+    let s = &mut st.sessions[i].rec;
+    s.raw.push(raw.to_vec());
+    s.errors.push(why.clone());
+    mark_ended(st, i);
+    let mut r = reply(400, why.into_bytes());
+    set_header(&mut r, header::CONNECTION, "close");
+    r
+}
+
+fn send_acs(
+    st: &mut State,
+    i: usize,
+    msg: AcsMessage,
+    id: Option<String>,
+) -> Response<Full<Bytes>> {
+    let id = id.unwrap_or_else(|| {
+        let n = st.next_id;
+        st.next_id += 1;
+        format!("acs-{n}")
+    });
+    let env = Envelope::new(msg).with_id(id).with_ns(st.sessions[i].ns);
+    let mut out = Vec::with_capacity(512);
+    emit_acs(&env, &mut out);
+    xml_reply(out)
+}
+
+fn next_rpc_or_end(st: &mut State, i: usize) -> Response<Full<Bytes>> {
+    match st.sessions[i].queue.pop_front() {
+        Some(rpc) => {
+            st.sessions[i].rec.sent.push(rpc.clone());
+            send_acs(st, i, AcsMessage::Request(rpc), None)
+        }
+        None => end_session(st, i),
+    }
+}
+
+fn process(
+    st: &mut State,
+    conn: &mut ConnState,
+    cookie: Option<String>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let i = session_for(st, conn, cookie.as_deref());
+    {
+        let set_cookie = st.opts.set_cookie;
+        let s = &mut st.sessions[i];
+        s.requests += 1;
+        if s.requests > 1 && set_cookie && (s.cookie.is_none() || s.cookie != cookie) {
+            s.rec.cookie_ok = false;
+        }
+    }
+    if is_empty_body(body) {
+        st.sessions[i].rec.empty_posts += 1;
+        if st.sessions[i].rec.inform.is_none() {
+            return fail_session(st, i, body, "empty POST before the Inform".into());
+        }
+        return next_rpc_or_end(st, i);
+    }
+    let env = match parse_cpe_message(body) {
+        Ok(env) => env,
+        Err(e) => return fail_session(st, i, body, e.to_string()),
+    };
+    let has_inform = st.sessions[i].rec.inform.is_some();
+    match env.body {
+        CpeMessage::Inform(inform) => {
+            if has_inform {
+                return fail_session(st, i, body, "second Inform in the session".into());
+            }
+            let now = Instant::now();
+            let pending = std::mem::take(&mut st.pending);
+            let set_cookie = st.opts.set_cookie;
+            let s = &mut st.sessions[i];
+            s.rec.inform = Some(inform);
+            s.rec.inform_at = Some(now);
+            s.ns = env.ns;
+            s.queue.extend(pending);
+            if let Some(status) = st.opts.inform_status {
+                let mut r = reply(status, Vec::new());
+                if status == 503 {
+                    set_header(&mut r, header::RETRY_AFTER, "60");
+                }
+                set_header(&mut r, header::CONNECTION, "close");
+                mark_ended(st, i);
+                return r;
+            }
+            let mut r = send_acs(
+                st,
+                i,
+                AcsMessage::InformResponse {
+                    max_envelopes: st.opts.max_envelopes,
+                },
+                env.id,
+            );
+            if set_cookie {
+                let n = st.next_id;
+                st.next_id += 1;
+                let value = format!("s{i}x{n}x{:x}", now_unix());
+                let s = &mut st.sessions[i];
+                s.cookie = Some(value.clone());
+                s.rec.cookie_ok = true;
+                set_header(
+                    &mut r,
+                    header::SET_COOKIE,
+                    &format!("{COOKIE_NAME}={value}; Path=/; HttpOnly"),
+                );
+            }
+            r
+        }
+        _ if !has_inform => {
+            fail_session(st, i, body, "session does not start with an Inform".into())
+        }
+        msg => {
+            let answer = match &msg {
+                CpeMessage::TransferComplete(_) => Some(AcsMessage::TransferCompleteResponse),
+                CpeMessage::AutonomousTransferComplete(_) => {
+                    Some(AcsMessage::AutonomousTransferCompleteResponse)
+                }
+                CpeMessage::GetRPCMethods => Some(AcsMessage::GetRPCMethodsResponse {
+                    methods: [
+                        "Inform",
+                        "GetRPCMethods",
+                        "TransferComplete",
+                        "AutonomousTransferComplete",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                }),
+                _ => None,
+            };
+            st.sessions[i].rec.received.push(msg);
+            match answer {
+                Some(a) => send_acs(st, i, a, env.id),
+                None => next_rpc_or_end(st, i),
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! CWMP sessions of the real agent against the project's test ACS: the Inform, every RPC the
+//! agent serves on success and fault paths, events across restarts, retries, auth and cookies.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue, SetAttr};
+use cwmpd::testacs::{AcsAuth, AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config_for(dir: &std::path::Path, acs: &TestAcsHandle, extra: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[connreq]\nhttp_listen = [\"127.0.0.1:0\"]\n[actions]\nreboot = [\"sh\", \"-c\", \"echo reboot >> {d}/actions.log\"]\n[parameters]\n\"Device.ManagementServer.URL\" = \"{url}\"\n\"Device.ManagementServer.Username\" = \"cpe\"\n\"Device.ManagementServer.Password\" = \"cpe-pass\"\n\"Device.DeviceInfo.Manufacturer\" = \"Test Co\"\n\"Device.DeviceInfo.ManufacturerOUI\" = \"00D09E\"\n\"Device.DeviceInfo.ProductClass\" = \"STB\"\n\"Device.DeviceInfo.SerialNumber\" = \"SN0001\"\n{extra}",
+            d = dir.display(),
+            url = acs.url()
+        ),
+    )
+}
+
+fn events(s: &SessionRecord) -> Vec<String> {
+    s.inform
+        .as_ref()
+        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn inform_param(s: &SessionRecord, name: &str) -> Option<String> {
+    s.inform
+        .as_ref()?
+        .params
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.value.clone())
+}
+
+#[test]
+fn boot_session_carries_bootstrap_deviceid_and_forced_params() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-boot");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    let ev = events(&s[0]);
+    assert!(
+        ev.contains(&"0 BOOTSTRAP".into()) && ev.contains(&"1 BOOT".into()),
+        "{ev:?}"
+    );
+    let inf = s[0].inform.as_ref().unwrap();
+    assert_eq!(inf.device_id.oui, "00D09E");
+    assert_eq!(inf.device_id.serial_number, "SN0001");
+    assert_eq!(inf.device_id.manufacturer, "Test Co");
+    assert_eq!(inf.retry_count, 0);
+    assert!(inform_param(&s[0], "Device.RootDataModelVersion").is_some());
+    assert!(inform_param(&s[0], "Device.DeviceInfo.SoftwareVersion").is_some());
+    assert!(inform_param(&s[0], "Device.ManagementServer.ParameterKey").is_some());
+    assert!(s[0].cookie_ok, "cookie returned for the session");
+    assert_eq!(s[0].connections, 1, "one keep-alive connection");
+    // A restart: BOOT only, no BOOTSTRAP.
+    a.stop();
+    let _a = Agent::start(&config_for(d.path(), &acs, ""));
+    let s = acs.wait_sessions(2, WAIT);
+    let ev = events(&s[1]);
+    assert_eq!(ev, vec!["1 BOOT".to_string()], "{ev:?}");
+}
+
+#[test]
+fn every_store_rpc_on_success_and_fault_paths() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-rpc");
+    acs.queue(vec![
+        AcsRequest::GetRPCMethods,
+        AcsRequest::GetParameterNames {
+            path: String::new(),
+            next_level: true,
+        },
+        AcsRequest::GetParameterNames {
+            path: "Device.XMPP.".into(),
+            next_level: false,
+        },
+        AcsRequest::GetParameterValues {
+            names: vec!["Device.DeviceInfo.".into()],
+        },
+        AcsRequest::GetParameterValues {
+            names: vec!["Device.NoSuch.".into()],
+        },
+        AcsRequest::SetParameterValues {
+            list: vec![
+                ParamValue {
+                    name: "Device.ManagementServer.PeriodicInformInterval".into(),
+                    value: "1200".into(),
+                    xsi_type: Some("xsd:unsignedInt".into()),
+                },
+                ParamValue {
+                    name: "Device.ManagementServer.PeriodicInformTime".into(),
+                    value: "2026-01-02T03:04:05.000Z".into(),
+                    xsi_type: Some("xsd:dateTime".into()),
+                },
+                ParamValue {
+                    name: "Device.ManagementServer.PeriodicInformEnable".into(),
+                    value: "1".into(),
+                    xsi_type: Some("xsd:boolean".into()),
+                },
+            ],
+            parameter_key: "key-1".into(),
+        },
+        AcsRequest::SetParameterValues {
+            list: vec![
+                ParamValue {
+                    name: "Device.ManagementServer.PeriodicInformInterval".into(),
+                    value: "0".into(),
+                    xsi_type: None,
+                },
+                ParamValue {
+                    name: "Device.DeviceInfo.Manufacturer".into(),
+                    value: "X".into(),
+                    xsi_type: None,
+                },
+                ParamValue {
+                    name: "Device.ManagementServer.CWMPRetryMinimumWaitInterval".into(),
+                    value: "abc".into(),
+                    xsi_type: None,
+                },
+                ParamValue {
+                    name: "Device.ManagementServer.STUNServerPort".into(),
+                    value: "1".into(),
+                    xsi_type: Some("xsd:boolean".into()),
+                },
+            ],
+            parameter_key: "key-2".into(),
+        },
+        AcsRequest::SetParameterAttributes {
+            list: vec![SetAttr {
+                name: "Device.DeviceInfo.ProvisioningCode".into(),
+                notification_change: false,
+                notification: None,
+                access_list_change: false,
+                access_list: vec![],
+            }],
+        },
+        AcsRequest::SetParameterAttributes {
+            list: vec![SetAttr {
+                name: "Device.ManagementServer.URL".into(),
+                notification_change: true,
+                notification: Some(1),
+                access_list_change: false,
+                access_list: vec![],
+            }],
+        },
+        AcsRequest::SetParameterAttributes {
+            list: vec![SetAttr {
+                name: "Device.DeviceInfo.UpTime".into(),
+                notification_change: true,
+                notification: Some(2),
+                access_list_change: false,
+                access_list: vec![],
+            }],
+        },
+        AcsRequest::GetParameterAttributes {
+            names: vec!["Device.ManagementServer.URL".into()],
+        },
+        AcsRequest::AddObject {
+            object_name: "Device.XMPP.Connection.".into(),
+            parameter_key: "key-3".into(),
+        },
+        AcsRequest::AddObject {
+            object_name: "Device.DeviceInfo.".into(),
+            parameter_key: "key-x".into(),
+        },
+        AcsRequest::DeleteObject {
+            object_name: "Device.XMPP.Connection.1.".into(),
+            parameter_key: "key-4".into(),
+        },
+        AcsRequest::DeleteObject {
+            object_name: "Device.XMPP.Connection.7.".into(),
+            parameter_key: "key-y".into(),
+        },
+        AcsRequest::GetQueuedTransfers,
+        AcsRequest::GetParameterValues {
+            names: vec![
+                "Device.ManagementServer.ParameterKey".into(),
+                "Device.ManagementServer.Password".into(),
+            ],
+        },
+    ]);
+    let _a = Agent::start(&config_for(d.path(), &acs, ""));
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    let r = &s[0].received;
+    assert_eq!(r.len(), 17, "{r:#?}");
+    match &r[0] {
+        CpeMessage::GetRPCMethodsResponse { methods } => {
+            assert!(methods.contains(&"SetParameterValues".into()))
+        }
+        m => panic!("{m:?}"),
+    }
+    match &r[1] {
+        CpeMessage::GetParameterNamesResponse { list } => {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].name, "Device.");
+        }
+        m => panic!("{m:?}"),
+    }
+    match &r[2] {
+        CpeMessage::GetParameterNamesResponse { list } => {
+            assert_eq!(list[0].name, "Device.XMPP.");
+            assert!(
+                list.iter()
+                    .any(|p| p.name == "Device.XMPP.Connection." && p.writable)
+            );
+        }
+        m => panic!("{m:?}"),
+    }
+    match &r[3] {
+        CpeMessage::GetParameterValuesResponse { list } => {
+            let sn = list
+                .iter()
+                .find(|p| p.name == "Device.DeviceInfo.SerialNumber")
+                .unwrap();
+            assert_eq!(sn.value, "SN0001");
+            assert_eq!(sn.xsi_type.as_deref(), Some("xsd:string"));
+            let up = list
+                .iter()
+                .find(|p| p.name == "Device.DeviceInfo.UpTime")
+                .unwrap();
+            assert_eq!(up.xsi_type.as_deref(), Some("xsd:unsignedInt"));
+        }
+        m => panic!("{m:?}"),
+    }
+    match &r[4] {
+        CpeMessage::Fault(f) => assert_eq!(f.code, 9005),
+        m => panic!("{m:?}"),
+    }
+    match &r[5] {
+        CpeMessage::SetParameterValuesResponse { status } => assert_eq!(*status, 0),
+        m => panic!("{m:?}"),
+    }
+    match &r[6] {
+        CpeMessage::Fault(f) => {
+            assert_eq!(f.code, 9003);
+            let mut per: Vec<(String, u32)> = f
+                .set_parameter_values_faults
+                .iter()
+                .map(|x| (x.name.clone(), x.code))
+                .collect();
+            per.sort();
+            assert_eq!(
+                per,
+                vec![
+                    ("Device.DeviceInfo.Manufacturer".into(), 9008),
+                    (
+                        "Device.ManagementServer.CWMPRetryMinimumWaitInterval".into(),
+                        9006
+                    ),
+                    (
+                        "Device.ManagementServer.PeriodicInformInterval".into(),
+                        9007
+                    ),
+                    ("Device.ManagementServer.STUNServerPort".into(), 9006),
+                ]
+            );
+        }
+        m => panic!("{m:?}"),
+    }
+    assert!(
+        matches!(r[7], CpeMessage::SetParameterAttributesResponse),
+        "empty Notification with NotificationChange=false accepted"
+    );
+    assert!(matches!(r[8], CpeMessage::SetParameterAttributesResponse));
+    match &r[9] {
+        CpeMessage::Fault(f) => assert_eq!(f.code, 9009, "active notification on UpTime is denied"),
+        m => panic!("{m:?}"),
+    }
+    match &r[10] {
+        CpeMessage::GetParameterAttributesResponse { list } => assert_eq!(list[0].notification, 1),
+        m => panic!("{m:?}"),
+    }
+    match &r[11] {
+        CpeMessage::AddObjectResponse {
+            instance_number,
+            status,
+        } => assert_eq!((*instance_number, *status), (1, 0)),
+        m => panic!("{m:?}"),
+    }
+    match &r[12] {
+        CpeMessage::Fault(f) => assert_eq!(f.code, 9005),
+        m => panic!("{m:?}"),
+    }
+    assert!(
+        matches!(r[13], CpeMessage::DeleteObjectResponse { status: 0 }),
+        "{:?}",
+        r[13]
+    );
+    match &r[14] {
+        CpeMessage::Fault(f) => assert_eq!(f.code, 9005),
+        m => panic!("{m:?}"),
+    }
+    assert!(matches!(
+        r[15],
+        CpeMessage::GetQueuedTransfersResponse { .. }
+    ));
+    match &r[16] {
+        CpeMessage::GetParameterValuesResponse { list } => {
+            assert_eq!(
+                list[0].value, "key-4",
+                "ParameterKey of the last successful change"
+            );
+            assert_eq!(list[1].value, "", "password reads back empty");
+        }
+        m => panic!("{m:?}"),
+    }
+}
+
+#[test]
+fn connection_requests_during_a_session_give_one_follow_up() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-cr");
+    // A long first session: many RPCs.
+    acs.queue(
+        (0..40)
+            .map(|_| AcsRequest::GetParameterValues {
+                names: vec!["Device.".into()],
+            })
+            .collect(),
+    );
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    // Wait for the session to start, then ask for 50 sessions through the control socket.
+    let t0 = std::time::Instant::now();
+    while acs.sessions().is_empty() && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for _ in 0..50 {
+        a.ctl(json!({"op": "inform"}));
+    }
+    let s = acs.wait_sessions(2, WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    let s2 = acs.sessions();
+    assert_eq!(
+        s2.len(),
+        2,
+        "exactly one follow-up session: {:?}",
+        s2.iter().map(events).collect::<Vec<_>>()
+    );
+    assert!(events(&s[1]).contains(&"6 CONNECTION REQUEST".to_string()));
+}
+
+#[test]
+fn value_changes_active_and_passive_reach_the_acs() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-vc");
+    let chan = "Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel";
+    let a = Agent::start(&config_for(
+        d.path(),
+        &acs,
+        &format!("\"{chan}\" = \"1\"\n"),
+    ));
+    acs.wait_sessions(1, WAIT);
+    assert_eq!(
+        a.ctl(json!({"op": "setattr", "name": chan, "notification": 1}))["ok"],
+        true
+    );
+    // Passive: rides the next session, does not start one.
+    a.set(chan, "2");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        acs.sessions().len(),
+        1,
+        "a passive change starts no session"
+    );
+    // Active (ProvisioningCode is forced active): starts one that carries both.
+    a.set("Device.DeviceInfo.ProvisioningCode", "P1");
+    let s = acs.wait_sessions(2, WAIT);
+    assert!(
+        events(&s[1]).contains(&"4 VALUE CHANGE".to_string()),
+        "{:?}",
+        events(&s[1])
+    );
+    assert_eq!(inform_param(&s[1], chan).as_deref(), Some("2"));
+    assert_eq!(
+        inform_param(&s[1], "Device.DeviceInfo.ProvisioningCode").as_deref(),
+        Some("P1")
+    );
+    // Delivered: nothing pending any more.
+    let ch = a.ctl(json!({"op": "changes"}));
+    assert_eq!(ch["changes"].as_array().unwrap().len(), 0, "{ch}");
+}
+
+#[test]
+fn failed_sessions_retry_and_keep_events_across_restart() {
+    let acs = spawn_in_thread(AcsOptions {
+        inform_status: Some(503),
+        ..Default::default()
+    });
+    let d = TempDir::new("sess-retry");
+    let cfg = config_for(
+        d.path(),
+        &acs,
+        "\"Device.ManagementServer.CWMPRetryMinimumWaitInterval\" = 1\n",
+    );
+    let a = Agent::start(&cfg);
+    let s = acs.wait_sessions(2, WAIT);
+    assert_eq!(s[0].inform.as_ref().unwrap().retry_count, 0);
+    assert_eq!(
+        s[1].inform.as_ref().unwrap().retry_count,
+        1,
+        "RetryCount counts failed attempts"
+    );
+    assert!(
+        events(&s[1]).contains(&"0 BOOTSTRAP".to_string()),
+        "BOOTSTRAP is retried"
+    );
+    let st = a.ctl(json!({"op": "status"}));
+    assert!(st["sessions_failed"].as_u64().unwrap() >= 1, "{st}");
+    // Restart in the middle of failing: BOOTSTRAP survives, the ACS recovers.
+    a.kill9();
+    acs.update_options(|o| o.inform_status = None);
+    let n = acs.sessions().len();
+    let _a = Agent::start(&cfg);
+    let s = acs.wait_sessions(n + 1, WAIT);
+    let last = s.last().unwrap();
+    assert!(last.succeeded());
+    let ev = events(last);
+    assert!(
+        ev.contains(&"0 BOOTSTRAP".to_string()) && ev.contains(&"1 BOOT".to_string()),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn digest_auth_to_the_acs_on_one_connection_and_wrong_password_fails() {
+    let acs = spawn_in_thread(AcsOptions {
+        auth: AcsAuth::Digest {
+            user: "cpe".into(),
+            pass: "cpe-pass".into(),
+        },
+        ..Default::default()
+    });
+    let d = TempDir::new("sess-digest");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    assert_eq!(s[0].connections, 1, "Digest retry on the same connection");
+    assert!(s[0].statuses.contains(&401));
+    // The password is never logged.
+    assert!(!a.log_text().contains("cpe-pass"));
+    // A wrong password: failed session, retried later (not a tight loop).
+    a.set("Device.ManagementServer.Password", "wrong");
+    a.ctl(json!({"op": "inform"}));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(acs.auth_failures() >= 1);
+    let st = a.ctl(json!({"op": "status"}));
+    assert!(st["sessions_failed"].as_u64().unwrap() >= 1, "{st}");
+    assert!(acs.sessions().len() <= 3, "no retry storm");
+}
+
+#[test]
+fn url_change_bootstraps_the_new_acs_and_reboot_runs_after_the_session() {
+    let acs1 = spawn_in_thread(AcsOptions::default());
+    let acs2 = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-url");
+    acs1.queue(vec![AcsRequest::SetParameterValues {
+        list: vec![ParamValue {
+            name: "Device.ManagementServer.URL".into(),
+            value: acs2.url(),
+            xsi_type: None,
+        }],
+        parameter_key: "move".into(),
+    }]);
+    let _a = Agent::start(&config_for(d.path(), &acs1, ""));
+    acs1.wait_sessions(1, WAIT);
+    let s = acs2.wait_sessions(1, WAIT);
+    assert!(
+        events(&s[0]).contains(&"0 BOOTSTRAP".to_string()),
+        "{:?}",
+        events(&s[0])
+    );
+    // Reboot: answered in the session, the command runs after it, M Reboot goes out next.
+    acs2.queue(vec![AcsRequest::Reboot {
+        command_key: "rb-1".into(),
+    }]);
+    _a.ctl(json!({"op": "inform"}));
+    let s = acs2.wait_sessions(3, WAIT);
+    assert!(matches!(s[1].received[0], CpeMessage::RebootResponse));
+    let log = std::fs::read_to_string(d.path().join("actions.log")).unwrap_or_default();
+    assert!(log.contains("reboot"), "reboot command ran");
+    let inf = s[2].inform.as_ref().unwrap();
+    assert!(
+        inf.events
+            .iter()
+            .any(|e| e.event_code == "M Reboot" && e.command_key == "rb-1"),
+        "{:?}",
+        inf.events
+    );
+}
