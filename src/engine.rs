@@ -26,6 +26,9 @@ pub enum Command {
     ProviderNotify(usize, BTreeMap<String, String>),
     /// A connection request that passed authentication and the rate limit.
     ConnectionRequest(CrEvent),
+    /// Status reported by a transport (mapped address, NATDetected, JabberID, XMPP Status,
+    /// counters...): written as the device's own values, so notification rules apply.
+    Status(Vec<(String, String)>),
     /// Save what is unsaved and stop.
     Shutdown,
 }
@@ -107,7 +110,16 @@ pub struct Engine {
     pub cr_count: u64,
     /// Set once [`run`](Self::run) has started.
     running: bool,
+    /// Raw values (secrets included) of the subtrees transports configure themselves from.
+    settings_tx: watch::Sender<Settings>,
 }
+
+/// A snapshot of raw parameter values (passwords included) under [`SETTINGS_PREFIXES`], by
+/// full path. Transports derive their configuration from it and get every change.
+pub type Settings = std::sync::Arc<BTreeMap<String, String>>;
+
+/// The subtrees published to transports.
+pub const SETTINGS_PREFIXES: &[&str] = &["Device.ManagementServer.", "Device.XMPP."];
 
 const MS_ENABLE: &str = "Device.ManagementServer.EnableCWMP";
 const MS_URL: &str = "Device.ManagementServer.URL";
@@ -188,12 +200,54 @@ impl Engine {
             cr_url_key: None,
             cr_count: 0,
             running: false,
+            settings_tx: watch::channel(Settings::default()).0,
         };
+        e.publish_settings();
         e.refresh_cr();
         if created {
             let _ = e.persist();
         }
         Ok(e)
+    }
+
+    /// Transports' view of the raw settings (follows every change).
+    pub fn settings(&self) -> watch::Receiver<Settings> {
+        self.settings_tx.subscribe()
+    }
+
+    /// Recomputes the settings snapshot and publishes it when it changed.
+    pub fn publish_settings(&mut self) {
+        let mut m = BTreeMap::new();
+        for prefix in SETTINGS_PREFIXES {
+            if let Ok(paths) = self.store.expand(prefix) {
+                for p in paths {
+                    let v = self.store.secret(&p).unwrap_or_default().to_string();
+                    m.insert(p, v);
+                }
+            }
+        }
+        self.settings_tx.send_if_modified(|cur| {
+            if **cur == m {
+                false
+            } else {
+                *cur = std::sync::Arc::new(m);
+                true
+            }
+        });
+    }
+
+    /// Applies status values reported by a transport.
+    /// Only values that are persisted at all (not counters) cause a write.
+    pub fn apply_status(&mut self, values: Vec<(String, String)>) {
+        let before = self.store.snapshot();
+        for (k, v) in values {
+            if let Err(f) = self.store.set_internal(&k, &v) {
+                tracing::warn!("status value for {k} refused: {f}");
+            }
+        }
+        if self.store.snapshot() != before {
+            let _ = self.persist();
+        }
     }
 
     /// The listener's view of the CR settings (follows every change).
@@ -613,6 +667,7 @@ impl Engine {
                 self.refresh_cr();
             }
             Command::ConnectionRequest(ev) => self.on_connection_request(ev),
+            Command::Status(values) => self.apply_status(values),
             Command::Shutdown => {
                 self.shutdown_requested = true;
                 return false;

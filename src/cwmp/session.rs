@@ -132,6 +132,7 @@ impl Engine {
         self.check_active_changes(now);
         self.update_periodic(now);
         self.refresh_cr();
+        self.publish_settings();
     }
 
     fn save_events(&mut self) {
