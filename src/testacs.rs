@@ -90,6 +90,8 @@ pub struct AcsOptions {
     pub inform_status: Option<u16>,
     /// MaxEnvelopes of the InformResponse.
     pub max_envelopes: u32,
+    /// Wait this long before answering each request (a slow ACS; makes sessions long).
+    pub response_delay: Duration,
 }
 
 impl Default for AcsOptions {
@@ -101,6 +103,7 @@ impl Default for AcsOptions {
             connection_close_on_end: false,
             inform_status: None,
             max_envelopes: 1,
+            response_delay: Duration::ZERO,
         }
     }
 }
@@ -352,11 +355,39 @@ pub fn spawn_in_thread(opts: AcsOptions) -> TestAcsHandle {
 
 /// Starts a [`TestAcs`] on `addr` on its own thread.
 pub fn try_spawn_in_thread(addr: SocketAddr, opts: AcsOptions) -> std::io::Result<TestAcsHandle> {
+    spawn_thread_in(None, addr, opts)
+}
+
+/// Starts a [`TestAcs`] on `addr` inside the network namespace `netns` (a name under
+/// /var/run/netns, as made by `ip netns add`); only its thread enters the namespace.
+pub fn try_spawn_in_netns(
+    netns: &str,
+    addr: SocketAddr,
+    opts: AcsOptions,
+) -> std::io::Result<TestAcsHandle> {
+    spawn_thread_in(Some(format!("/var/run/netns/{netns}")), addr, opts)
+}
+
+fn spawn_thread_in(
+    netns: Option<String>,
+    addr: SocketAddr,
+    opts: AcsOptions,
+) -> std::io::Result<TestAcsHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("testacs".into())
         .spawn(move || {
+            if let Some(ns) = netns {
+                let entered = std::fs::File::open(&ns).and_then(|f| {
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+                if let Err(e) = entered {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -642,6 +673,10 @@ async fn handle(
             }
             return r;
         }
+    }
+    let delay = shared.lock().opts.response_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
         Ok(b) => b.to_bytes(),

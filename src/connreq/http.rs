@@ -241,15 +241,53 @@ pub async fn serve(
     }
 }
 
+/// Serves one listening address. While HTTP connection requests are disabled
+/// (HTTPConnectionRequestEnable or EnableCWMP false) the port is closed (TR-069 rule H12) and
+/// re-opened on the same address when they are enabled again.
 async fn accept_loop(listener: TcpListener, handler: Rc<Handler>, slots: Arc<Semaphore>) {
-    let local = listener.local_addr().ok();
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    let mut listener = Some(listener);
+    let mut settings = handler.settings.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(?local, "connection request accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let enabled = settings.borrow_and_update().enabled;
+        if !enabled && listener.is_some() {
+            listener = None;
+            tracing::info!(%local, "HTTP connection requests disabled: port closed");
+        } else if enabled && listener.is_none() {
+            match bind_reuse(local) {
+                Ok(l) => {
+                    tracing::info!(%local, "HTTP connection requests enabled: port open");
+                    listener = Some(l);
+                }
+                Err(e) => {
+                    tracing::warn!(%local, "cannot reopen the connection-request port: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(l) = listener.as_ref() else {
+            if settings.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (stream, peer) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%local, "connection request accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            r = settings.changed() => {
+                if r.is_err() {
+                    return;
+                }
                 continue;
             }
         };
@@ -265,6 +303,17 @@ async fn accept_loop(listener: TcpListener, handler: Rc<Handler>, slots: Arc<Sem
             serve_conn(stream, peer, h).await;
         });
     }
+}
+
+fn bind_reuse(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(64)
 }
 
 async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Rc<Handler>) {

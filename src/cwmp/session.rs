@@ -44,6 +44,8 @@ pub struct CwmpState {
     /// neither merge into the Inform already sent nor get lost.
     pub in_session: bool,
     deferred: Vec<(String, String)>,
+    /// The store's active-change generation a session was last asked for.
+    active_seen: u64,
 }
 
 /// Why a session failed.
@@ -171,9 +173,16 @@ impl Engine {
 
     /// After store changes: an active notification opens a session (throttled).
     pub fn check_active_changes(&mut self, now: Instant) {
-        if !self.store.has_active_change() || !self.cwmp_enabled() || self.ms("URL").is_empty() {
+        // Only a new change asks for a session; an undelivered old one waits for the retry.
+        let generation = self.store.active_generation();
+        if generation == self.cwmp.active_seen
+            || !self.store.has_active_change()
+            || !self.cwmp_enabled()
+            || self.ms("URL").is_empty()
+        {
             return;
         }
+        self.cwmp.active_seen = generation;
         let throttle =
             Duration::from_secs(self.ms_u32("DefaultActiveNotificationThrottle", 0) as u64);
         let at = match self.cwmp.last_session_end {

@@ -130,6 +130,8 @@ pub struct Store {
     changed: BTreeSet<String>,
     /// True when one of `changed` has active notification.
     active_change: bool,
+    /// Counts active-notification changes, so a caller can tell a new one from an old one.
+    active_generation: u64,
     dirty: bool,
     live: Box<dyn LiveSource>,
 }
@@ -166,6 +168,7 @@ impl Store {
             factory_tables: BTreeMap::new(),
             changed: BTreeSet::new(),
             active_change: false,
+            active_generation: 0,
             dirty: false,
             live,
         };
@@ -606,6 +609,7 @@ impl Store {
             self.changed.insert(path.to_string());
             if notification == 2 {
                 self.active_change = true;
+                self.active_generation += 1;
             }
         }
         true
@@ -632,6 +636,9 @@ impl Store {
                     let active = node.notification == 2;
                     self.changed.insert(path);
                     self.active_change |= active;
+                    if active {
+                        self.active_generation += 1;
+                    }
                     n += 1;
                 }
             }
@@ -833,6 +840,11 @@ impl Store {
     /// Whether an active-notification change is waiting (it should start a session).
     pub fn has_active_change(&self) -> bool {
         self.active_change
+    }
+
+    /// Increases with every active-notification change.
+    pub fn active_generation(&self) -> u64 {
+        self.active_generation
     }
 
     pub fn has_changes(&self) -> bool {

@@ -2,6 +2,8 @@
 //! its control socket.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,12 @@ pub struct Agent {
 impl Agent {
     /// Starts `cwmpd run -c CONFIG` and waits for its control socket.
     pub fn start(config: &Path) -> Agent {
+        Agent::start_in(config, None)
+    }
+
+    /// Like [`start`](Self::start), inside network namespace `netns` (`ip netns exec`, which
+    /// execs the agent, so the child PID is the agent's).
+    pub fn start_in(config: &Path, netns: Option<&str>) -> Agent {
         let dir = config.parent().unwrap();
         let sock = dir.join("ctl.sock");
         let _ = std::fs::remove_file(&sock);
@@ -74,7 +82,15 @@ impl Agent {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cwmpd"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cwmpd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cwmpd")),
+        };
+        let child = cmd
             .args(["run", "-c"])
             .arg(config)
             .stdout(Stdio::null())

@@ -1,0 +1,259 @@
+//! HTTP connection requests end to end: the ACS's CR reaches the agent, and the ACS then gets
+//! the Inform with "6 CONNECTION REQUEST" — on loopback, routed between network namespaces, and
+//! through a NAT gateway's port forward (nftables DNAT). The namespace tests need root.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::netns::{Rig, unavailable};
+use common::*;
+use cwmpd::cwmp::soap::AcsRequest;
+use cwmpd::testacs::{
+    AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread, try_spawn_in_netns,
+};
+
+const USER: &str = "acs-user";
+const PASS: &str = "cr-secret";
+const WAIT: Duration = Duration::from_secs(20);
+const CR_URL: &str = "Device.ManagementServer.ConnectionRequestURL";
+
+fn config(dir: &std::path::Path, acs_url: &str, connreq: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[connreq]\n{connreq}\n[parameters]\n\"Device.ManagementServer.URL\" = \"{acs_url}\"\n\"Device.ManagementServer.ConnectionRequestUsername\" = \"{USER}\"\n\"Device.ManagementServer.ConnectionRequestPassword\" = \"{PASS}\"\n\"Device.DeviceInfo.ManufacturerOUI\" = \"00D09E\"\n\"Device.DeviceInfo.SerialNumber\" = \"CR0001\"\n"
+        ),
+    )
+}
+
+fn events(s: &SessionRecord) -> Vec<String> {
+    s.inform
+        .as_ref()
+        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn has_cr(s: &SessionRecord) -> bool {
+    events(s).iter().any(|e| e == "6 CONNECTION REQUEST")
+}
+
+/// Sends a CR with the project's ACS-side tool, optionally from inside a namespace.
+fn send_cr(rig: Option<(&Rig, &str)>, url: &str) -> (bool, String) {
+    let bin = env!("CARGO_BIN_EXE_cwmp-connreq");
+    let mut cmd = match rig {
+        Some((r, ns)) => r.command(ns, bin),
+        None => Command::new(bin),
+    };
+    let out = cmd
+        .args(["http", url, "--user", USER, "--password", PASS])
+        .output()
+        .expect("run cwmp-connreq");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn wait_value(a: &Agent, name: &str, pred: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let v = a.get(name);
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "{name} stayed {v:?}; agent log:\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn loopback_cr_starts_a_session_and_crs_during_a_session_give_one_follow_up() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("crs-lo");
+    let a = Agent::start(&config(
+        d.path(),
+        &acs.url(),
+        "http_listen = [\"127.0.0.1:0\"]\nrate_burst = 100\nrate_per_minute = 6000",
+    ));
+    acs.wait_sessions(1, WAIT);
+    let url = wait_value(&a, CR_URL, |v| !v.is_empty());
+    let (ok, out) = send_cr(None, &url);
+    assert!(ok, "{out}");
+    let s = acs.wait_sessions(2, WAIT);
+    assert!(has_cr(&s[1]), "{:?}", events(&s[1]));
+
+    // A long session (a slow ACS); 50 CRs while it runs → exactly one follow-up session.
+    acs.update_options(|o| o.response_delay = Duration::from_millis(100));
+    acs.queue(
+        (0..10)
+            .map(|_| AcsRequest::GetParameterValues {
+                names: vec!["Device.DeviceInfo.".into()],
+            })
+            .collect(),
+    );
+    let (ok, _) = send_cr(None, &url);
+    assert!(ok);
+    let t0 = Instant::now();
+    while acs.sessions().len() < 3 && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Five waves of ten concurrent requests (the listener caps concurrent connections at 32).
+    let mut accepted = 0;
+    for _ in 0..5 {
+        let senders: Vec<_> = (0..10)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || send_cr(None, &url).0)
+            })
+            .collect();
+        accepted += senders
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+    }
+    assert_eq!(accepted, 50, "all 50 answered 200");
+    let during = acs.sessions();
+    assert_eq!(during.len(), 3, "the long session is still running");
+    assert!(!during[2].ended, "the CRs arrived during the third session");
+    acs.update_options(|o| o.response_delay = Duration::ZERO);
+    let s = acs.wait_sessions(4, WAIT);
+    std::thread::sleep(Duration::from_millis(800));
+    let all = acs.sessions();
+    assert_eq!(
+        all.len(),
+        4,
+        "one follow-up: {:?}",
+        all.iter().map(events).collect::<Vec<_>>()
+    );
+    assert!(has_cr(&s[3]));
+}
+
+fn acs_in(rig: &Rig, ns: &str, ip: &str) -> TestAcsHandle {
+    try_spawn_in_netns(
+        &rig.name(ns),
+        format!("{ip}:7557").parse().unwrap(),
+        AcsOptions::default(),
+    )
+    .expect("test ACS in its namespace")
+}
+
+#[test]
+fn routed_namespaces_cr_and_address_change_reported() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED routed_namespaces_cr_and_address_change_reported: {why}");
+        return;
+    }
+    let rig = Rig::new("cwr", &["acs", "cpe"]);
+    rig.link("acs", "198.18.7.1/24", "cpe", "198.18.7.2/24");
+    let acs = acs_in(&rig, "acs", "198.18.7.1");
+    let d = TempDir::new("crs-routed");
+    let cfg = config(d.path(), &acs.url(), "http_listen = [\"0.0.0.0:7547\"]");
+    // Short poll so an address change is noticed quickly.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval = 3600", "poll_interval = 1");
+    std::fs::write(&cfg, text).unwrap();
+    let a = Agent::start_in(&cfg, Some(&rig.name("cpe")));
+    acs.wait_sessions(1, WAIT);
+    // The URL names the address on the route to the ACS.
+    let url = wait_value(&a, CR_URL, |v| v.starts_with("http://198.18.7.2:7547/"));
+    let (ok, out) = send_cr(Some((&rig, "acs")), &url);
+    assert!(ok, "{out}");
+    let s = acs.wait_sessions(2, WAIT);
+    assert!(has_cr(&s[1]), "{:?}", events(&s[1]));
+
+    // Renumber the CPE: the URL follows and is reported with 4 VALUE CHANGE.
+    rig.exec("cpe", "ip addr del 198.18.7.2/24 dev v-acs");
+    rig.exec("cpe", "ip addr add 198.18.7.3/24 dev v-acs");
+    let url2 = wait_value(&a, CR_URL, |v| v.starts_with("http://198.18.7.3:7547/"));
+    let t0 = Instant::now();
+    let vc = loop {
+        let all = acs.sessions();
+        if let Some(s) = all
+            .iter()
+            .skip(2)
+            .find(|s| events(s).contains(&"4 VALUE CHANGE".into()))
+        {
+            break s.clone();
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "no VALUE CHANGE session: {:?}",
+            all.iter().map(events).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reported = vc
+        .inform
+        .as_ref()
+        .unwrap()
+        .params
+        .iter()
+        .find(|p| p.name == CR_URL)
+        .map(|p| p.value.clone());
+    assert_eq!(reported.as_deref(), Some(url2.as_str()));
+    let (ok, out) = send_cr(Some((&rig, "acs")), &url2);
+    assert!(ok, "{out}");
+    a.stop();
+}
+
+#[test]
+fn port_forward_through_nat_gateway() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED port_forward_through_nat_gateway: {why}");
+        return;
+    }
+    let rig = Rig::new("cwp", &["acs", "gw", "cpe"]);
+    rig.link("acs", "198.18.8.1/24", "gw", "198.18.8.254/24");
+    rig.link("gw", "198.19.9.1/24", "cpe", "198.19.9.2/24");
+    rig.exec("cpe", "ip route add default via 198.19.9.1");
+    rig.nat_gateway(
+        "gw",
+        "v-acs",
+        &["iifname \"v-acs\" tcp dport 17547 dnat to 198.19.9.2:7547".to_string()],
+    );
+    let acs = acs_in(&rig, "acs", "198.18.8.1");
+    let d = TempDir::new("crs-pf");
+    let cfg = config(
+        d.path(),
+        &acs.url(),
+        "http_listen = [\"0.0.0.0:7547\"]\npublic_url = \"http://198.18.8.254:17547/\"",
+    );
+    let a = Agent::start_in(&cfg, Some(&rig.name("cpe")));
+    let s = acs.wait_sessions(1, WAIT);
+    // The published URL names the gateway's public address and the forwarded port.
+    let url = a.get(CR_URL);
+    assert!(url.starts_with("http://198.18.8.254:17547/"), "{url}");
+    let reported = s[0]
+        .inform
+        .as_ref()
+        .unwrap()
+        .params
+        .iter()
+        .find(|p| p.name == CR_URL)
+        .map(|p| p.value.clone());
+    assert_eq!(reported.as_deref(), Some(url.as_str()));
+    let (ok, out) = send_cr(Some((&rig, "acs")), &url);
+    assert!(ok, "{out}");
+    let s = acs.wait_sessions(2, WAIT);
+    assert!(has_cr(&s[1]), "{:?}", events(&s[1]));
+    // The CPE's private address is not reachable from the ACS side (the test is real).
+    let private = url.replace("198.18.8.254:17547", "198.19.9.2:7547");
+    let (ok, _) = send_cr(Some((&rig, "acs")), &private);
+    assert!(
+        !ok,
+        "the private address must not be reachable from the ACS"
+    );
+    a.stop();
+}
