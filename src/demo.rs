@@ -1,14 +1,13 @@
-//! `cwmpd demo`: the agent on loopback with a built-in demo configuration, driven through its
-//! control socket the way STB middleware would, printing what happens.
+//! `cwmpd demo`: the agent and the project's test ACS on loopback. The ACS reads and changes
+//! the box in the boot session, then sends an HTTP connection request, and the demo prints
+//! what crossed the wire, readable by a newcomer.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
-
-use crate::config::Config;
-use crate::engine::{Command, Engine};
+use crate::cwmp::soap::{AcsRequest, CpeMessage, ParamValue};
+use crate::testacs::{AcsOptions, SessionRecord, spawn_in_thread};
 
 /// Where the data-model files are: `CWMPD_DATAMODEL`, `./datamodel`, the source tree, or the
 /// installed location.
@@ -27,7 +26,9 @@ pub fn datamodel_dir() -> PathBuf {
     PathBuf::from("/usr/share/cwmpd/datamodel")
 }
 
-fn demo_config(dir: &Path) -> String {
+const CHANNEL: &str = "Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel";
+
+fn demo_config(dir: &Path, acs_url: &str) -> String {
     format!(
         r#"[agent]
 state_dir = "{d}/state"
@@ -37,6 +38,7 @@ log_level = "warn"
 
 [connreq]
 http_listen = ["127.0.0.1:0"]
+udp_listen = "127.0.0.1:0"
 
 [parameters]
 "Device.DeviceInfo.Manufacturer" = "Demo STB Co"
@@ -44,39 +46,65 @@ http_listen = ["127.0.0.1:0"]
 "Device.DeviceInfo.ModelName" = "STB-Demo"
 "Device.DeviceInfo.ProductClass" = "STB"
 "Device.DeviceInfo.SerialNumber" = "DEMO0001"
+"Device.ManagementServer.URL" = "{acs_url}"
 "Device.ManagementServer.ConnectionRequestUsername" = "acs"
 "Device.ManagementServer.ConnectionRequestPassword" = "demo-secret"
 "Device.Services.STBService.1.Enable" = true
-"Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel" = "101"
+"{CHANNEL}" = "101"
 "#,
         d = dir.display(),
         m = datamodel_dir().display()
     )
 }
 
-async fn ask(sock: &Path, req: Value) -> Value {
-    let Ok(s) = tokio::net::UnixStream::connect(sock).await else {
-        return json!({"ok": false, "error": "cannot connect"});
-    };
-    let (r, mut w) = s.into_split();
-    let mut line = req.to_string();
-    line.push('\n');
-    if w.write_all(line.as_bytes()).await.is_err() {
-        return json!({"ok": false});
+fn describe(m: &CpeMessage) -> String {
+    match m {
+        CpeMessage::GetParameterValuesResponse { list } => {
+            let mut s = format!("GetParameterValuesResponse ({} values)", list.len());
+            for p in list.iter().take(6) {
+                s.push_str(&format!("\n        {} = {:?}", p.name, p.value));
+            }
+            if list.len() > 6 {
+                s.push_str("\n        ...");
+            }
+            s
+        }
+        CpeMessage::SetParameterValuesResponse { status } => {
+            format!("SetParameterValuesResponse (status {status}: applied)")
+        }
+        CpeMessage::AddObjectResponse {
+            instance_number, ..
+        } => format!("AddObjectResponse (new instance {instance_number})"),
+        CpeMessage::Fault(f) => {
+            let mut s = format!("Fault {} {}", f.code, f.string);
+            for x in &f.set_parameter_values_faults {
+                s.push_str(&format!("\n        {}: {} {}", x.name, x.code, x.string));
+            }
+            s
+        }
+        other => other.method_name().to_string(),
     }
-    let mut ans = String::new();
-    let _ = BufReader::new(r).read_line(&mut ans).await;
-    serde_json::from_str(&ans).unwrap_or(json!({"ok": false}))
 }
 
-fn show(title: &str, req: &Value, ans: &Value) {
-    println!("\n== {title}");
-    println!("   ctl> {req}");
-    let text = ans.to_string();
-    if text.len() > 600 {
-        println!("   <-   {}...", &text[..600]);
-    } else {
-        println!("   <-   {text}");
+fn show_session(n: usize, s: &SessionRecord) {
+    let Some(inf) = &s.inform else {
+        println!("  session {n}: no Inform ({:?})", s.errors);
+        return;
+    };
+    let events: Vec<&str> = inf.events.iter().map(|e| e.event_code.as_str()).collect();
+    println!(
+        "  session {n}: Inform from {} {} with events {events:?}",
+        inf.device_id.oui, inf.device_id.serial_number
+    );
+    for (req, resp) in s.sent.iter().zip(s.received.iter()) {
+        println!("    ACS -> {}", req.method_name());
+        println!("    CPE <- {}", describe(resp));
+    }
+    if let (Some(a), Some(b)) = (s.inform_at, s.ended_at) {
+        println!(
+            "    (session took {:.1} ms)",
+            (b - a).as_secs_f64() * 1000.0
+        );
     }
 }
 
@@ -84,53 +112,105 @@ pub fn run(_args: Vec<String>) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("cwmpd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let acs = spawn_in_thread(AcsOptions::default());
     let cfg_path = dir.join("cwmpd.toml");
-    std::fs::write(&cfg_path, demo_config(&dir)).map_err(|e| e.to_string())?;
-    let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
-    crate::logging::init(&cfg.agent.log_level);
-    println!("cwmpd demo: agent state and config in {}", dir.display());
-    println!("data model from {}", datamodel_dir().display());
+    std::fs::write(&cfg_path, demo_config(&dir, &acs.url())).map_err(|e| e.to_string())?;
+    println!("cwmpd demo");
+    println!("  test ACS listening at {}", acs.url());
+    println!("  agent config and state in {}", dir.display());
+    println!("  data model from {}\n", datamodel_dir().display());
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    // What the ACS will do in the first session.
+    acs.queue(vec![
+        AcsRequest::GetParameterValues {
+            names: vec!["Device.DeviceInfo.".into()],
+        },
+        AcsRequest::SetParameterValues {
+            list: vec![
+                ParamValue::new(
+                    "Device.ManagementServer.PeriodicInformInterval",
+                    "3600",
+                    "xsd:unsignedInt",
+                ),
+                ParamValue::new(CHANNEL, "205", "xsd:string"),
+            ],
+            parameter_key: "demo-1".into(),
+        },
+        AcsRequest::SetParameterValues {
+            list: vec![ParamValue::new(
+                "Device.DeviceInfo.Manufacturer",
+                "Evil",
+                "xsd:string",
+            )],
+            parameter_key: "demo-2".into(),
+        },
+        AcsRequest::AddObject {
+            object_name: "Device.XMPP.Connection.".into(),
+            parameter_key: "demo-3".into(),
+        },
+    ]);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut agent = Command::new(&exe)
+        .args(["run", "-c"])
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the agent: {e}"))?;
+    let result = (|| {
+        println!("1. the agent boots and calls the ACS (events 0 BOOTSTRAP, 1 BOOT):");
+        let s = acs.wait_sessions(1, Duration::from_secs(20));
+        let first = s.first().ok_or("no session within 20 s")?;
+        show_session(1, first);
+
+        // The ConnectionRequestURL the agent published, read through the control socket.
+        let sock = dir.join("ctl.sock");
+        let ans = crate::ctl::request(
+            &sock,
+            &serde_json::json!({"op": "get", "names": ["Device.ManagementServer.ConnectionRequestURL", CHANNEL]}),
+        )
         .map_err(|e| e.to_string())?;
-    let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&rt, async {
-        let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
-        engine.start_providers();
-        let (tx, rx) = mpsc::channel::<Command>(64);
-        let l = crate::ctl::bind(&cfg.agent.control_socket).map_err(|e| e.to_string())?;
-        tokio::task::spawn_local(crate::ctl::serve(l, tx.clone()));
-        let task = tokio::task::spawn_local(engine.run(rx));
-        let sock = cfg.agent.control_socket.clone();
-        let steps: Vec<(&str, Value)> = vec![
-            ("what the box is (the DeviceId of every Inform)", json!({"op": "get", "names": ["Device.DeviceInfo.Manufacturer", "Device.DeviceInfo.ManufacturerOUI", "Device.DeviceInfo.ProductClass", "Device.DeviceInfo.SerialNumber", "Device.DeviceInfo.UpTime"]})),
-            ("the top level of the tree (GetParameterNames NextLevel=true)", json!({"op": "names", "path": "Device.", "next_level": true})),
-            ("passwords read back empty", json!({"op": "get", "names": ["Device.ManagementServer.ConnectionRequestPassword"]})),
-            ("the ACS will want to hear about channel changes: passive notification", json!({"op": "setattr", "name": "Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel", "notification": 1})),
-            ("the middleware changes channel", json!({"op": "set", "values": {"Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel": "205"}})),
-            ("queued for the next Inform", json!({"op": "changes"})),
-            ("a set that breaks the rules is refused whole", json!({"op": "set", "values": {"Device.ManagementServer.PeriodicInformInterval": "0", "Device.ManagementServer.PeriodicInformEnable": "true"}})),
-            ("add an XMPP connection (AddObject)", json!({"op": "add", "object": "Device.XMPP.Connection."})),
-            ("status", json!({"op": "status"})),
-        ];
-        for (title, req) in steps {
-            let ans = ask(&sock, req.clone()).await;
-            show(title, &req, &ans);
-        }
-        let _ = tx.send(Command::Shutdown).await;
-        let _ = task.await;
-        Ok::<_, String>(())
-    });
-    let state = dir.join("state/state");
-    if let Ok(meta) = std::fs::metadata(&state) {
+        let url = ans["values"][0]["value"].as_str().unwrap_or("").to_string();
         println!(
-            "\nstate persisted: {} ({} bytes, mode 0600)",
-            state.display(),
-            meta.len()
+            "\n2. the middleware sees the channel the ACS set: {} = {}",
+            CHANNEL, ans["values"][1]["value"]
         );
-    }
+        println!("\n3. the ACS wants the box now: HTTP connection request to {url}");
+        let tool = exe.with_file_name("cwmp-connreq");
+        let t0 = Instant::now();
+        if tool.exists() {
+            let out = Command::new(&tool)
+                .args(["http", &url, "--user", "acs", "--password", "demo-secret"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            print!("   cwmp-connreq: {}", String::from_utf8_lossy(&out.stdout));
+        } else {
+            return Err(format!(
+                "{} not found (build it with cargo build)",
+                tool.display()
+            ));
+        }
+        let s = acs.wait_sessions(2, Duration::from_secs(20));
+        let second = s.get(1).ok_or("no session after the connection request")?;
+        if let Some(at) = second.inform_at {
+            println!(
+                "   Inform with \"6 CONNECTION REQUEST\" arrived {:.1} ms after the request was sent",
+                (at - t0).as_secs_f64() * 1000.0
+            );
+        }
+        show_session(2, second);
+        Ok::<_, String>(())
+    })();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = agent.wait();
+    acs.stop();
     let _ = std::fs::remove_dir_all(&dir);
+    match &result {
+        Ok(()) => println!("\ndemo finished: the agent stopped, its temporary state removed."),
+        Err(e) => println!("\ndemo failed: {e}"),
+    }
     result
 }

@@ -98,8 +98,8 @@ impl Engine {
         {
             self.cwmp.queue = q;
         }
-        self.cwmp.queue.push("1 BOOT", "");
         self.check_bootstrap();
+        self.cwmp.queue.push("1 BOOT", "");
         self.save_events();
         self.cwmp.next_session = Some(now);
         self.update_periodic(now);

@@ -8,6 +8,8 @@ use std::time::Instant;
 use cwmpd::model::store::{LiveKind, LiveSource};
 use cwmpd::model::{Schema, Store};
 
+mod session;
+
 /// Counts live heap bytes, so the store's memory is measured exactly.
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -44,8 +46,15 @@ fn main() {
         Some("store") | None => {
             bench_store(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000))
         }
+        Some("session") => {
+            let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+            if let Err(e) = session::run(n, 20) {
+                eprintln!("cwmpd-bench session: {e}");
+                std::process::exit(1);
+            }
+        }
         Some(other) => {
-            eprintln!("usage: cwmpd-bench [store [N]]   (unknown: {other})");
+            eprintln!("usage: cwmpd-bench [store [N] | session [N]]   (unknown: {other})");
             std::process::exit(2);
         }
     }
