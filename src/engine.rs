@@ -684,6 +684,7 @@ impl Engine {
         let mut notify_rx = self.notify_rx.take();
         self.running = true;
         self.cwmp_boot(std::time::Instant::now());
+        let mut xfer_rx = self.cwmp.xfer.rx.take();
         loop {
             let wake = self.cwmp_next_wakeup();
             let sleep = async {
@@ -711,6 +712,9 @@ impl Engine {
                     // The route to the ACS (our address) may have changed: recompute the URL.
                     self.cr_url_key = None;
                     self.refresh_cr();
+                }
+                Some(m) = async { match xfer_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    self.transfer_msg(m, std::time::Instant::now());
                 }
                 _ = sleep => self.cwmp_tick(std::time::Instant::now(), &mut rx).await,
             }

@@ -15,6 +15,11 @@
 //! 4. malformed messages are recorded (raw bytes kept) and answered with 400,
 //!    which ends the session.
 //!
+//! It is also a file server for Download/Upload tests: [`TestAcs::serve_file`] serves static
+//! content on a path (GET, optional Basic/Digest authentication, optionally announcing a wrong
+//! Content-Length to simulate a truncated transfer), and [`TestAcs::accept_uploads`] records the
+//! bodies PUT to a path ([`TestAcs::uploads`]).
+//!
 //! A session is one TCP connection's worth of requests; with
 //! [`AcsOptions::set_cookie`] the InformResponse sets a `session` cookie, a
 //! request on a new connection carrying it continues the session, and
@@ -31,9 +36,11 @@
 //! synchronously use [`spawn_in_thread`], which runs the ACS on its own
 //! thread and runtime.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +79,17 @@ pub enum AcsAuth {
         user: String,
         pass: String,
     },
+}
+
+/// A file served by the test ACS on GET.
+#[derive(Debug, Clone, Default)]
+pub struct ServedFile {
+    pub body: Vec<u8>,
+    /// Authentication required to fetch it.
+    pub auth: AcsAuth,
+    /// Content-Length to announce instead of the body's length. A larger value truncates the
+    /// transfer: the body ends early and the connection is closed.
+    pub content_length: Option<u64>,
 }
 
 /// Behaviour of a [`TestAcs`]. Can be changed while it runs with
@@ -193,6 +211,10 @@ struct State {
     next_id: u64,
     auth_failures: u32,
     digest: DigestServer,
+    files: HashMap<String, ServedFile>,
+    upload_paths: HashMap<String, AcsAuth>,
+    uploads: Vec<(String, Vec<u8>)>,
+    file_gets: Vec<String>,
 }
 
 struct Shared {
@@ -221,6 +243,22 @@ impl Shared {
 
     fn queue(&self, rpcs: Vec<AcsRequest>) {
         self.lock().pending.extend(rpcs);
+    }
+
+    fn serve_file(&self, path: &str, f: ServedFile) {
+        self.lock().files.insert(path.to_string(), f);
+    }
+
+    fn accept_uploads(&self, path: &str, auth: AcsAuth) {
+        self.lock().upload_paths.insert(path.to_string(), auth);
+    }
+
+    fn uploads(&self) -> Vec<(String, Vec<u8>)> {
+        self.lock().uploads.clone()
+    }
+
+    fn file_gets(&self) -> Vec<String> {
+        self.lock().file_gets.clone()
     }
 
     async fn wait_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
@@ -269,6 +307,10 @@ fn new_shared(opts: AcsOptions) -> Arc<Shared> {
             next_id: 1,
             auth_failures: 0,
             digest: DigestServer::new(secret, REALM, Duration::from_secs(300)),
+            files: HashMap::new(),
+            upload_paths: HashMap::new(),
+            uploads: Vec::new(),
+            file_gets: Vec::new(),
         }),
         notify: Notify::new(),
         cond: Condvar::new(),
@@ -305,6 +347,31 @@ impl TestAcs {
     /// Queues RPCs for the next session (see the module documentation).
     pub fn queue(&self, rpcs: Vec<AcsRequest>) {
         self.shared.queue(rpcs);
+    }
+
+    /// Serves `file` on GET `path` (e.g. `/files/fw.bin`); replaces an earlier one.
+    pub fn serve_file(&self, path: &str, file: ServedFile) {
+        self.shared.serve_file(path, file);
+    }
+
+    /// Accepts HTTP PUTs to `path` (with the given authentication) and records their bodies.
+    pub fn accept_uploads(&self, path: &str, auth: AcsAuth) {
+        self.shared.accept_uploads(path, auth);
+    }
+
+    /// The uploads received so far: (path, body), oldest first.
+    pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
+        self.shared.uploads()
+    }
+
+    /// The paths of the authenticated file GETs answered so far, oldest first.
+    pub fn file_gets(&self) -> Vec<String> {
+        self.shared.file_gets()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn file_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
     }
 
     /// Completed and in-progress sessions, oldest first.
@@ -440,6 +507,31 @@ impl TestAcsHandle {
         self.shared.queue(rpcs);
     }
 
+    /// Serves `file` on GET `path` (e.g. `/files/fw.bin`); replaces an earlier one.
+    pub fn serve_file(&self, path: &str, file: ServedFile) {
+        self.shared.serve_file(path, file);
+    }
+
+    /// Accepts HTTP PUTs to `path` (with the given authentication) and records their bodies.
+    pub fn accept_uploads(&self, path: &str, auth: AcsAuth) {
+        self.shared.accept_uploads(path, auth);
+    }
+
+    /// The uploads received so far: (path, body), oldest first.
+    pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
+        self.shared.uploads()
+    }
+
+    /// The paths of the authenticated file GETs answered so far, oldest first.
+    pub fn file_gets(&self) -> Vec<String> {
+        self.shared.file_gets()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn file_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
     /// Completed and in-progress sessions, oldest first.
     pub fn sessions(&self) -> Vec<SessionRecord> {
         self.shared.sessions()
@@ -518,7 +610,7 @@ async fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
         service_fn(move |req| {
             let shared = shared.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, &conn, req).await) }
+            async move { Ok::<_, Infallible>(dispatch(&shared, &conn, req).await) }
         })
     };
     let _ = hyper::server::conn::http1::Builder::new()
@@ -693,6 +785,151 @@ async fn handle(
     };
     shared.changed();
     resp
+}
+
+/// Checks the credentials of a file request (no per-connection memory).
+fn check_file_auth(
+    st: &mut State,
+    auth: &AcsAuth,
+    req: &Request<hyper::body::Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let now = now_unix();
+    let challenge = match auth {
+        AcsAuth::None => return None,
+        AcsAuth::Basic { user, pass } => {
+            let ok = authz.as_deref().is_some_and(|a| {
+                a.split_once(' ').is_some_and(|(scheme, cred)| {
+                    scheme.eq_ignore_ascii_case("Basic")
+                        && base64_decode(cred)
+                            .is_some_and(|d| d == format!("{user}:{pass}").as_bytes())
+                })
+            });
+            if ok {
+                return None;
+            }
+            format!("Basic realm=\"{REALM}\"")
+        }
+        AcsAuth::Digest { user, pass } => {
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let method = req.method().as_str().to_string();
+            match st
+                .digest
+                .verify(&method, &target, authz.as_deref(), user, pass, now)
+            {
+                Ok(()) => return None,
+                Err(DigestError::StaleNonce) => st.digest.challenge(now, true),
+                Err(_) => st.digest.challenge(now, false),
+            }
+        }
+    };
+    if authz.is_some() {
+        st.auth_failures += 1;
+    }
+    let mut r = reply(401, Vec::new());
+    set_header(&mut r, header::WWW_AUTHENTICATE, &challenge);
+    Some(r)
+}
+
+/// A response body: whole, or cut short (the announced Content-Length is never reached; after
+/// the data is flushed the body fails, which makes hyper close the connection).
+enum AnyBody {
+    Full(Full<Bytes>),
+    Truncated(Option<Bytes>, Pin<Box<tokio::time::Sleep>>),
+}
+
+impl hyper::body::Body for AnyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            AnyBody::Full(f) => Pin::new(f)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(|e| match e {}))),
+            AnyBody::Truncated(data, sleep) => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(d))));
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::other("truncated")))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    shared: &Shared,
+    conn: &Mutex<ConnState>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<AnyBody> {
+    if req.method() == Method::GET || req.method() == Method::PUT {
+        return handle_file(shared, req).await;
+    }
+    handle(shared, conn, req).await.map(AnyBody::Full)
+}
+
+/// GET of a served file, PUT of an upload.
+async fn handle_file(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<AnyBody> {
+    let path = req.uri().path().to_string();
+    let is_get = req.method() == Method::GET;
+    {
+        let mut st = shared.lock();
+        let auth = if is_get {
+            st.files.get(&path).map(|f| f.auth.clone())
+        } else {
+            st.upload_paths.get(&path).cloned()
+        };
+        let Some(auth) = auth else {
+            return reply(404, Vec::new()).map(AnyBody::Full);
+        };
+        if let Some(r) = check_file_auth(&mut st, &auth, &req) {
+            return r.map(AnyBody::Full);
+        }
+        if is_get {
+            st.file_gets.push(path.clone());
+            let f = st.files[&path].clone();
+            drop(st);
+            shared.changed();
+            let len = f.content_length.unwrap_or(f.body.len() as u64);
+            let truncated = len > f.body.len() as u64;
+            let mut r = reply(200, Vec::new());
+            set_header(&mut r, header::CONTENT_LENGTH, &len.to_string());
+            set_header(&mut r, header::CONTENT_TYPE, "application/octet-stream");
+            let body = Bytes::from(f.body);
+            return r.map(|_| {
+                if truncated {
+                    AnyBody::Truncated(
+                        Some(body),
+                        Box::pin(tokio::time::sleep(Duration::from_millis(200))),
+                    )
+                } else {
+                    AnyBody::Full(Full::new(body))
+                }
+            });
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(413, Vec::new()).map(AnyBody::Full),
+    };
+    shared.lock().uploads.push((path, body.to_vec()));
+    shared.changed();
+    reply(201, Vec::new()).map(AnyBody::Full)
 }
 
 /// Finds or creates the session of a request.

@@ -4,3 +4,4 @@ pub mod events;
 pub mod rpc;
 pub mod session;
 pub mod soap;
+pub mod transfer;

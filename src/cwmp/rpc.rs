@@ -6,6 +6,7 @@
 use super::soap::{
     self, AcsRequest, CpeMessage, Envelope, Fault as SoapFault, GpnWriter, GpvWriter, ParamAttr,
 };
+use super::transfer::UNKNOWN_TIME;
 use crate::engine::Engine;
 use crate::model::store::AttrSet;
 use crate::model::{Fault, Origin};
@@ -23,8 +24,12 @@ pub const METHODS: &[&str] = &[
     "Reboot",
     "FactoryReset",
     "ScheduleInform",
+    "Download",
+    "Upload",
+    "ScheduleDownload",
     "GetQueuedTransfers",
     "GetAllQueuedTransfers",
+    "CancelTransfer",
 ];
 
 const PARAMETER_KEY: &str = "Device.ManagementServer.ParameterKey";
@@ -256,18 +261,49 @@ impl Engine {
                     reply(env, CpeMessage::ScheduleInformResponse)
                 }
             }
+            // Transfers are queued (and persisted) now and run after the session.
+            AcsRequest::Download(d) => match self.accept_download(d) {
+                Ok(()) => reply(
+                    env,
+                    CpeMessage::DownloadResponse {
+                        status: 1,
+                        start_time: UNKNOWN_TIME.into(),
+                        complete_time: UNKNOWN_TIME.into(),
+                    },
+                ),
+                Err(code) => fault_env(env, SoapFault::new(code)),
+            },
+            AcsRequest::Upload(u) => match self.accept_upload(u) {
+                Ok(()) => reply(
+                    env,
+                    CpeMessage::UploadResponse {
+                        status: 1,
+                        start_time: UNKNOWN_TIME.into(),
+                        complete_time: UNKNOWN_TIME.into(),
+                    },
+                ),
+                Err(code) => fault_env(env, SoapFault::new(code)),
+            },
+            AcsRequest::ScheduleDownload(d) => match self.accept_schedule_download(d) {
+                Ok(()) => reply(env, CpeMessage::ScheduleDownloadResponse),
+                Err(code) => fault_env(env, SoapFault::new(code)),
+            },
+            AcsRequest::CancelTransfer { command_key } => match self.cancel_transfer(command_key) {
+                Ok(()) => reply(env, CpeMessage::CancelTransferResponse),
+                Err(code) => fault_env(env, SoapFault::new(code)),
+            },
             AcsRequest::GetQueuedTransfers => reply(
                 env,
-                CpeMessage::GetQueuedTransfersResponse { list: Vec::new() },
+                CpeMessage::GetQueuedTransfersResponse {
+                    list: self.queued_transfers(),
+                },
             ),
             AcsRequest::GetAllQueuedTransfers => reply(
                 env,
-                CpeMessage::GetAllQueuedTransfersResponse { list: Vec::new() },
+                CpeMessage::GetAllQueuedTransfersResponse {
+                    list: self.all_queued_transfers(),
+                },
             ),
-            other => {
-                tracing::info!("{} is not supported yet: fault 9000", other.method_name());
-                fault_env(env, SoapFault::new(9000))
-            }
         };
         soap::emit_cpe(&resp, out);
         effect

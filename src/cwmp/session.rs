@@ -46,6 +46,8 @@ pub struct CwmpState {
     deferred: Vec<(String, String)>,
     /// The store's active-change generation a session was last asked for.
     active_seen: u64,
+    /// ACS-requested file transfers (see [`super::transfer`]).
+    pub xfer: super::transfer::Transfers,
 }
 
 /// Why a session failed.
@@ -98,6 +100,7 @@ impl Engine {
         {
             self.cwmp.queue = q;
         }
+        self.transfers_boot();
         self.check_bootstrap();
         self.cwmp.queue.push("1 BOOT", "");
         self.save_events();
@@ -137,7 +140,7 @@ impl Engine {
         self.publish_settings();
     }
 
-    fn save_events(&mut self) {
+    pub(crate) fn save_events(&mut self) {
         let q = self.cwmp.queue.to_persist();
         self.agent_state
             .insert("events".into(), serde_json::to_value(q).unwrap_or_default());
@@ -233,6 +236,9 @@ impl Engine {
         for (w, _) in &self.cwmp.scheduled {
             t = Some(t.map_or(*w, |x| x.min(*w)));
         }
+        if let Some(w) = self.transfer_wakeup() {
+            t = Some(t.map_or(w, |x| x.min(w)));
+        }
         t
     }
 
@@ -268,6 +274,8 @@ impl Engine {
             self.cwmp.next_session = None;
             self.session_cycle(rx).await;
         }
+        // Transfers start only outside sessions (after the one that requested them).
+        self.transfer_tick(Instant::now());
     }
 
     /// One session attempt with its aftermath (retry scheduling, effects).
@@ -384,7 +392,7 @@ impl Engine {
         (inform, events, changed_names)
     }
 
-    fn tls_settings(&self) -> TlsSettings {
+    pub(crate) fn tls_settings(&self) -> TlsSettings {
         TlsSettings {
             ca_file: self.cfg.acs.ca_file.clone(),
             client_cert: self.cfg.acs.client_cert.clone(),
@@ -441,6 +449,10 @@ impl Engine {
         let timeout = Duration::from_secs(self.cfg.acs.response_timeout.max(1));
         let mut client = AcsClient::new(&url, &user, &pass, &self.tls_settings(), timeout)
             .map_err(SessionError::Transport)?;
+        // A completed transfer not yet acknowledged: its events go (again) into this Inform.
+        if self.ensure_transfer_events() {
+            self.save_events();
+        }
         let (inform, sent, changed) = self.build_inform();
         let codes: Vec<&str> = sent.iter().map(|e| e.code.as_str()).collect();
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
@@ -454,9 +466,9 @@ impl Engine {
         if resp.status != 200 {
             return Err(SessionError::Status(resp.status));
         }
-        let ns = match soap::parse_acs_message(&resp.body) {
+        let (ns, hold) = match soap::parse_acs_message(&resp.body) {
             Ok(env) => match env.body {
-                AcsMessage::InformResponse { .. } => env.ns,
+                AcsMessage::InformResponse { .. } => (env.ns, env.hold_requests == Some(true)),
                 AcsMessage::Fault(f) => {
                     return Err(SessionError::Protocol(format!(
                         "ACS answered the Inform with fault {} {}",
@@ -481,6 +493,13 @@ impl Engine {
                 .insert("bootstrapped_url".into(), json!(url));
         }
         self.save_events();
+
+        // Our own requests: one TransferComplete per completed transfer, before the empty POST.
+        if hold {
+            tracing::info!("the ACS holds requests: TransferComplete deferred to a later session");
+        } else {
+            self.send_transfer_completes(&mut client, ns, rx).await?;
+        }
 
         // The empty POST, then the ACS's requests until it ends the session.
         let mut effects = Vec::new();
@@ -531,6 +550,68 @@ impl Engine {
             }
         }
         Err(SessionError::Protocol("session too long".into()))
+    }
+
+    /// Sends the pending TransferCompletes, each answered by a TransferCompleteResponse (8005
+    /// makes it retry, up to 4 times); a transfer is forgotten only once acknowledged.
+    async fn send_transfer_completes(
+        &mut self,
+        client: &mut AcsClient,
+        ns: CwmpNs,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), SessionError> {
+        for (id, tc) in self.pending_transfer_completes() {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let mut out = Vec::with_capacity(1024);
+                let env = Envelope::new(CpeMessage::TransferComplete(tc.clone()))
+                    .with_id(self.next_id())
+                    .with_ns(ns);
+                soap::emit_cpe(&env, &mut out);
+                tracing::info!(
+                    "TransferComplete for {:?} (fault {})",
+                    tc.command_key,
+                    tc.fault.code
+                );
+                let resp = self
+                    .post_serving(client, out, rx)
+                    .await
+                    .map_err(SessionError::Transport)?;
+                if resp.status != 200 {
+                    return Err(SessionError::Status(resp.status));
+                }
+                match soap::parse_acs_message(&resp.body).map(|e| e.body) {
+                    // Matched by name; one ACS is known to answer with the autonomous variant.
+                    Ok(AcsMessage::TransferCompleteResponse)
+                    | Ok(AcsMessage::AutonomousTransferCompleteResponse) => {
+                        self.transfer_delivered(id);
+                        break;
+                    }
+                    Ok(AcsMessage::Fault(f)) if f.code == 8005 && tries < 5 => {
+                        tracing::info!("ACS asked to retry the TransferComplete (8005)");
+                    }
+                    Ok(AcsMessage::Fault(f)) => {
+                        return Err(SessionError::Protocol(format!(
+                            "ACS answered TransferComplete with fault {} {}",
+                            f.code, f.string
+                        )));
+                    }
+                    Ok(other) => {
+                        return Err(SessionError::Protocol(format!(
+                            "expected TransferCompleteResponse, got {}",
+                            other.method_name()
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(SessionError::Protocol(format!(
+                            "TransferCompleteResponse: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn apply_effect(&mut self, e: Effect, now: Instant) {

@@ -107,17 +107,17 @@ impl std::error::Error for AcsError {}
 
 /// A parsed `http`/`https` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Url {
-    https: bool,
+pub(crate) struct Url {
+    pub(crate) https: bool,
     /// Host without brackets (IPv6 literals bare).
-    host: String,
-    port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Path and query, always starting with `/`.
-    path: String,
+    pub(crate) path: String,
 }
 
 impl Url {
-    fn parse(s: &str) -> Result<Url, AcsError> {
+    pub(crate) fn parse(s: &str) -> Result<Url, AcsError> {
         let bad = |why: &str| AcsError::BadUrl(format!("{why}: {s}"));
         let s = s.trim();
         let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
@@ -191,7 +191,7 @@ impl Url {
     }
 
     /// `host[:port]` for the Host header and for display.
-    fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         let h = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -204,7 +204,7 @@ impl Url {
         }
     }
 
-    fn to_url_string(&self) -> String {
+    pub(crate) fn to_url_string(&self) -> String {
         format!(
             "{}://{}{}",
             if self.https { "https" } else { "http" },
@@ -213,12 +213,12 @@ impl Url {
         )
     }
 
-    fn same_origin(&self, o: &Url) -> bool {
+    pub(crate) fn same_origin(&self, o: &Url) -> bool {
         self.https == o.https && self.host.eq_ignore_ascii_case(&o.host) && self.port == o.port
     }
 
     /// Resolves a `Location` value against this URL.
-    fn join(&self, location: &str) -> Result<Url, AcsError> {
+    pub(crate) fn join(&self, location: &str) -> Result<Url, AcsError> {
         let loc = location.trim();
         if loc.contains("://") {
             return Url::parse(loc);
@@ -678,7 +678,7 @@ struct RawResponse {
     www_authenticate: Option<String>,
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, AcsError>
+pub(crate) async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, AcsError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -693,7 +693,7 @@ where
     Ok(sender)
 }
 
-fn make_cnonce(counter: u64) -> String {
+pub(crate) fn make_cnonce(counter: u64) -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
@@ -759,7 +759,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build_tls_config(s: &TlsSettings) -> Result<rustls::ClientConfig, AcsError> {
+pub(crate) fn build_tls_config(s: &TlsSettings) -> Result<rustls::ClientConfig, AcsError> {
     let tls_err = |what: &str, e: &dyn fmt::Display| AcsError::Tls(format!("{what}: {e}"));
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

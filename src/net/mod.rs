@@ -1,3 +1,4 @@
 //! Network clients of the agent.
 
 pub mod acs;
+pub mod files;
