@@ -399,6 +399,7 @@ fn run_agent(file: &Path) -> Result<ExitCode, String> {
             "cwmpd {} started",
             env!("CARGO_PKG_VERSION")
         );
+        cwmpd::util::trim_heap();
         let engine_task = tokio::task::spawn_local(engine.run(rx));
         cwmpd::util::signals::wait_for_shutdown().await;
         tracing::info!("shutting down");

@@ -95,22 +95,27 @@ impl Engine {
                 },
             ),
             AcsRequest::GetParameterValues { names } => {
-                let mut paths = Vec::new();
-                for n in names {
-                    match self.store.expand(n) {
-                        Ok(p) => paths.extend(p),
-                        Err(f) => {
-                            soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                            return None;
-                        }
-                    }
-                }
-                self.refresh_external(&paths).await;
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let count = match self.store.count_values(&refs) {
+                    Ok(c) => c,
+                    Err(f) => {
+                        soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                        return None;
+                    }
+                };
+                if !self.providers.is_empty() {
+                    let mut paths = Vec::new();
+                    for n in names {
+                        paths.extend(self.store.expand(n).unwrap_or_default());
+                    }
+                    self.refresh_external(&paths).await;
+                }
+                // Reserve roughly what the answer needs, so the buffer is not grown by doubling.
+                out.reserve(count * 160);
                 let mut w = GpvWriter::begin(out, &env.header());
                 match self
                     .store
-                    .for_each_value(&refs, |e| w.param(&e.name, &e.value, e.xsi_type))
+                    .for_each_value_ref(&refs, |n, v, t| w.param(n, v, t))
                 {
                     Ok(_) => {
                         w.finish();

@@ -286,6 +286,7 @@ impl Engine {
         self.cwmp.in_session = false;
         let end = Instant::now();
         self.cwmp.last_session_end = Some(end);
+        crate::util::trim_heap();
         // Requests that arrived during the session: exactly one follow-up session.
         let deferred = std::mem::take(&mut self.cwmp.deferred);
         if !deferred.is_empty() {

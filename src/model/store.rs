@@ -78,7 +78,8 @@ struct ParamNode {
     def: ParamId,
     value: String,
     notification: u8,
-    access_list: Vec<String>,
+    /// AccessList contains "Subscriber" (its only defined value), so one flag holds it.
+    subscriber: bool,
 }
 
 /// One entry of a GetParameterValues answer.
@@ -245,7 +246,7 @@ impl Store {
                     def: pid,
                     value,
                     notification,
-                    access_list: Vec::new(),
+                    subscriber: false,
                 },
             );
         }
@@ -413,27 +414,102 @@ impl Store {
         Ok(out)
     }
 
-    /// GetParameterValues without collecting: `f` gets each entry in order.
+    /// GetParameterValues without collecting: `f` gets each entry in order. Every name is
+    /// checked before the first entry is produced.
     pub fn for_each_value(
         &mut self,
         names: &[&str],
         mut f: impl FnMut(ValueEntry),
     ) -> Result<usize, Fault> {
-        let mut paths = Vec::new();
-        for n in names {
-            paths.extend(self.expand(n)?);
-        }
-        let n = paths.len();
-        for p in paths {
-            let value = self.read(&p).unwrap_or_default();
-            let def = &self.schema.params[self.params[&p].def];
+        self.for_each_value_ref(names, |name, value, xsi_type| {
             f(ValueEntry {
-                xsi_type: def.syntax.xsi_type(),
-                name: p,
-                value,
-            });
+                name: name.to_string(),
+                value: value.to_string(),
+                xsi_type,
+            })
+        })
+    }
+
+    /// Like [`for_each_value`](Self::for_each_value) with borrowed name and value (nothing is
+    /// copied for stored values: a 10,000-parameter answer is written straight out).
+    pub fn for_each_value_ref(
+        &mut self,
+        names: &[&str],
+        mut f: impl FnMut(&str, &str, &'static str),
+    ) -> Result<usize, Fault> {
+        for n in names {
+            self.check_name(n)?;
+        }
+        let Store {
+            params,
+            schema,
+            sources,
+            live,
+            ..
+        } = self;
+        let mut count = 0;
+        for n in names {
+            let range: Box<dyn Iterator<Item = (&String, &ParamNode)>> = if n.is_empty() {
+                Box::new(params.iter())
+            } else if n.ends_with('.') {
+                Box::new(
+                    params
+                        .range(n.to_string()..)
+                        .take_while(move |(k, _)| k.starts_with(*n)),
+                )
+            } else {
+                Box::new(params.get_key_value(*n).into_iter())
+            };
+            for (k, node) in range {
+                let def = &schema.params[node.def];
+                let live_value;
+                let value: &str = if def.syntax.hidden {
+                    ""
+                } else if let Source::Live(kind) = sources[node.def] {
+                    live_value = live.read(kind);
+                    live_value.as_deref().unwrap_or(&node.value)
+                } else {
+                    &node.value
+                };
+                f(k, value, def.syntax.xsi_type());
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// How many values a GetParameterValues of `names` returns (9005 for an unknown name).
+    pub fn count_values(&self, names: &[&str]) -> Result<usize, Fault> {
+        let mut n = 0;
+        for name in names {
+            self.check_name(name)?;
+            n += if name.is_empty() {
+                self.params.len()
+            } else if name.ends_with('.') {
+                self.params
+                    .range(name.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(*name))
+                    .count()
+            } else {
+                1
+            };
         }
         Ok(n)
+    }
+
+    /// Checks that a GPV/GPA name exists (9005 otherwise).
+    fn check_name(&self, name: &str) -> Result<(), Fault> {
+        if name.len() > MAX_PATH_LEN {
+            return Err(Fault::new(9005, "name longer than 256 characters"));
+        }
+        let ok = name.is_empty()
+            || (name.ends_with('.') && self.objects.contains_key(name))
+            || self.params.contains_key(name);
+        if ok {
+            Ok(())
+        } else {
+            Err(Fault::new(9005, format!("no parameter or object {name}")))
+        }
     }
 
     /// GetParameterNames.
@@ -761,7 +837,7 @@ impl Store {
         for n in names {
             for p in self.expand(n)? {
                 let node = &self.params[&p];
-                out.push((p, node.notification, node.access_list.clone()));
+                out.push((p, node.notification, access_list(node.subscriber)));
             }
         }
         Ok(out)
@@ -812,7 +888,7 @@ impl Store {
                     node.notification = n;
                 }
                 if let Some(al) = &al {
-                    node.access_list = al.clone();
+                    node.subscriber = !al.is_empty();
                 }
             }
         }
@@ -929,9 +1005,11 @@ impl Store {
                 ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled => 2,
                 _ => 0,
             };
-            if node.notification != default_n || !node.access_list.is_empty() {
-                snap.attrs
-                    .insert(path.clone(), (node.notification, node.access_list.clone()));
+            if node.notification != default_n || node.subscriber {
+                snap.attrs.insert(
+                    path.clone(),
+                    (node.notification, access_list(node.subscriber)),
+                );
             }
         }
         snap
@@ -988,13 +1066,21 @@ impl Store {
         for (path, (n, al)) in &snap.attrs {
             if let Some(node) = self.params.get_mut(path) {
                 node.notification = *n;
-                node.access_list = al.clone();
+                node.subscriber = al.iter().any(|e| e == "Subscriber");
             }
         }
         self.changed.clear();
         self.active_change = false;
         self.dirty = false;
         warnings
+    }
+}
+
+fn access_list(subscriber: bool) -> Vec<String> {
+    if subscriber {
+        vec!["Subscriber".to_string()]
+    } else {
+        Vec::new()
     }
 }
 
