@@ -162,6 +162,8 @@ pub struct SessionRecord {
     pub aborted: bool,
     /// Authorization failures (401 after credentials were sent).
     pub auth_failures: u32,
+    /// Every non-empty body the CPE posted, as received (for schema validation).
+    pub bodies: Vec<Vec<u8>>,
 }
 
 impl SessionRecord {
@@ -182,6 +184,7 @@ impl SessionRecord {
             ended_at: None,
             aborted: false,
             auth_failures: 0,
+            bodies: Vec::new(),
         }
     }
 
@@ -1047,6 +1050,7 @@ fn process(
         }
         return next_rpc_or_end(st, i);
     }
+    st.sessions[i].rec.bodies.push(body.to_vec());
     let env = match parse_cpe_message(body) {
         Ok(env) => env,
         Err(e) => return fail_session(st, i, body, e.to_string()),

@@ -67,6 +67,10 @@ fn boot_session_carries_bootstrap_deviceid_and_forced_params() {
     let s = acs.wait_sessions(2, WAIT);
     let ev = events(&s[1]);
     assert_eq!(ev, vec!["1 BOOT".to_string()], "{ev:?}");
+    common::xsd::validate_sessions(
+        "boot_session_carries_bootstrap_deviceid_and_forced_params",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -314,6 +318,10 @@ fn every_store_rpc_on_success_and_fault_paths() {
         }
         m => panic!("{m:?}"),
     }
+    common::xsd::validate_sessions(
+        "every_store_rpc_on_success_and_fault_paths",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -347,6 +355,10 @@ fn connection_requests_during_a_session_give_one_follow_up() {
         s2.iter().map(events).collect::<Vec<_>>()
     );
     assert!(events(&s[1]).contains(&"6 CONNECTION REQUEST".to_string()));
+    common::xsd::validate_sessions(
+        "connection_requests_during_a_session_give_one_follow_up",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -388,6 +400,10 @@ fn value_changes_active_and_passive_reach_the_acs() {
     // Delivered: nothing pending any more.
     let ch = a.ctl(json!({"op": "changes"}));
     assert_eq!(ch["changes"].as_array().unwrap().len(), 0, "{ch}");
+    common::xsd::validate_sessions(
+        "value_changes_active_and_passive_reach_the_acs",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -429,6 +445,10 @@ fn failed_sessions_retry_and_keep_events_across_restart() {
         ev.contains(&"0 BOOTSTRAP".to_string()) && ev.contains(&"1 BOOT".to_string()),
         "{ev:?}"
     );
+    common::xsd::validate_sessions(
+        "failed_sessions_retry_and_keep_events_across_restart",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -456,6 +476,10 @@ fn digest_auth_to_the_acs_on_one_connection_and_wrong_password_fails() {
     let st = a.ctl(json!({"op": "status"}));
     assert!(st["sessions_failed"].as_u64().unwrap() >= 1, "{st}");
     assert!(acs.sessions().len() <= 3, "no retry storm");
+    common::xsd::validate_sessions(
+        "digest_auth_to_the_acs_on_one_connection_and_wrong_password_fails",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -496,4 +520,54 @@ fn url_change_bootstraps_the_new_acs_and_reboot_runs_after_the_session() {
         "{:?}",
         inf.events
     );
+    common::xsd::validate_sessions(
+        "url_change_bootstraps_the_new_acs_and_reboot_runs_after_the_session",
+        &acs2.sessions(),
+    );
+}
+
+#[test]
+fn genieacs_session_endings_and_refusals() {
+    // 204 + Connection: close ends the session; so does 200 with an empty body.
+    for (close, empty200) in [(true, false), (false, true)] {
+        let acs = spawn_in_thread(AcsOptions {
+            connection_close_on_end: close,
+            end_with_200_empty: empty200,
+            ..Default::default()
+        });
+        acs.queue(vec![AcsRequest::GetParameterValues {
+            names: vec!["Device.ManagementServer.URL".into()],
+        }]);
+        let d = TempDir::new("sess-end");
+        let a = Agent::start(&config_for(d.path(), &acs, ""));
+        let s = acs.wait_sessions(1, WAIT);
+        assert!(s[0].succeeded());
+        a.ctl(json!({"op": "inform"}));
+        let s = acs.wait_sessions(2, WAIT);
+        assert!(
+            s[1].succeeded(),
+            "a second session after the first one ended"
+        );
+        let st = a.ctl(json!({"op": "status"}));
+        assert_eq!(st["sessions_failed"], 0, "{st}");
+        common::xsd::validate_sessions("genieacs_session_endings", &acs.sessions());
+    }
+    // 400 on the Inform ("CPE already in session" / bad session state) is a failed session.
+    let acs = spawn_in_thread(AcsOptions {
+        inform_status: Some(400),
+        ..Default::default()
+    });
+    let d = TempDir::new("sess-400");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = a.ctl(json!({"op": "status"}));
+        if st["sessions_failed"].as_u64().unwrap_or(0) >= 1 {
+            assert_eq!(st["retry_count"], 1, "{st}");
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "{st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -149,6 +149,7 @@ fn config_download_is_installed_and_reported() {
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
     assert!(!a.log_text().contains(SECRET));
+    common::xsd::validate_sessions("config_download_is_installed_and_reported", &acs.sessions());
 }
 
 #[test]
@@ -222,6 +223,10 @@ fn firmware_install_that_kills_the_agent_is_reported_once_after_restart() {
         events(&s[2])
     );
     assert!(!a.log_text().contains(SECRET));
+    common::xsd::validate_sessions(
+        "firmware_install_that_kills_the_agent_is_reported_once_after_restart",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -299,6 +304,10 @@ fn truncated_and_oversized_downloads_are_refused_and_not_installed() {
         .unwrap()
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
+    common::xsd::validate_sessions(
+        "truncated_and_oversized_downloads_are_refused_and_not_installed",
+        &acs.sessions(),
+    );
 }
 
 #[test]
@@ -361,6 +370,7 @@ fn log_upload_is_put_to_the_server() {
     assert_eq!(ups[0].0, "/up/log.txt");
     assert_eq!(ups[0].1, b"line one\nline two\n");
     assert!(!a.log_text().contains(SECRET));
+    common::xsd::validate_sessions("log_upload_is_put_to_the_server", &acs.sessions());
 }
 
 #[test]
@@ -517,4 +527,5 @@ fn queued_transfers_listing_and_cancel() {
     let t = wait_tcs(&acs, 1);
     assert_eq!((t[0].command_key.as_str(), t[0].fault.code), ("now", 0));
     assert_eq!(std::fs::read(&done).unwrap(), body);
+    common::xsd::validate_sessions("queued_transfers_listing_and_cancel", &acs.sessions());
 }

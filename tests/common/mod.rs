@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod xsd;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
