@@ -324,8 +324,8 @@ async fn start_http_cr(
     cfg: &Config,
     engine: &mut Engine,
     tx: mpsc::Sender<Command>,
+    limiter: std::rc::Rc<std::cell::RefCell<cwmpd::connreq::backoff::RateLimiter>>,
 ) -> Result<(), String> {
-    use cwmpd::connreq::backoff::RateLimiter;
     use cwmpd::connreq::http::CrEvent;
     if cfg.connreq.http_listen.is_empty() {
         tracing::info!("no HTTP connection-request listener configured");
@@ -348,12 +348,6 @@ async fn start_http_cr(
         return Err("no HTTP connection-request listener could be bound".into());
     }
     engine.set_cr_listen(addrs);
-    // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute; shared with the
-    // UDP and XMPP connection requests once they exist.
-    let limiter = std::rc::Rc::new(std::cell::RefCell::new(RateLimiter::new(
-        cfg.connreq.rate_burst,
-        f64::from(cfg.connreq.rate_per_minute) / 60.0,
-    )));
     let (etx, mut erx) = mpsc::channel::<CrEvent>(16);
     tokio::task::spawn_local(cwmpd::connreq::http::serve(
         listeners,
@@ -373,6 +367,49 @@ async fn start_http_cr(
     Ok(())
 }
 
+/// Binds the UDP connection-request socket (shared with the STUN client) and spawns its task.
+/// A bind failure is logged, not fatal: the other connection-request mechanisms still work.
+async fn start_udp_cr(
+    cfg: &Config,
+    engine: &Engine,
+    tx: mpsc::Sender<Command>,
+    limiter: std::rc::Rc<std::cell::RefCell<cwmpd::connreq::backoff::RateLimiter>>,
+) {
+    use cwmpd::connreq::udp;
+    let sock = match tokio::net::UdpSocket::bind(cfg.connreq.udp_listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "UDP connection-request socket {}: {e}; no UDP connection requests or STUN",
+                cfg.connreq.udp_listen
+            );
+            return;
+        }
+    };
+    if let Ok(a) = sock.local_addr() {
+        tracing::info!("UDP connection requests and STUN on {a}");
+    }
+    let (etx, mut erx) = mpsc::channel(16);
+    let (stx, mut srx) = mpsc::channel::<Vec<(String, String)>>(4);
+    let out = udp::Outputs {
+        events: etx,
+        status: stx,
+    };
+    tokio::task::spawn_local(udp::serve(sock, engine.settings(), limiter, out));
+    tokio::task::spawn_local(async move {
+        loop {
+            let cmd = tokio::select! {
+                Some(ev) = erx.recv() => Command::ConnectionRequest(ev),
+                Some(st) = srx.recv() => Command::Status(st),
+                else => break,
+            };
+            if tx.send(cmd).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
 fn run_agent(file: &Path) -> Result<ExitCode, String> {
     let cfg = Config::load(file).map_err(|e| e.to_string())?;
     cwmpd::logging::init(&cfg.agent.log_level);
@@ -386,7 +423,16 @@ fn run_agent(file: &Path) -> Result<ExitCode, String> {
         let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
         engine.start_providers();
         let (tx, rx) = mpsc::channel::<Command>(64);
-        start_http_cr(&cfg, &mut engine, tx.clone()).await?;
+        // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute, shared by
+        // all connection-request mechanisms.
+        let limiter = std::rc::Rc::new(std::cell::RefCell::new(
+            cwmpd::connreq::backoff::RateLimiter::new(
+                cfg.connreq.rate_burst,
+                f64::from(cfg.connreq.rate_per_minute) / 60.0,
+            ),
+        ));
+        start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone()).await?;
+        start_udp_cr(&cfg, &engine, tx.clone(), limiter).await;
         if !cfg.agent.control_socket.as_os_str().is_empty() {
             let l = cwmpd::ctl::bind(&cfg.agent.control_socket).map_err(|e| {
                 format!("control socket {}: {e}", cfg.agent.control_socket.display())

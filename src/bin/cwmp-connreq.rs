@@ -7,15 +7,31 @@ use cwmpd::connreq::digest::DigestClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[path = "cwmp-connreq/stunsrv.rs"]
+mod stunsrv;
+
 const USAGE: &str = "\
 usage:
   cwmp-connreq http URL --user U --password P [--count N] [--timeout SECS]
         GET URL, answer the Digest challenge on the same connection, GET again;
         prints the final status and the time from the first byte sent to the answer.
         Exit 0 when every request got 200 or 204, 1 otherwise.
-  cwmp-connreq udp ...             (not yet implemented)
-  cwmp-connreq xmpp ...            (not yet implemented)
-  cwmp-connreq stun-server ...     (not yet implemented)";
+  cwmp-connreq udp HOST:PORT --user U --password P [--copies N] [--from ADDR] [--via API-ADDR]
+        sends one TR-111 UDP connection request (N identical copies, default 3) to the CPE's
+        UDPConnectionRequestAddress: from an ephemeral socket (or --from ADDR), or with --via
+        through a `stun-server` API, which sends it from its STUN socket (needed behind a
+        port-restricted NAT; HOST:PORT may then also be `last` or a binding key).
+        Prints the time taken. Exit 0 when sent.
+  cwmp-connreq stun-server --listen ADDR [--api ADDR] [--user U --password P] [--max-seconds S]
+        a TR-111-aware STUN server (RFC 3489 and RFC 5389 Binding; with --user, short-term
+        credentials: 401 first, then USERNAME + MESSAGE-INTEGRITY keyed with the password, either
+        layout). Records each CPE's binding (by USERNAME, else by source address), logs
+        CONNECTION-REQUEST-BINDING / BINDING-CHANGE on stdout, honours RESPONSE-ADDRESS only for
+        the requester's own IP. The loopback HTTP API (--api) serves
+          GET  /bindings                                   -> JSON
+          POST /cr?to=IP:PORT|last|KEY&user=U&password=P[&copies=N]
+               -> sends the UDP connection request from the STUN socket, JSON answer
+  cwmp-connreq xmpp ...            (not yet implemented)";
 
 /// Largest response head read.
 const MAX_HEAD: usize = 16 * 1024;
@@ -33,7 +49,9 @@ fn main() -> ExitCode {
     let cmd = args.remove(0);
     let r = match cmd.as_str() {
         "http" => http_cmd(args),
-        "udp" | "xmpp" | "stun-server" => {
+        "udp" => udp_cmd(args),
+        "stun-server" => stunsrv::run(args),
+        "xmpp" => {
             eprintln!("cwmp-connreq {cmd}: not yet implemented");
             return ExitCode::from(2);
         }
@@ -293,4 +311,105 @@ async fn exchange(
     }
     buf.drain(..len.min(buf.len()));
     Ok(r)
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn udp_cmd(mut args: Vec<String>) -> Result<bool, String> {
+    let user = take_opt(&mut args, "--user")?.ok_or("--user is required")?;
+    let pass = take_opt(&mut args, "--password")?.ok_or("--password is required")?;
+    let copies: u32 = match take_opt(&mut args, "--copies")? {
+        Some(c) => c.parse().map_err(|_| format!("bad --copies {c:?}"))?,
+        None => 3,
+    };
+    let via = take_opt(&mut args, "--via")?;
+    let from = take_opt(&mut args, "--from")?;
+    if args.len() != 1 {
+        return Err(format!("udp takes one HOST:PORT\n{USAGE}"));
+    }
+    let to = args.remove(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let t0 = Instant::now();
+        if let Some(api) = via {
+            let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&api))
+                .await
+                .map_err(|_| format!("connect {api}: timeout"))?
+                .map_err(|e| format!("connect {api}: {e}"))?;
+            let req = format!(
+                "POST /cr?to={}&user={}&password={}&copies={copies} HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                pct(&to),
+                pct(&user),
+                pct(&pass)
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .map_err(|_| "no answer from the STUN server API".to_string())?
+                .map_err(|e| format!("read: {e}"))?;
+            let text = String::from_utf8_lossy(&out);
+            let ok = text.starts_with("HTTP/1.1 200");
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            println!(
+                "{body} in {:.1} ms",
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+            return Ok(ok);
+        }
+        let dest: std::net::SocketAddr = tokio::net::lookup_host(to.as_str())
+            .await
+            .map_err(|e| format!("{to}: {e}"))?
+            .find(|a| a.is_ipv4())
+            .ok_or_else(|| format!("{to}: no IPv4 address"))?;
+        let bind = from.unwrap_or_else(|| "0.0.0.0:0".into());
+        let sock = tokio::net::UdpSocket::bind(&bind)
+            .await
+            .map_err(|e| format!("bind {bind}: {e}"))?;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let r: [u8; 12] = {
+            use ring::rand::SecureRandom;
+            let mut b = [0u8; 12];
+            let _ = ring::rand::SystemRandom::new().fill(&mut b);
+            b
+        };
+        let id = u64::from(u32::from_be_bytes([r[0], r[1], r[2], r[3]]));
+        let cn: String = r[4..].iter().map(|b| format!("{b:02x}")).collect();
+        let authority = if to.contains(':') {
+            to.clone()
+        } else {
+            cwmpd::connreq::udpcr::authority(dest)
+        };
+        let d = cwmpd::connreq::udpcr::build_udp_cr(&authority, ts, id, &user, &cn, &pass);
+        for _ in 0..copies {
+            sock.send_to(&d, dest)
+                .await
+                .map_err(|e| format!("send to {dest}: {e}"))?;
+        }
+        println!(
+            "sent {copies} copies (id={id}, {} bytes) to {dest} from {} in {:.1} ms",
+            d.len(),
+            sock.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+        Ok(true)
+    })
 }

@@ -5,4 +5,5 @@ pub mod backoff;
 pub mod digest;
 pub mod http;
 pub mod stun;
+pub mod udp;
 pub mod udpcr;

@@ -1,0 +1,995 @@
+//! UDP connection requests via STUN (TR-111 / TR-069 Annex G), seen from outside: the real
+//! agent binary against `cwmp-connreq stun-server` and the test ACS, on loopback; and (as root)
+//! behind a real Linux NAT built in network namespaces, with coturn and the project's server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use cwmpd::connreq::udpcr::build_udp_cr;
+use cwmpd::testacs::{AcsOptions, SessionRecord, spawn_in_thread};
+use serde_json::{Value, json};
+
+const USER: &str = "cr-user";
+const PASS: &str = "cr pass";
+const ADDR: &str = "Device.ManagementServer.UDPConnectionRequestAddress";
+const NAT: &str = "Device.ManagementServer.NATDetected";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A background process killed (by its own PID) when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let f2 = f.try_clone().unwrap();
+        let child = cmd
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+        Proc { child, log }
+    }
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stun_server(dir: &Path, listen: &str, api: &str, extra: &[&str]) -> Proc {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"));
+    c.args([
+        "stun-server",
+        "--listen",
+        listen,
+        "--api",
+        api,
+        "--max-seconds",
+        "300",
+    ])
+    .args(extra);
+    let p = Proc::spawn(c, dir.join("stun-server.log"));
+    assert!(
+        p.wait_for("stun listening", Duration::from_secs(10)),
+        "stun server did not start: {}",
+        p.text()
+    );
+    p
+}
+
+fn api(api: &str, method: &str, target: &str) -> Value {
+    let mut s = TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn wait_value(a: &Agent, name: &str, want: &str, timeout: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let v = a.get(name);
+        if v == want || t0.elapsed() > timeout {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cr_count(a: &Agent) -> u64 {
+    a.ctl(json!({"op": "status"}))["connection_requests"]
+        .as_u64()
+        .unwrap()
+}
+
+fn events(s: &SessionRecord) -> Vec<String> {
+    s.inform
+        .as_ref()
+        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn inform_param(s: &SessionRecord, name: &str) -> Option<String> {
+    s.inform
+        .as_ref()?
+        .params
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.value.clone())
+}
+
+/// Agent config: UDP socket `udp`, STUN server `stun` (None: STUN off), ACS URL, extra params.
+fn agent_config(dir: &Path, udp: &str, acs_url: &str, stun: Option<&str>, extra: &str) -> PathBuf {
+    let stun_params = match stun {
+        Some(s) => {
+            let (h, p) = s.rsplit_once(':').unwrap();
+            format!(
+                "\"Device.ManagementServer.STUNEnable\" = \"true\"\n\"Device.ManagementServer.STUNServerAddress\" = \"{h}\"\n\"Device.ManagementServer.STUNServerPort\" = \"{p}\"\n\"Device.ManagementServer.STUNMinimumKeepAlivePeriod\" = \"1\"\n{}",
+                // Keep-alives every second, no binding-lifetime discovery, unless asked for.
+                if extra.contains("STUNMaximumKeepAlivePeriod") {
+                    ""
+                } else {
+                    "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"1\"\n"
+                }
+            )
+        }
+        None => String::new(),
+    };
+    write_config(
+        dir,
+        &format!(
+            "[connreq]\nhttp_listen = [\"127.0.0.1:0\"]\nudp_listen = \"{udp}\"\n[parameters]\n\"Device.ManagementServer.URL\" = \"{acs_url}\"\n\"Device.ManagementServer.ConnectionRequestUsername\" = \"{USER}\"\n\"Device.ManagementServer.ConnectionRequestPassword\" = \"{PASS}\"\n{stun_params}{extra}"
+        ),
+    )
+}
+
+fn connreq_tool(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn loopback_stun_binding_and_udp_cr_via_stun_server() {
+    let d = TempDir::new("stun-lo");
+    let acs = spawn_in_thread(AcsOptions::default());
+    let sport = free_udp_port();
+    let api_addr = format!("127.0.0.1:{}", free_tcp_port());
+    let srv = stun_server(d.path(), &format!("127.0.0.1:{sport}"), &api_addr, &[]);
+    let uport = free_udp_port();
+    let a = Agent::start(&agent_config(
+        d.path(),
+        &format!("127.0.0.1:{uport}"),
+        &acs.url(),
+        Some(&format!("127.0.0.1:{sport}")),
+        "",
+    ));
+    let want = format!("127.0.0.1:{uport}");
+    assert_eq!(wait_value(&a, ADDR, &want, WAIT), want, "{}", a.log_text());
+    assert_eq!(a.get(NAT), "false");
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    // The server saw the TR-111 attribute, exactly, in classic form.
+    let b = api(&api_addr, "GET", "/bindings");
+    let b0 = &b["bindings"][0];
+    assert_eq!(b0["addr"], want.as_str(), "{b}");
+    assert_eq!(b0["connection_request_binding"], true);
+    assert_eq!(b0["crb_value_exact"], true);
+    assert_eq!(b0["classic"], true);
+    // Keep-alives every second (STUNMinimumKeepAlivePeriod = 1).
+    std::thread::sleep(Duration::from_millis(2500));
+    let b = api(&api_addr, "GET", "/bindings");
+    let reqs = b["bindings"][0]["requests"].as_u64().unwrap();
+    assert!((2..=6).contains(&reqs), "{b}");
+    // A UDP CR sent from the STUN socket through the API: one session, 6 CONNECTION REQUEST.
+    let (ok, out) = connreq_tool(&[
+        "udp",
+        "last",
+        "--user",
+        USER,
+        "--password",
+        PASS,
+        "--via",
+        &api_addr,
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"copies\":3"), "{out}");
+    println!("cwmp-connreq udp --via: {out}");
+    let s = acs.wait_sessions(2, WAIT);
+    assert_eq!(s.len(), 2);
+    assert!(
+        events(&s[1]).contains(&"6 CONNECTION REQUEST".to_string()),
+        "{:?}",
+        events(&s[1])
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cr_count(&a), 1, "three copies, one CR");
+    let log = a.log_text();
+    let lat: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("UDP connection request accepted"))
+        .collect();
+    assert_eq!(lat.len(), 1, "{log}");
+    assert!(lat[0].contains("latency_us="), "{}", lat[0]);
+    println!("agent: {}", lat[0]);
+    // A direct CR (ephemeral source port) also works on loopback (no NAT).
+    let (ok, out) = connreq_tool(&["udp", &want, "--user", USER, "--password", PASS]);
+    assert!(ok, "{out}");
+    println!("cwmp-connreq udp: {out}");
+    let t0 = Instant::now();
+    while cr_count(&a) < 2 && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(cr_count(&a), 2);
+    // STUN off: the local address, NATDetected false.
+    assert_eq!(
+        a.set("Device.ManagementServer.STUNEnable", "false")["ok"],
+        true
+    );
+    assert_eq!(wait_value(&a, ADDR, &want, WAIT), want);
+    assert_eq!(a.get(NAT), "false");
+    drop(srv);
+}
+
+#[test]
+fn loopback_stun_401_then_authenticated_and_wrong_password_backs_off() {
+    let d = TempDir::new("stun-auth");
+    let sport = free_udp_port();
+    let api_addr = format!("127.0.0.1:{}", free_tcp_port());
+    let _srv = stun_server(
+        d.path(),
+        &format!("127.0.0.1:{sport}"),
+        &api_addr,
+        &["--user", "stun-u", "--password", "stun-p"],
+    );
+    // Right credentials: 401, then the authenticated retry is answered.
+    let d1 = TempDir::new("stun-auth-ok");
+    let uport = free_udp_port();
+    let ok_params = "\"Device.ManagementServer.STUNUsername\" = \"stun-u\"\n\"Device.ManagementServer.STUNPassword\" = \"stun-p\"\n";
+    let a = Agent::start(&agent_config(
+        d1.path(),
+        &format!("127.0.0.1:{uport}"),
+        "",
+        Some(&format!("127.0.0.1:{sport}")),
+        ok_params,
+    ));
+    let want = format!("127.0.0.1:{uport}");
+    assert_eq!(wait_value(&a, ADDR, &want, WAIT), want, "{}", a.log_text());
+    let b = api(&api_addr, "GET", "/bindings");
+    assert_eq!(b["challenges"], 1, "{b}");
+    assert_eq!(b["bindings"][0]["key"], "stun-u", "{b}");
+    assert_eq!(b["bindings"][0]["authenticated"], true, "{b}");
+    // Later keep-alives carry the credentials from the start: still exactly one challenge.
+    std::thread::sleep(Duration::from_millis(2200));
+    let b = api(&api_addr, "GET", "/bindings");
+    assert_eq!(b["challenges"], 1, "{b}");
+    assert!(b["auth_ok"].as_u64().unwrap() >= 2, "{b}");
+    assert_eq!(b["auth_failed"], 0, "{b}");
+    a.stop();
+
+    // Wrong password: a warning and a bounded backoff (5 s first), not a tight loop.
+    let d2 = TempDir::new("stun-auth-bad");
+    let uport = free_udp_port();
+    let bad = "\"Device.ManagementServer.STUNUsername\" = \"stun-u\"\n\"Device.ManagementServer.STUNPassword\" = \"wrong\"\n";
+    let a = Agent::start(&agent_config(
+        d2.path(),
+        &format!("127.0.0.1:{uport}"),
+        "",
+        Some(&format!("127.0.0.1:{sport}")),
+        bad,
+    ));
+    let t0 = Instant::now();
+    while !a.log_text().contains("STUN authentication failed") && t0.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = a.log_text();
+    assert!(log.contains("STUN authentication failed"), "{log}");
+    assert!(log.contains("next try in 5 s"), "{log}");
+    assert!(!log.contains("wrong"), "password in the log");
+    std::thread::sleep(Duration::from_secs(3));
+    let b = api(&api_addr, "GET", "/bindings");
+    assert_eq!(b["auth_failed"], 1, "backoff: {b}");
+    assert_ne!(a.get(ADDR), format!("127.0.0.1:{uport}"));
+    // Fixing the password recovers at the next try.
+    assert_eq!(
+        a.set("Device.ManagementServer.STUNPassword", "stun-p")["ok"],
+        true
+    );
+    let want = format!("127.0.0.1:{uport}");
+    assert_eq!(wait_value(&a, ADDR, &want, WAIT), want, "{}", a.log_text());
+}
+
+#[test]
+fn loopback_binding_lifetime_discovery() {
+    // No NAT on loopback: the binding never expires, so the search doubles up to the maximum
+    // (1, 2, 4 s) and settles on 90 % of it.
+    let d = TempDir::new("stun-disc");
+    let sport = free_udp_port();
+    let api_addr = format!("127.0.0.1:{}", free_tcp_port());
+    let srv = stun_server(d.path(), &format!("127.0.0.1:{sport}"), &api_addr, &[]);
+    let uport = free_udp_port();
+    let a = Agent::start(&agent_config(
+        d.path(),
+        &format!("127.0.0.1:{uport}"),
+        "",
+        Some(&format!("127.0.0.1:{sport}")),
+        "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"4\"\n",
+    ));
+    let t0 = Instant::now();
+    while !a.log_text().contains("discovery done") && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = a.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("discovery done"))
+        .unwrap_or_else(|| panic!("{log}"));
+    println!("{line} (after {:?})", t0.elapsed());
+    assert!(line.contains("alive after Some(4)"), "{line}");
+    assert!(line.contains("keep-alive every 3.6 s"), "{line}");
+    // The probes asked for the answer on the primary socket; the binding table kept it.
+    let want = format!("response_to=127.0.0.1:{uport}");
+    assert!(srv.text().contains(&want), "{}", srv.text());
+    let b = api(&api_addr, "GET", "/bindings");
+    assert_eq!(b["bindings"].as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(
+        b["bindings"][0]["addr"],
+        format!("127.0.0.1:{uport}"),
+        "{b}"
+    );
+}
+
+#[test]
+fn loopback_udp_cr_bad_input_is_dropped() {
+    let d = TempDir::new("udpcr-bad");
+    let uport = free_udp_port();
+    let a = Agent::start(&agent_config(
+        d.path(),
+        &format!("127.0.0.1:{uport}"),
+        "",
+        None,
+        "",
+    ));
+    let to: SocketAddr = format!("127.0.0.1:{uport}").parse().unwrap();
+    // STUN off: the local address.
+    assert_eq!(wait_value(&a, ADDR, &to.to_string(), WAIT), to.to_string());
+    assert_eq!(a.get(NAT), "false");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let host = to.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let settle = |want: u64| {
+        // Datagrams are handled in order: a probe CR can't overtake them, so a short wait is
+        // enough; then check the count did not move.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(cr_count(&a), want, "{}", a.log_text());
+    };
+    // A valid CR, three copies: one accepted.
+    let good = build_udp_cr(&host, now, 1000, USER, "c0ffee", PASS);
+    for _ in 0..3 {
+        s.send_to(&good, to).unwrap();
+    }
+    settle(1);
+    // Replays of it, later.
+    for _ in 0..5 {
+        s.send_to(&good, to).unwrap();
+    }
+    // Wrong signature (wrong password), wrong user, stale ts, missing fields, not GET, body.
+    let bad: Vec<Vec<u8>> = vec![
+        build_udp_cr(&host, now + 1, 1001, USER, "aa", "wrong"),
+        build_udp_cr(&host, now + 1, 1002, "someone", "aa", PASS),
+        build_udp_cr(&host, now - 100, 1003, USER, "aa", PASS),
+        format!("GET http://{host}?ts={now}&id=5&un={USER}&cn=x HTTP/1.1\r\n\r\n").into_bytes(),
+        format!(
+            "GET http://{host}?id=5&un=u&cn=x&sig={} HTTP/1.1\r\n\r\n",
+            "0".repeat(40)
+        )
+        .into_bytes(),
+        String::from_utf8(build_udp_cr(&host, now + 1, 1004, USER, "aa", PASS))
+            .unwrap()
+            .replacen("GET", "PUT", 1)
+            .into_bytes(),
+        String::from_utf8(build_udp_cr(&host, now + 1, 1005, USER, "aa", PASS))
+            .unwrap()
+            .replace("HTTP/1.1", "HTTP/1.0")
+            .into_bytes(),
+        {
+            // A tampered copy of a valid message: signature no longer matches.
+            let t = String::from_utf8(build_udp_cr(&host, now + 1, 1006, USER, "aa", PASS))
+                .unwrap()
+                .replace("id=1006", "id=1007");
+            t.into_bytes()
+        },
+        vec![b'G'; 5000],
+        Vec::new(),
+    ];
+    for b in &bad {
+        s.send_to(b, to).unwrap();
+    }
+    settle(1);
+    // 100,000 random datagrams (some shaped like STUN or like a CR), bounded in time.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let t0 = Instant::now();
+    let mut buf = [0u8; 600];
+    let mut sent = 0u32;
+    for i in 0..100_000u32 {
+        let len = (rnd() % 600) as usize;
+        for b in buf[..len].iter_mut() {
+            *b = rnd() as u8;
+        }
+        match i % 4 {
+            0 if len >= 20 => {
+                buf[0] = 1;
+                buf[1] = 1;
+                let l = (len - 20) as u16 & !3;
+                buf[2..4].copy_from_slice(&l.to_be_bytes());
+            }
+            1 if len >= 4 => buf[..4].copy_from_slice(b"GET "),
+            _ => {}
+        }
+        let _ = s.send_to(&buf[..len], to);
+        sent += 1;
+        if i % 2000 == 0 {
+            // Let the agent keep up (the kernel drops what overflows its buffer, which is fine).
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    println!("sent {sent} random datagrams in {:?}", t0.elapsed());
+    settle(1);
+    // The agent is alive and a valid CR after the flood still works.
+    let good2 = build_udp_cr(&host, now + 2, 2000, USER, "beef", PASS);
+    s.send_to(&good2, to).unwrap();
+    settle(2);
+    // The GenieACS-style raw username with a %XX escape (SPEC-NOTES c.2 vector 2 shape).
+    let log = a.log_text();
+    assert!(log.contains("UDP datagram dropped"), "debug lines");
+    assert!(!log.contains(PASS), "password in the log");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces (root only)
+// ---------------------------------------------------------------------------------------------
+
+fn have_tool(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nsx(ns: &str, args: &[&str]) -> Result<String, String> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// The namespaces of one test run; deleted (with everything still running in them) on drop.
+struct Rig {
+    names: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+impl Rig {
+    fn ns(&self, role: &str) -> String {
+        self.names
+            .iter()
+            .find(|n| n.ends_with(role))
+            .cloned()
+            .unwrap()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Processes first (by PID), then the namespaces (which removes the veths and rules).
+        self.procs.clear();
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// acs (10.77.2.2) — gw (10.77.2.1 / 10.77.1.1) — cpe (10.77.1.2). `nat`: masquerade on gw,
+/// forward only established/related back in; otherwise routed.
+fn build_rig(tag: &str, nat: bool) -> Result<Rig, String> {
+    let pid = std::process::id();
+    let mut rig = Rig {
+        names: Vec::new(),
+        procs: Vec::new(),
+    };
+    for role in ["acs", "gw", "cpe"] {
+        let n = format!("cw{tag}{pid}{role}");
+        sh(&["ip", "netns", "add", &n])?;
+        rig.names.push(n);
+    }
+    let (acs, gw, cpe) = (rig.ns("acs"), rig.ns("gw"), rig.ns("cpe"));
+    let short = format!("{}", pid % 100000);
+    let (l1, l2, w1, w2) = (
+        format!("l{short}{tag}a"),
+        format!("l{short}{tag}b"),
+        format!("w{short}{tag}a"),
+        format!("w{short}{tag}b"),
+    );
+    sh(&[
+        "ip", "link", "add", &l1, "netns", &cpe, "type", "veth", "peer", "name", &l2, "netns", &gw,
+    ])?;
+    sh(&[
+        "ip", "link", "add", &w1, "netns", &gw, "type", "veth", "peer", "name", &w2, "netns", &acs,
+    ])?;
+    for (ns, dev, addr) in [
+        (&cpe, &l1, "10.77.1.2/24"),
+        (&gw, &l2, "10.77.1.1/24"),
+        (&gw, &w1, "10.77.2.1/24"),
+        (&acs, &w2, "10.77.2.2/24"),
+    ] {
+        nsx(ns, &["ip", "addr", "add", addr, "dev", dev])?;
+        nsx(ns, &["ip", "link", "set", dev, "up"])?;
+        nsx(ns, &["ip", "link", "set", "lo", "up"])?;
+    }
+    nsx(&cpe, &["ip", "route", "add", "default", "via", "10.77.1.1"])?;
+    nsx(&gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    if nat {
+        let rules = format!(
+            "table ip cwtest {{\n chain forward {{ type filter hook forward priority 0; policy drop;\n  ct state established,related accept\n  iifname \"{l2}\" oifname \"{w1}\" accept\n }}\n chain postrouting {{ type nat hook postrouting priority 100;\n  oifname \"{w1}\" ip saddr 10.77.1.0/24 masquerade random\n }}\n}}\n"
+        );
+        let f = std::env::temp_dir().join(format!("cwtest-{tag}-{pid}.nft"));
+        std::fs::write(&f, rules).map_err(|e| e.to_string())?;
+        let r = nsx(&gw, &["nft", "-f", f.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&f);
+        r?;
+    } else {
+        nsx(
+            &acs,
+            &["ip", "route", "add", "10.77.1.0/24", "via", "10.77.2.1"],
+        )?;
+    }
+    Ok(rig)
+}
+
+fn netns_prereqs() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not root".into());
+    }
+    for (t, a) in [
+        ("ip", "-V"),
+        ("nft", "--version"),
+        ("conntrack", "--version"),
+    ] {
+        if !have_tool(t, a) {
+            return Some(format!("{t} is missing"));
+        }
+    }
+    None
+}
+
+fn in_ns(ns: &str, prog: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, prog]);
+    c
+}
+
+/// An agent started inside a namespace (control socket on the shared filesystem).
+fn agent_in_ns(ns: &str, config: &Path) -> Proc {
+    let dir = config.parent().unwrap();
+    let mut c = in_ns(ns, env!("CARGO_BIN_EXE_cwmpd"));
+    c.args(["run", "-c"]).arg(config);
+    let p = Proc::spawn(c, dir.join("agent.log"));
+    let sock = dir.join("ctl.sock");
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(t0.elapsed() < WAIT, "agent did not start: {}", p.text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p
+}
+
+fn ctl_get(sock: &Path, name: &str) -> String {
+    let v = ctl(sock, &json!({"op": "get", "names": [name]})).unwrap();
+    v["values"][0]["value"].as_str().unwrap_or("").to_string()
+}
+
+fn ctl_wait(sock: &Path, name: &str, pred: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let v = ctl_get(sock, name);
+        if pred(&v) || t0.elapsed() > WAIT {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn turnserver(rig: &Rig, dir: &Path) -> Proc {
+    let conf = dir.join("turnserver.conf");
+    std::fs::write(&conf, "").unwrap();
+    let mut c = in_ns(&rig.ns("acs"), "turnserver");
+    c.args(["-c"])
+        .arg(&conf)
+        .args([
+            "--no-cli",
+            "--listening-ip",
+            "10.77.2.2",
+            "--listening-port",
+            "3478",
+            "--realm",
+            "cwmpd.test",
+            "--no-tls",
+            "--no-dtls",
+            "--stun-only",
+            "--log-file",
+            "stdout",
+            "--simple-log",
+            "--pidfile",
+        ])
+        .arg(dir.join("turnserver.pid"));
+    let p = Proc::spawn(c, dir.join("turnserver.log"));
+    let t0 = Instant::now();
+    // Ready when something answers on 10.77.2.2:3478 (checked from the acs namespace).
+    while t0.elapsed() < Duration::from_secs(10) {
+        if nsx(
+            &rig.ns("acs"),
+            &["sh", "-c", "cat /proc/net/udp | grep -qi ':0D96 '"],
+        )
+        .is_ok()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+#[test]
+fn netns_coturn_nat_detection_and_routed() {
+    if let Some(why) = netns_prereqs() {
+        println!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    if !have_tool("turnserver", "--help") && !Path::new("/usr/bin/turnserver").exists() {
+        println!("SKIPPED (coturn): turnserver is missing");
+        return;
+    }
+    for nat in [true, false] {
+        let mut rig = build_rig(if nat { "n" } else { "r" }, nat).expect("rig");
+        let d = TempDir::new(if nat {
+            "ns-coturn-nat"
+        } else {
+            "ns-coturn-routed"
+        });
+        let t = turnserver(&rig, d.path());
+        rig.procs.push(t);
+        let acs = spawn_in_thread(AcsOptions::default());
+        // With a maximum above the minimum the agent tries binding-lifetime discovery, which
+        // coturn cannot support (it ignores RESPONSE-ADDRESS).
+        let cfg = agent_config(
+            d.path(),
+            "10.77.1.2:7547",
+            "",
+            Some("10.77.2.2:3478"),
+            "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"30\"\n",
+        );
+        let ag = agent_in_ns(&rig.ns("cpe"), &cfg);
+        let sock = d.path().join("ctl.sock");
+        let addr = ctl_wait(&sock, ADDR, |v| v.starts_with("10.77."));
+        let natd = ctl_get(&sock, NAT);
+        if nat {
+            assert!(
+                addr.starts_with("10.77.2.1:"),
+                "{addr} {}\n{}",
+                ag.text(),
+                rig.procs[0].text()
+            );
+            assert_eq!(natd, "true");
+        } else {
+            assert_eq!(addr, "10.77.1.2:7547", "{}", ag.text());
+            assert_eq!(natd, "false");
+        }
+        println!("coturn nat={nat}: UDPConnectionRequestAddress={addr} NATDetected={natd}");
+        assert!(
+            ag.wait_for("ignores RESPONSE-ADDRESS", WAIT),
+            "{}",
+            ag.text()
+        );
+        rig.procs.push(ag);
+        drop(acs);
+    }
+}
+
+/// Starts the test ACS inside namespace `ns` (its threads inherit the namespace).
+fn acs_in_ns(ns: &str, addr: &str) -> cwmpd::testacs::TestAcsHandle {
+    let ns = ns.to_string();
+    let addr: SocketAddr = addr.parse().unwrap();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        cwmpd::testacs::try_spawn_in_thread(addr, AcsOptions::default()).expect("test ACS")
+    })
+    .join()
+    .unwrap()
+}
+
+fn ctl_count(sock: &Path) -> u64 {
+    ctl(sock, &json!({"op": "status"})).unwrap()["connection_requests"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn netns_nat_end_to_end_udp_cr_and_rebinding() {
+    if let Some(why) = netns_prereqs() {
+        println!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let mut rig = build_rig("e", true).expect("rig");
+    let (acs_ns, gw_ns, cpe_ns) = (rig.ns("acs"), rig.ns("gw"), rig.ns("cpe"));
+    let d = TempDir::new("ns-e2e");
+    let mut c = in_ns(&acs_ns, env!("CARGO_BIN_EXE_cwmp-connreq"));
+    c.args([
+        "stun-server",
+        "--listen",
+        "10.77.2.2:3481",
+        "--api",
+        "127.0.0.1:3499",
+        "--max-seconds",
+        "300",
+    ]);
+    let srv = Proc::spawn(c, d.path().join("stun-server.log"));
+    assert!(srv.wait_for("stun listening", WAIT), "{}", srv.text());
+    rig.procs.push(srv);
+    let acs = acs_in_ns(&acs_ns, "10.77.2.2:0");
+    let cfg = agent_config(
+        d.path(),
+        "10.77.1.2:7547",
+        &acs.url(),
+        Some("10.77.2.2:3481"),
+        "",
+    );
+    let ag = agent_in_ns(&cpe_ns, &cfg);
+    rig.procs.push(ag);
+    let sock = d.path().join("ctl.sock");
+    // The ACS wants value changes of the UDP CR address (active notification).
+    let v = ctl(
+        &sock,
+        &json!({"op": "setattr", "name": ADDR, "notification": 2}),
+    )
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let addr = ctl_wait(&sock, ADDR, |v| v.starts_with("10.77.2.1:"));
+    assert!(
+        addr.starts_with("10.77.2.1:"),
+        "{addr}: {}",
+        rig.procs[1].text()
+    );
+    assert_eq!(ctl_get(&sock, NAT), "true");
+    println!("behind NAT: UDPConnectionRequestAddress={addr} NATDetected=true");
+    assert!(
+        wait_until(WAIT, || acs.sessions().iter().any(|s| s.ended)),
+        "no boot session: {}",
+        rig.procs[1].text()
+    );
+    let n0 = acs.sessions().len();
+    let api_cr = |to: &str| {
+        nsx(
+            &acs_ns,
+            &[
+                env!("CARGO_BIN_EXE_cwmp-connreq"),
+                "udp",
+                to,
+                "--user",
+                USER,
+                "--password",
+                PASS,
+                "--via",
+                "127.0.0.1:3499",
+            ],
+        )
+    };
+    // 1. A UDP CR from the STUN socket crosses the NAT: 6 CONNECTION REQUEST at the ACS.
+    let out = api_cr("last").expect("api cr");
+    println!("via STUN socket: {}", out.trim());
+    let s = acs.wait_sessions(n0 + 1, WAIT);
+    assert!(
+        s.iter()
+            .skip(n0)
+            .any(|s| events(s).contains(&"6 CONNECTION REQUEST".to_string())),
+        "{:?} {}",
+        s.iter().map(events).collect::<Vec<_>>(),
+        rig.procs[1].text()
+    );
+    assert!(wait_until(WAIT, || ctl_count(&sock) == 1));
+    // 2. The same CR from another source port does not pass the port-restricted NAT.
+    let out = nsx(
+        &acs_ns,
+        &[
+            env!("CARGO_BIN_EXE_cwmp-connreq"),
+            "udp",
+            &addr,
+            "--user",
+            USER,
+            "--password",
+            PASS,
+            "--from",
+            "10.77.2.2:0",
+        ],
+    )
+    .expect("direct cr");
+    println!("from another port: {}", out.trim());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ctl_count(&sock),
+        1,
+        "a CR from another port went through the NAT"
+    );
+    // 3. NAT rebinding: flush conntrack on gw; the next keep-alive gets a new (random) port,
+    // the agent sends BINDING-CHANGE and notifies the new address (4 VALUE CHANGE).
+    let n1 = acs.sessions().len();
+    nsx(&gw_ns, &["conntrack", "-F"]).expect("conntrack -F");
+    let new_addr = ctl_wait(&sock, ADDR, |v| v != addr && v.starts_with("10.77.2.1:"));
+    assert_ne!(new_addr, addr, "no rebinding seen: {}", rig.procs[1].text());
+    println!("after conntrack -F: UDPConnectionRequestAddress={new_addr}");
+    assert!(
+        wait_until(WAIT, || rig.procs[0].text().contains("binding_change=true")),
+        "no BINDING-CHANGE at the STUN server: {}",
+        rig.procs[0].text()
+    );
+    let s = acs.wait_sessions(n1 + 1, WAIT);
+    let vc = s
+        .iter()
+        .skip(n1)
+        .find(|s| events(s).contains(&"4 VALUE CHANGE".to_string()));
+    let vc = vc.unwrap_or_else(|| {
+        panic!(
+            "no 4 VALUE CHANGE: {:?} {}",
+            s.iter().map(events).collect::<Vec<_>>(),
+            rig.procs[1].text()
+        )
+    });
+    assert_eq!(inform_param(vc, ADDR).as_deref(), Some(new_addr.as_str()));
+    // 4. A UDP CR to the new binding still works.
+    let out = api_cr("last").expect("api cr");
+    println!("after rebinding: {}", out.trim());
+    assert!(
+        wait_until(WAIT, || ctl_count(&sock) == 2),
+        "{}",
+        rig.procs[1].text()
+    );
+    let lat: Vec<String> = rig.procs[1]
+        .text()
+        .lines()
+        .filter(|l| l.contains("latency_us="))
+        .map(str::to_string)
+        .collect();
+    println!("agent latency lines: {lat:?}");
+    acs.stop();
+}
+
+#[test]
+fn netns_binding_lifetime_discovery_behind_nat() {
+    if let Some(why) = netns_prereqs() {
+        println!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let mut rig = build_rig("d", true).expect("rig");
+    let (acs_ns, gw_ns, cpe_ns) = (rig.ns("acs"), rig.ns("gw"), rig.ns("cpe"));
+    // A NAT binding lifetime of 3 s (conntrack UDP timeouts of the gw namespace).
+    for k in [
+        "nf_conntrack_udp_timeout",
+        "nf_conntrack_udp_timeout_stream",
+    ] {
+        nsx(&gw_ns, &["sysctl", "-qw", &format!("net.netfilter.{k}=3")]).expect("sysctl");
+    }
+    let d = TempDir::new("ns-disc");
+    let mut c = in_ns(&acs_ns, env!("CARGO_BIN_EXE_cwmp-connreq"));
+    c.args([
+        "stun-server",
+        "--listen",
+        "10.77.2.2:3481",
+        "--max-seconds",
+        "300",
+    ]);
+    let srv = Proc::spawn(c, d.path().join("stun-server.log"));
+    assert!(srv.wait_for("stun listening", WAIT), "{}", srv.text());
+    rig.procs.push(srv);
+    let cfg = agent_config(
+        d.path(),
+        "10.77.1.2:7547",
+        "",
+        Some("10.77.2.2:3481"),
+        "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"20\"\n",
+    );
+    let ag = agent_in_ns(&cpe_ns, &cfg);
+    let t0 = Instant::now();
+    let done = ag.wait_for("discovery done", Duration::from_secs(60));
+    let log = ag.text();
+    rig.procs.push(ag);
+    assert!(done, "{log}");
+    let line = log.lines().find(|l| l.contains("discovery done")).unwrap();
+    println!("{line} (after {:?})", t0.elapsed());
+    // Alive after 2 s idle (or 3, at the edge), gone after 4 (or 3): period 1.8 or 2.7 s.
+    assert!(
+        line.contains("alive after Some(2)") || line.contains("alive after Some(3)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("gone after Some(3)") || line.contains("gone after Some(4)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("every 1.8 s") || line.contains("every 2.7 s"),
+        "{line}"
+    );
+}
