@@ -213,6 +213,8 @@ struct State {
     pending: Vec<AcsRequest>,
     next_id: u64,
     auth_failures: u32,
+    /// Requests that arrived gzip-compressed.
+    gzip_requests: u32,
     digest: DigestServer,
     files: HashMap<String, ServedFile>,
     upload_paths: HashMap<String, AcsAuth>,
@@ -308,6 +310,7 @@ fn new_shared(opts: AcsOptions) -> Arc<Shared> {
             sessions: Vec::new(),
             pending: Vec::new(),
             next_id: 1,
+            gzip_requests: 0,
             auth_failures: 0,
             digest: DigestServer::new(secret, REALM, Duration::from_secs(300)),
             files: HashMap::new(),
@@ -396,6 +399,11 @@ impl TestAcs {
     /// 401 answers given to requests that carried wrong credentials.
     pub fn auth_failures(&self) -> u32 {
         self.shared.lock().auth_failures
+    }
+
+    /// Requests whose body arrived gzip-compressed.
+    pub fn gzip_requests(&self) -> u32 {
+        self.shared.lock().gzip_requests
     }
 
     /// Stops accepting and closes every connection.
@@ -554,6 +562,11 @@ impl TestAcsHandle {
     /// 401 answers given to requests that carried wrong credentials.
     pub fn auth_failures(&self) -> u32 {
         self.shared.lock().auth_failures
+    }
+
+    /// Requests whose body arrived gzip-compressed.
+    pub fn gzip_requests(&self) -> u32 {
+        self.shared.lock().gzip_requests
     }
 
     /// Stops the ACS and joins its thread.
@@ -773,9 +786,25 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let gzipped = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return reply(413, Vec::new()),
+    };
+    let body = if gzipped {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut d = flate2::read::GzDecoder::new(&body[..]).take(MAX_REQUEST as u64);
+        if d.read_to_end(&mut out).is_err() {
+            return reply(400, Vec::new());
+        }
+        shared.lock().gzip_requests += 1;
+        Bytes::from(out)
+    } else {
+        body
     };
     let resp = {
         let mut st = shared.lock();

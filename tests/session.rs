@@ -571,3 +571,29 @@ fn genieacs_session_endings_and_refusals() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn gzip_request_bodies_when_http_compression_asks() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    acs.queue(vec![AcsRequest::GetParameterValues {
+        names: vec!["Device.DeviceInfo.".into()],
+    }]);
+    let d = TempDir::new("sess-gzip");
+    let _a = Agent::start(&config_for(
+        d.path(),
+        &acs,
+        "\"Device.ManagementServer.HTTPCompression\" = \"GZIP\"\n",
+    ));
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    assert!(matches!(
+        s[0].received[0],
+        CpeMessage::GetParameterValuesResponse { .. }
+    ));
+    assert_eq!(
+        acs.gzip_requests(),
+        2,
+        "the Inform and the GPV response were gzipped"
+    );
+    common::xsd::validate_sessions("gzip", &acs.sessions());
+}

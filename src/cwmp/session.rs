@@ -454,6 +454,7 @@ impl Engine {
         if self.ensure_transfer_events() {
             self.save_events();
         }
+        client.set_gzip(self.ms("HTTPCompression") == "GZIP");
         let (inform, sent, changed) = self.build_inform();
         let codes: Vec<&str> = sent.iter().map(|e| e.code.as_str()).collect();
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
