@@ -874,6 +874,17 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
+/// gzip of a request body (level 6: SOAP text shrinks about tenfold).
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::new(6),
+    );
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,15 +966,4 @@ mod tests {
         c.store_cookie("other=; Max-Age=0");
         assert_eq!(c.cookie_header().unwrap(), "session=def");
     }
-}
-
-/// gzip of a request body (level 6: SOAP text shrinks about tenfold).
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4 + 64),
-        flate2::Compression::new(6),
-    );
-    let _ = e.write_all(data);
-    e.finish().unwrap_or_default()
 }
