@@ -432,7 +432,14 @@ fn run_agent(file: &Path) -> Result<ExitCode, String> {
             ),
         ));
         start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone()).await?;
-        start_udp_cr(&cfg, &engine, tx.clone(), limiter).await;
+        start_udp_cr(&cfg, &engine, tx.clone(), limiter.clone()).await;
+        // The XMPP connection-request client (idle while ConnReqXMPPConnection is empty).
+        tokio::task::spawn_local(cwmpd::connreq::xmpp::run(
+            engine.settings(),
+            cfg.xmpp.ca_file.clone(),
+            limiter,
+            tx.clone(),
+        ));
         if !cfg.agent.control_socket.as_os_str().is_empty() {
             let l = cwmpd::ctl::bind(&cfg.agent.control_socket).map_err(|e| {
                 format!("control socket {}: {e}", cfg.agent.control_socket.display())

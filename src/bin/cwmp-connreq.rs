@@ -31,7 +31,12 @@ usage:
           GET  /bindings                                   -> JSON
           POST /cr?to=IP:PORT|last|KEY&user=U&password=P[&copies=N]
                -> sends the UDP connection request from the STUN socket, JSON answer
-  cwmp-connreq xmpp ...            (not yet implemented)";
+  cwmp-connreq xmpp --jid ACS-JID --password P --server HOST:PORT --to CPE-JID
+                    --user U --cr-password P2 [--ca FILE] [--count N] [--timeout SECS]
+        logs in as ACS-JID (STARTTLS, certificate checked against --ca or the Mozilla roots,
+        SASL), sends N connectionRequest IQs (TR-069 Annex K) to CPE-JID one after the other
+        and prints each answer (result, or the error condition) with its round-trip time.
+        Exit 0 when every request got a result, 1 otherwise.";
 
 /// Largest response head read.
 const MAX_HEAD: usize = 16 * 1024;
@@ -51,10 +56,7 @@ fn main() -> ExitCode {
         "http" => http_cmd(args),
         "udp" => udp_cmd(args),
         "stun-server" => stunsrv::run(args),
-        "xmpp" => {
-            eprintln!("cwmp-connreq {cmd}: not yet implemented");
-            return ExitCode::from(2);
-        }
+        "xmpp" => xmpp_cmd(args),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     };
     match r {
@@ -412,4 +414,146 @@ fn udp_cmd(mut args: Vec<String>) -> Result<bool, String> {
         );
         Ok(true)
     })
+}
+
+fn xmpp_cmd(mut args: Vec<String>) -> Result<bool, String> {
+    use cwmpd::connreq::xmpp::{self, ConnectParams, Target};
+    use tokio_xmpp::Stanza;
+    use tokio_xmpp::parsers::iq::Iq;
+    use tokio_xmpp::parsers::jid::Jid;
+    let need = |a: &mut Vec<String>, k: &str| -> Result<String, String> {
+        take_opt(a, k)?.ok_or_else(|| format!("{k} is required"))
+    };
+    let jid = need(&mut args, "--jid")?;
+    let password = need(&mut args, "--password")?;
+    let server = need(&mut args, "--server")?;
+    let to = need(&mut args, "--to")?;
+    let user = need(&mut args, "--user")?;
+    let cr_password = need(&mut args, "--cr-password")?;
+    let ca = take_opt(&mut args, "--ca")?;
+    let count: u32 = match take_opt(&mut args, "--count")? {
+        Some(c) => c.parse().map_err(|_| format!("bad --count {c:?}"))?,
+        None => 1,
+    };
+    let timeout = match take_opt(&mut args, "--timeout")? {
+        Some(t) => Duration::from_secs_f64(t.parse().map_err(|_| format!("bad --timeout {t:?}"))?),
+        None => Duration::from_secs(5),
+    };
+    if let Some(a) = args.first() {
+        return Err(format!("unexpected argument {a:?}"));
+    }
+    let jid = Jid::new(&jid).map_err(|e| format!("--jid: {e}"))?;
+    let to = Jid::new(&to).map_err(|e| format!("--to: {e}"))?;
+    let (host, port) = server
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?)))
+        .ok_or_else(|| format!("--server {server:?}: HOST:PORT expected"))?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = xmpp::tls_config(ca.as_deref().map(std::path::Path::new))?;
+    let params = ConnectParams {
+        jid: jid.to_bare(),
+        password,
+        resource: jid.resource().map(|r| r.to_string()),
+        target: Target::Host(host, port),
+        require_tls: true,
+        tls,
+        keepalive: Duration::from_secs(300),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async move {
+        let t0 = Instant::now();
+        let mut c = tokio::time::timeout(xmpp::CONNECT_TIMEOUT, xmpp::connect(&params))
+            .await
+            .map_err(|_| "login timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "logged in as {} (TLS {}, SASL {}) in {:.1} ms",
+            c.jid,
+            c.tls,
+            c.mechanism,
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+        let mut all_ok = true;
+        let mut rtts = Vec::new();
+        for i in 0..count {
+            let id = format!("cr-{}-{i}", std::process::id());
+            let iq = Iq::Get {
+                from: None,
+                to: Some(to.clone()),
+                id: id.clone(),
+                payload: xmpp::connection_request_element(&user, &cr_password),
+            };
+            let t = Instant::now();
+            c.send(iq.into()).await.map_err(|e| format!("send: {e}"))?;
+            let answer = tokio::time::timeout(timeout, async {
+                loop {
+                    match c.recv().await {
+                        xmpp::Received::Stanza(st) => match *st {
+                            Stanza::Iq(Iq::Result { id: rid, .. }) if rid == id => {
+                                return Ok("result".to_string());
+                            }
+                            Stanza::Iq(Iq::Error { id: rid, error, .. }) if rid == id => {
+                                let cond = format!("{:?}", error.defined_condition);
+                                return Ok(format!("error {}", kebab(&cond)));
+                            }
+                            _ => {}
+                        },
+                        xmpp::Received::Closed(why) => return Err(why),
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            match answer {
+                Ok(Ok(a)) => {
+                    println!("{a} rtt={ms:.3}ms");
+                    if a == "result" {
+                        rtts.push(ms);
+                    } else {
+                        all_ok = false;
+                    }
+                }
+                Ok(Err(why)) => {
+                    println!("closed: {why}");
+                    return Ok(false);
+                }
+                Err(_) => {
+                    println!("timeout after {:.1} s", timeout.as_secs_f64());
+                    all_ok = false;
+                }
+            }
+        }
+        if rtts.len() > 1 {
+            rtts.sort_by(f64::total_cmp);
+            println!(
+                "results={} median={:.3}ms min={:.3}ms max={:.3}ms",
+                rtts.len(),
+                rtts[rtts.len() / 2],
+                rtts[0],
+                rtts[rtts.len() - 1]
+            );
+        }
+        c.close().await;
+        Ok(all_ok)
+    })
+}
+
+/// `NotAuthorized` -> `not-authorized` (the wire name of a defined condition).
+fn kebab(s: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }

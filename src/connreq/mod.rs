@@ -7,3 +7,4 @@ pub mod http;
 pub mod stun;
 pub mod udp;
 pub mod udpcr;
+pub mod xmpp;
