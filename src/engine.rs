@@ -266,6 +266,38 @@ impl Engine {
         self.refresh_cr();
     }
 
+    /// The public base URL of the HTTP CR listener when it sits behind a port forward: the
+    /// configured `public_url`, or, with `external_port`, the gateway's public address as STUN
+    /// learned it (UDPConnectionRequestAddress) with that port. Empty when neither applies
+    /// (the URL then names the local address on the route to the ACS).
+    fn forwarded_base(&self) -> String {
+        let c = &self.cfg.connreq;
+        if !c.public_url.is_empty() {
+            return c.public_url.clone();
+        }
+        if c.external_port == 0
+            || self.store.secret("Device.ManagementServer.STUNEnable") != Some("true")
+        {
+            return String::new();
+        }
+        let mapped = self
+            .store
+            .secret("Device.ManagementServer.UDPConnectionRequestAddress")
+            .unwrap_or("");
+        let host = match mapped.parse::<std::net::SocketAddr>() {
+            Ok(a) => match a.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            },
+            // A host name or host without port: take the part before the last ':'.
+            Err(_) => match mapped.rsplit_once(':') {
+                Some((h, _)) if !h.is_empty() => h.to_string(),
+                _ => return String::new(),
+            },
+        };
+        format!("http://{host}:{}/", c.external_port)
+    }
+
     /// Recomputes the CR settings from the store and ConnectionRequestURL; call after any change.
     pub fn refresh_cr(&mut self) {
         let on = |s: &Store, p: &str| {
@@ -296,13 +328,14 @@ impl Engine {
             }
         });
         let acs = self.store.secret(MS_URL).unwrap_or("").to_string();
-        let key = (enabled, acs, self.cr_listen.clone());
+        let public = self.forwarded_base();
+        let key = (enabled, format!("{acs} {public}"), self.cr_listen.clone());
         if self.cr_url_key.as_ref() == Some(&key) {
             return;
         }
         let url = if enabled && !self.cr_listen.is_empty() {
             let path = self.cr_tx.borrow().path.clone();
-            cr_url(&self.cfg.connreq.public_url, &self.cr_listen, &key.1, &path)
+            cr_url(&public, &self.cr_listen, &acs, &path)
         } else {
             String::new()
         };

@@ -257,3 +257,57 @@ fn port_forward_through_nat_gateway() {
     );
     a.stop();
 }
+
+#[test]
+fn port_forward_with_the_public_address_learned_by_stun() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED port_forward_with_the_public_address_learned_by_stun: {why}");
+        return;
+    }
+    let mut rig = Rig::new("cws", &["acs", "gw", "cpe"]);
+    rig.link("acs", "198.18.10.1/24", "gw", "198.18.10.254/24");
+    rig.link("gw", "198.19.11.1/24", "cpe", "198.19.11.2/24");
+    rig.exec("cpe", "ip route add default via 198.19.11.1");
+    rig.nat_gateway(
+        "gw",
+        "v-acs",
+        &["iifname \"v-acs\" tcp dport 17547 dnat to 198.19.11.2:7547".to_string()],
+    );
+    // The project's STUN server on the ACS side.
+    let stun = rig
+        .command("acs", env!("CARGO_BIN_EXE_cwmp-connreq"))
+        .args([
+            "stun-server",
+            "--listen",
+            "198.18.10.1:3478",
+            "--max-seconds",
+            "120",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stun server");
+    rig.own(stun);
+    let acs = acs_in(&rig, "acs", "198.18.10.1");
+    let d = TempDir::new("crs-pfstun");
+    let cfg = config(
+        d.path(),
+        &acs.url(),
+        "http_listen = [\"0.0.0.0:7547\"]\nudp_listen = \"0.0.0.0:7547\"\nexternal_port = 17547",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "\"Device.ManagementServer.STUNEnable\" = true\n\"Device.ManagementServer.STUNServerAddress\" = \"198.18.10.1\"\n\"Device.ManagementServer.STUNServerPort\" = 3478\n";
+    std::fs::write(&cfg, text).unwrap();
+    let a = Agent::start_in(&cfg, Some(&rig.name("cpe")));
+    // STUN finds the gateway's public address; the URL names it with the forwarded port.
+    let url = wait_value(&a, CR_URL, |v| v.starts_with("http://198.18.10.254:17547/"));
+    assert_eq!(a.get("Device.ManagementServer.NATDetected"), "true");
+    let (ok, out) = send_cr(Some((&rig, "acs")), &url);
+    assert!(ok, "{out}");
+    let t0 = Instant::now();
+    while !acs.sessions().iter().any(has_cr) {
+        assert!(t0.elapsed() < WAIT, "no CR session");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.stop();
+}
