@@ -29,6 +29,8 @@ pub enum Command {
     /// Status reported by a transport (mapped address, NATDetected, JabberID, XMPP Status,
     /// counters...): written as the device's own values, so notification rules apply.
     Status(Vec<(String, String)>),
+    /// The UPnP gateway forwards to our HTTP CR listener: its public base URL (empty: gone).
+    UpnpMapping(String),
     /// Save what is unsaved and stop.
     Shutdown,
 }
@@ -112,6 +114,8 @@ pub struct Engine {
     running: bool,
     /// Raw values (secrets included) of the subtrees transports configure themselves from.
     settings_tx: watch::Sender<Settings>,
+    /// Public base URL of a UPnP IGD port mapping, when one is in place.
+    upnp_base: String,
 }
 
 /// A snapshot of raw parameter values (passwords included) under [`SETTINGS_PREFIXES`], by
@@ -201,6 +205,7 @@ impl Engine {
             cr_count: 0,
             running: false,
             settings_tx: watch::channel(Settings::default()).0,
+            upnp_base: String::new(),
         };
         e.publish_settings();
         e.refresh_cr();
@@ -274,6 +279,9 @@ impl Engine {
         let c = &self.cfg.connreq;
         if !c.public_url.is_empty() {
             return c.public_url.clone();
+        }
+        if !self.upnp_base.is_empty() {
+            return self.upnp_base.clone();
         }
         if c.external_port == 0
             || self.store.secret("Device.ManagementServer.STUNEnable") != Some("true")
@@ -701,6 +709,10 @@ impl Engine {
             }
             Command::ConnectionRequest(ev) => self.on_connection_request(ev),
             Command::Status(values) => self.apply_status(values),
+            Command::UpnpMapping(base) => {
+                self.upnp_base = base;
+                self.refresh_cr();
+            }
             Command::Shutdown => {
                 self.shutdown_requested = true;
                 return false;

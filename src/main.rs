@@ -347,6 +347,22 @@ async fn start_http_cr(
     if listeners.is_empty() {
         return Err("no HTTP connection-request listener could be bound".into());
     }
+    if cfg.connreq.upnp
+        && let Some(port) = addrs.iter().find(|a| a.is_ipv4()).map(|a| a.port())
+    {
+        // Ask the gateway for a port forward; the external port is the configured one, or the
+        // listener's own.
+        let external = if cfg.connreq.external_port != 0 {
+            cfg.connreq.external_port
+        } else {
+            port
+        };
+        tokio::task::spawn_local(cwmpd::connreq::upnp::keep_mapping(
+            external,
+            port,
+            tx.clone(),
+        ));
+    }
     engine.set_cr_listen(addrs);
     let (etx, mut erx) = mpsc::channel::<CrEvent>(16);
     tokio::task::spawn_local(cwmpd::connreq::http::serve(

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::netns::{Rig, unavailable};
+use common::netns::{Rig, sh, unavailable};
 use common::*;
 use cwmpd::cwmp::soap::AcsRequest;
 use cwmpd::testacs::{
@@ -302,6 +302,70 @@ fn port_forward_with_the_public_address_learned_by_stun() {
     // STUN finds the gateway's public address; the URL names it with the forwarded port.
     let url = wait_value(&a, CR_URL, |v| v.starts_with("http://198.18.10.254:17547/"));
     assert_eq!(a.get("Device.ManagementServer.NATDetected"), "true");
+    let (ok, out) = send_cr(Some((&rig, "acs")), &url);
+    assert!(ok, "{out}");
+    let t0 = Instant::now();
+    while !acs.sessions().iter().any(has_cr) {
+        assert!(t0.elapsed() < WAIT, "no CR session");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.stop();
+}
+
+#[test]
+fn port_forward_opened_by_upnp_igd() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED port_forward_opened_by_upnp_igd: {why}");
+        return;
+    }
+    if !std::path::Path::new("/usr/sbin/miniupnpd").exists() {
+        println!("SKIPPED port_forward_opened_by_upnp_igd: miniupnpd is not installed");
+        return;
+    }
+    // miniupnpd refuses reserved WAN addresses (documentation and benchmark ranges), so the
+    // gateway's WAN side uses 5.0.77.0/24 — an address of this test's own namespaces only.
+    let mut rig = Rig::new("cwu", &["acs", "gw", "cpe"]);
+    rig.link("acs", "5.0.77.1/24", "gw", "5.0.77.254/24");
+    rig.link("gw", "192.168.77.1/24", "cpe", "192.168.77.2/24");
+    rig.exec("cpe", "ip route add default via 192.168.77.1");
+    let gw = rig.name("gw");
+    sh(&format!(
+        "ip netns exec {gw} sysctl -qw net.ipv4.ip_forward=1"
+    ));
+    let d = TempDir::new("crs-upnp");
+    // The chains miniupnpd fills in (its default names), and masquerade for the LAN.
+    let nft = "table inet filter {\n chain forward { type filter hook forward priority 0; policy drop; ct state established,related accept; iifname \"v-cpe\" accept; jump miniupnpd; }\n chain miniupnpd { }\n chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }\n chain prerouting_miniupnpd { }\n chain postrouting { type nat hook postrouting priority 100; policy accept; oifname \"v-acs\" masquerade; jump postrouting_miniupnpd; }\n chain postrouting_miniupnpd { }\n}\n";
+    std::fs::write(d.path().join("gw.nft"), nft).unwrap();
+    sh(&format!(
+        "ip netns exec {gw} nft -f {}",
+        d.path().join("gw.nft").display()
+    ));
+    std::fs::write(
+        d.path().join("miniupnpd.conf"),
+        "ext_ifname=v-acs\nlistening_ip=v-cpe\nport=5000\nenable_natpmp=no\nenable_upnp=yes\nsecure_mode=yes\nsystem_uptime=yes\nuuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b\nallow 1024-65535 192.168.77.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
+    )
+    .unwrap();
+    let igd = rig
+        .command("gw", "/usr/sbin/miniupnpd")
+        .arg("-f")
+        .arg(d.path().join("miniupnpd.conf"))
+        .arg("-d")
+        .arg("-P")
+        .arg(d.path().join("miniupnpd.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("miniupnpd");
+    rig.own(igd);
+    let acs = acs_in(&rig, "acs", "5.0.77.1");
+    let cfg = config(
+        d.path(),
+        &acs.url(),
+        "http_listen = [\"0.0.0.0:7547\"]\nupnp = true\nexternal_port = 27547",
+    );
+    let a = Agent::start_in(&cfg, Some(&rig.name("cpe")));
+    // The gateway maps 27547 to the listener and the URL names its public address.
+    let url = wait_value(&a, CR_URL, |v| v.starts_with("http://5.0.77.254:27547/"));
     let (ok, out) = send_cr(Some((&rig, "acs")), &url);
     assert!(ok, "{out}");
     let t0 = Instant::now();

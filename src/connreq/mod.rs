@@ -7,4 +7,5 @@ pub mod http;
 pub mod stun;
 pub mod udp;
 pub mod udpcr;
+pub mod upnp;
 pub mod xmpp;
