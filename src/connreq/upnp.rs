@@ -249,40 +249,6 @@ async fn http(
         .map_err(|_| format!("{addr}: no answer"))?
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn description_and_soap_parsing() {
-        let desc = "<root><device><serviceList><service><serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType><controlURL>/L3F</controlURL></service><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl/IPConn</controlURL></service></serviceList></device></root>";
-        assert_eq!(
-            find_service(desc),
-            Some((
-                "urn:schemas-upnp-org:service:WANIPConnection:1".into(),
-                "/ctl/IPConn".into()
-            ))
-        );
-        let resp = "<s:Envelope><s:Body><u:GetExternalIPAddressResponse><NewExternalIPAddress>203.0.113.9</NewExternalIPAddress></u:GetExternalIPAddressResponse></s:Body></s:Envelope>";
-        assert_eq!(
-            element_text(resp, "NewExternalIPAddress").as_deref(),
-            Some("203.0.113.9")
-        );
-        assert_eq!(
-            header(
-                "HTTP/1.1 200 OK\r\nLOCATION: http://192.0.2.1:5000/rootDesc.xml\r\n",
-                "location"
-            )
-            .as_deref(),
-            Some("http://192.0.2.1:5000/rootDesc.xml")
-        );
-        assert_eq!(
-            split_url("http://192.0.2.1:5000/rootDesc.xml").unwrap(),
-            ("192.0.2.1:5000".parse().unwrap(), "/rootDesc.xml".into())
-        );
-    }
-}
-
 /// Keeps a port mapping on the gateway for the HTTP CR listener's `internal` port, reporting
 /// the public base URL to the engine; retries with back-off when no gateway answers.
 pub async fn keep_mapping(
@@ -327,5 +293,39 @@ pub async fn keep_mapping(
                 backoff = (backoff * 2).min(Duration::from_secs(600));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_and_soap_parsing() {
+        let desc = "<root><device><serviceList><service><serviceType>urn:schemas-upnp-org:service:Layer3Forwarding:1</serviceType><controlURL>/L3F</controlURL></service><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/ctl/IPConn</controlURL></service></serviceList></device></root>";
+        assert_eq!(
+            find_service(desc),
+            Some((
+                "urn:schemas-upnp-org:service:WANIPConnection:1".into(),
+                "/ctl/IPConn".into()
+            ))
+        );
+        let resp = "<s:Envelope><s:Body><u:GetExternalIPAddressResponse><NewExternalIPAddress>203.0.113.9</NewExternalIPAddress></u:GetExternalIPAddressResponse></s:Body></s:Envelope>";
+        assert_eq!(
+            element_text(resp, "NewExternalIPAddress").as_deref(),
+            Some("203.0.113.9")
+        );
+        assert_eq!(
+            header(
+                "HTTP/1.1 200 OK\r\nLOCATION: http://192.0.2.1:5000/rootDesc.xml\r\n",
+                "location"
+            )
+            .as_deref(),
+            Some("http://192.0.2.1:5000/rootDesc.xml")
+        );
+        assert_eq!(
+            split_url("http://192.0.2.1:5000/rootDesc.xml").unwrap(),
+            ("192.0.2.1:5000".parse().unwrap(), "/rootDesc.xml".into())
+        );
     }
 }
