@@ -452,10 +452,38 @@ fn loopback_udp_cr_bad_input_is_dropped() {
         x ^= x << 17;
         x
     };
+    let rss = |a: &Agent| -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", a.child.id())).unwrap();
+        st.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let rss_before = rss(&a);
     let t0 = Instant::now();
     let mut buf = [0u8; 600];
     let mut sent = 0u32;
+    let mut mid_flood_ms = None;
     for i in 0..100_000u32 {
+        if i == 50_000 {
+            // A valid CR in the middle of the flood is accepted promptly. Like an ACS, send it
+            // three times (5 ms apart): the kernel drops datagrams while the socket buffer is
+            // full of flood, which is what the copies are for.
+            let good_mid = build_udp_cr(&host, now + 1, 1500, USER, "feed", PASS);
+            let t = Instant::now();
+            for k in 0..3 {
+                if k > 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                s.send_to(&good_mid, to).unwrap();
+            }
+            while cr_count(&a) < 2 && t.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(cr_count(&a), 2, "valid CR during the flood");
+            mid_flood_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+        }
         let len = (rnd() % 600) as usize;
         for b in buf[..len].iter_mut() {
             *b = rnd() as u8;
@@ -481,11 +509,17 @@ fn loopback_udp_cr_bad_input_is_dropped() {
         }
     }
     println!("sent {sent} random datagrams in {:?}", t0.elapsed());
-    settle(1);
+    settle(2);
+    let mid = mid_flood_ms.unwrap();
+    println!("valid CR during the flood accepted after {mid:.1} ms");
+    assert!(mid < 100.0, "accepted after {mid:.1} ms");
+    let grown = rss(&a).saturating_sub(rss_before);
+    println!("agent RSS grew by {grown} kB over the flood");
+    assert!(grown < 1024, "RSS grew by {grown} kB");
     // The agent is alive and a valid CR after the flood still works.
     let good2 = build_udp_cr(&host, now + 2, 2000, USER, "beef", PASS);
     s.send_to(&good2, to).unwrap();
-    settle(2);
+    settle(3);
     // The GenieACS-style raw username with a %XX escape (SPEC-NOTES c.2 vector 2 shape).
     let log = a.log_text();
     assert!(log.contains("UDP datagram dropped"), "debug lines");
