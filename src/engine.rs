@@ -180,7 +180,10 @@ impl Engine {
             Some(s) => s,
             None => {
                 let s = crate::connreq::http::random_secret();
-                agent_state.insert("cr_secret".into(), Value::String(hex(&s)));
+                agent_state.insert(
+                    "cr_secret".into(),
+                    Value::String(crate::util::codec::to_hex(&s)),
+                );
                 created = true;
                 s
             }
@@ -774,19 +777,8 @@ impl Engine {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn parse_secret(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    crate::util::codec::from_hex(s)?.try_into().ok()
 }
 
 /// The `ConnectionRequestURL` to publish: `public_url` (a base URL, used verbatim) followed by

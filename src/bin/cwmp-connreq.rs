@@ -228,10 +228,7 @@ async fn one_request(
 }
 
 fn cnonce() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    cwmpd::util::codec::to_hex(&cwmpd::util::codec::random_bytes::<8>())
 }
 
 async fn exchange(

@@ -6,6 +6,7 @@
 //! limiter and answers `200 OK` (empty body) *before* the engine starts the session, to which it
 //! reports a [`CrEvent`].
 
+use crate::util::codec::random_bytes;
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -67,41 +68,12 @@ pub struct CrEvent {
 
 /// A random URL path: `/` and 32 hex digits (16 bytes from the system RNG).
 pub fn random_path() -> String {
-    let b: [u8; 16] = random_bytes();
-    let mut s = String::with_capacity(33);
-    s.push('/');
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    format!("/{}", crate::util::codec::to_hex(&random_bytes::<16>()))
 }
 
 /// 32 random bytes for the Digest nonce MAC key.
 pub fn random_secret() -> [u8; 32] {
     random_bytes()
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No usable RNG (should not happen on Linux): fall back to time and pid through SHA-256,
-        // which is still unpredictable enough for a path that is backed by Digest anyway.
-        use sha2::Digest as _;
-        let seed = format!(
-            "{:?}{}{:?}",
-            SystemTime::now(),
-            std::process::id(),
-            Instant::now()
-        );
-        let mut h = sha2::Sha256::digest(seed.as_bytes()).to_vec();
-        while h.len() < N {
-            let more = sha2::Sha256::digest(&h);
-            h.extend_from_slice(&more);
-        }
-        b.copy_from_slice(&h[..N]);
-    }
-    b
 }
 
 fn unix_now() -> u64 {

@@ -7,6 +7,7 @@
 //! by a small hand codec) are supported, as are both MESSAGE-INTEGRITY input
 //! layouts (RFC 3489 zero-padded to 64 bytes, RFC 5389 unpadded). Pure code.
 
+use crate::util::codec::ct_eq;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -544,17 +545,6 @@ pub fn check_integrity(msg: &[u8], key: &[u8]) -> Integrity {
         }
     }
     Integrity::Invalid
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut d = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        d |= x ^ y;
-    }
-    std::hint::black_box(d) == 0
 }
 
 // ---------------------------------------------------------------------------

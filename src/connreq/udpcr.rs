@@ -12,6 +12,7 @@
 //!
 //! `sig` = hex(HMAC-SHA1(key = ConnectionRequestPassword, ts ‖ id ‖ un ‖ cn)).
 
+use crate::util::codec::{ct_eq, hex_val, to_hex};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -114,25 +115,6 @@ pub struct UdpCr {
     /// `cn` as sent.
     pub cn_raw: String,
     ts_raw: String,
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn to_hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(H[(x >> 4) as usize] as char);
-        s.push(H[(x & 15) as usize] as char);
-    }
-    s
 }
 
 /// `application/x-www-form-urlencoded` decoding; `None` on a bad escape or non-UTF-8.
@@ -322,18 +304,6 @@ pub fn parse(datagram: &[u8]) -> Result<UdpCr, UdpCrError> {
         cn_raw: cn_raw.to_owned(),
         ts_raw: ts_txt,
     })
-}
-
-/// Constant-time equality for equal-length inputs.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut d = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        d |= x ^ y;
-    }
-    std::hint::black_box(d) == 0
 }
 
 /// Replay state and validation for UDP connection requests on the CPE.

@@ -15,6 +15,7 @@
 //!   `KeepAliveInterval`; a stream that stays silent for another interval after a ping is
 //!   considered dead. Reconnection waits follow `ServerRetry*` ([`xmpp_reconnect_wait`]).
 
+use crate::util::codec::ct_eq;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -742,18 +743,6 @@ pub fn sender_allowed(allowed: &[String], from: Option<&Jid>) -> bool {
             Ok(Err(bare)) => from.to_bare() == bare,
             Err(_) => false,
         })
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    use sha2::Digest as _;
-    // Hash first so the comparison time does not depend on where the inputs differ nor on
-    // their lengths.
-    let (x, y) = (sha2::Sha256::digest(a), sha2::Sha256::digest(b));
-    let mut d = 0u8;
-    for (p, q) in x.iter().zip(y.iter()) {
-        d |= p ^ q;
-    }
-    std::hint::black_box(d) == 0
 }
 
 /// The credentials of a `connectionRequest` element (None if it is not one).

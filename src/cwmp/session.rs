@@ -72,13 +72,6 @@ impl std::fmt::Display for SessionError {
     }
 }
 
-fn random_u32() -> u32 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    u32::from_le_bytes(b)
-}
-
 impl Engine {
     fn ms(&mut self, name: &str) -> String {
         self.store.get(&format!("{MS}{name}")).unwrap_or_default()
@@ -324,7 +317,7 @@ impl Engine {
                     self.cwmp.retry_count,
                     m,
                     k,
-                    random_u32(),
+                    crate::util::codec::random_u32(),
                 );
                 tracing::warn!(
                     "session failed: {e}; retry {} in {:.1} s",

@@ -138,8 +138,7 @@ fn read_one(path: &Path) -> Result<Option<State>, String> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::util::codec::to_hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 #[cfg(test)]

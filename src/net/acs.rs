@@ -709,12 +709,9 @@ where
 }
 
 pub(crate) fn make_cnonce(counter: u64) -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        b = (counter ^ 0x9e37_79b9_7f4a_7c15).to_be_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let r: [u8; 8] = crate::util::codec::random_bytes();
+    // The counter keeps cnonces distinct even if the generator repeated itself.
+    crate::util::codec::to_hex(&(u64::from_be_bytes(r) ^ counter).to_be_bytes())
 }
 
 /// Standard base64 with padding.

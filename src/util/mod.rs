@@ -1,5 +1,6 @@
 //! Small helpers shared by every layer.
 
+pub mod codec;
 pub mod fsutil;
 pub mod signals;
 pub mod time;
