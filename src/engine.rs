@@ -110,6 +110,9 @@ pub struct Engine {
     cr_url_key: Option<(bool, String, Vec<std::net::SocketAddr>)>,
     /// Connection requests accepted since start.
     pub cr_count: u64,
+    /// The last accepted connection request: its mechanism and the time from its arrival
+    /// (datagram received, request head parsed, IQ read) to the engine taking the trigger.
+    pub last_cr: Option<(&'static str, Duration)>,
     /// Set once [`run`](Self::run) has started.
     running: bool,
     /// Raw values (secrets included) of the subtrees transports configure themselves from.
@@ -206,6 +209,7 @@ impl Engine {
             cr_secret,
             cr_url_key: None,
             cr_count: 0,
+            last_cr: None,
             running: false,
             settings_tx: watch::channel(Settings::default()).0,
             upnp_base: String::new(),
@@ -376,6 +380,7 @@ impl Engine {
     /// start a session with "6 CONNECTION REQUEST" here (coalesced, SPEC-NOTES H8/H9).
     fn on_connection_request(&mut self, ev: CrEvent) {
         self.cr_count += 1;
+        self.last_cr = Some((ev.mechanism, ev.received.elapsed()));
         tracing::debug!(peer = %ev.peer, "accepted connection request");
         self.connection_request(ev.mechanism, ev.received);
     }
@@ -687,6 +692,8 @@ impl Engine {
                 "state_file": self.state_file.path().display().to_string(),
                 "providers": self.providers.len(),
                 "connection_requests": self.cr_count,
+                "last_cr_mechanism": self.last_cr.map(|(m, _)| m),
+                "last_cr_latency_us": self.last_cr.map(|(_, d)| d.as_micros() as u64),
                 "sessions_ok": self.cwmp.sessions_ok,
                 "sessions_failed": self.cwmp.sessions_failed,
                 "retry_count": self.cwmp.retry_count,

@@ -554,6 +554,36 @@ impl TestAcsHandle {
         self.shared.wait_sessions_blocking(n, timeout)
     }
 
+    /// Waits until `n` sessions have ended (or the timeout passed) without copying the
+    /// records (for benchmarks with thousands of sessions); returns how many have ended.
+    pub fn wait_ended(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while Shared::ended(&st) < n {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Shared::ended(&st)
+    }
+
+    /// Sessions seen so far (ended or not).
+    pub fn session_count(&self) -> usize {
+        self.shared.lock().sessions.len()
+    }
+
+    /// A copy of session `i` (0 = the first).
+    pub fn session(&self, i: usize) -> Option<SessionRecord> {
+        self.shared.lock().sessions.get(i).map(|s| s.rec.clone())
+    }
+
     /// Changes the options for the requests still to come.
     pub fn update_options(&self, f: impl FnOnce(&mut AcsOptions)) {
         f(&mut self.shared.lock().opts);

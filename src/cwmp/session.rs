@@ -46,6 +46,8 @@ pub struct CwmpState {
     deferred: Vec<(String, String)>,
     /// The store's active-change generation a session was last asked for.
     active_seen: u64,
+    /// This session sent a large message (worth trimming the heap afterwards).
+    big_session: bool,
     /// ACS-requested file transfers (see [`super::transfer`]).
     pub xfer: super::transfer::Transfers,
 }
@@ -133,10 +135,15 @@ impl Engine {
         self.publish_settings();
     }
 
+    /// Persists the events that survive a restart. Nothing is written when they did not change
+    /// (a connection-request session has none worth keeping: no fsync on its path) unless the
+    /// store itself has unsaved changes.
     pub(crate) fn save_events(&mut self) {
-        let q = self.cwmp.queue.to_persist();
-        self.agent_state
-            .insert("events".into(), serde_json::to_value(q).unwrap_or_default());
+        let q = serde_json::to_value(self.cwmp.queue.to_persist()).unwrap_or_default();
+        if self.agent_state.get("events") == Some(&q) && !self.store.is_dirty() {
+            return;
+        }
+        self.agent_state.insert("events".into(), q);
         let _ = self.persist();
     }
 
@@ -279,7 +286,11 @@ impl Engine {
         self.cwmp.in_session = false;
         let end = Instant::now();
         self.cwmp.last_session_end = Some(end);
-        crate::util::trim_heap();
+        if std::mem::take(&mut self.cwmp.big_session) {
+            // Give a large answer's memory back (glibc keeps it otherwise); small sessions skip
+            // the heap walk.
+            crate::util::trim_heap();
+        }
         // Requests that arrived during the session: exactly one follow-up session.
         let deferred = std::mem::take(&mut self.cwmp.deferred);
         if !deferred.is_empty() {
@@ -525,6 +536,9 @@ impl Engine {
                         tracing::debug!("ACS request {}", env.body.method_name());
                         if let Some(e) = self.serve_rpc(&env, &mut out).await {
                             effects.push(e);
+                        }
+                        if out.len() > 256 * 1024 {
+                            self.cwmp.big_session = true;
                         }
                         body = std::mem::take(&mut out);
                     }

@@ -1,5 +1,11 @@
-//! `cwmpd-bench`: benchmarks that print tables. `cwmpd-bench store` measures the data-model
-//! store on a generated 10,000-parameter model.
+//! `cwmpd-bench`: benchmarks that print tables.
+//!
+//! * `store [N]`: the data-model store on a generated 10,000-parameter model;
+//! * `session [N]`: a whole-tree GPV session against the release agent;
+//! * `cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns]`: connection requests by every
+//!   mechanism, the physical floor and the footprint; writes `DIR/README-table.md`, `cr.csv`
+//!   and `cr.svg` (default `results/`);
+//! * `all [cr options]`: store, session and cr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,6 +14,9 @@ use std::time::Instant;
 use cwmpd::model::store::{LiveKind, LiveSource};
 use cwmpd::model::{Schema, Store};
 
+mod cr;
+mod report;
+mod rig;
 mod session;
 
 /// Counts live heap bytes, so the store's memory is measured exactly.
@@ -40,24 +49,68 @@ impl LiveSource for NoLive {
     }
 }
 
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | all [cr options]]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let code = match args.first().map(String::as_str) {
         Some("store") | None => {
-            bench_store(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000))
+            bench_store(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000));
+            0
         }
         Some("session") => {
             let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
-            if let Err(e) = session::run(n, 20) {
-                eprintln!("cwmpd-bench session: {e}");
-                std::process::exit(1);
-            }
+            report_err("session", session::run(n, 20))
         }
+        Some("cr") => report_err("cr", bench_cr(&args[1..])),
+        Some("all") => {
+            bench_store(10_000);
+            println!();
+            let s = report_err("session", session::run(10_000, 20));
+            println!();
+            s.max(report_err("cr", bench_cr(&args[1..])))
+        }
+        // The middleware side of the channel-change measurement (run by the agent).
+        Some("provider-relay") => match args.get(1) {
+            Some(sock) => report_err("provider-relay", cr::provider_relay(sock)),
+            None => 2,
+        },
         Some(other) => {
-            eprintln!("usage: cwmpd-bench [store [N] | session [N]]   (unknown: {other})");
-            std::process::exit(2);
+            eprintln!("{USAGE}   (unknown: {other})");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn report_err(what: &str, r: Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cwmpd-bench {what}: {e}");
+            1
         }
     }
+}
+
+fn bench_cr(args: &[String]) -> Result<(), String> {
+    let o = cr::Opts::parse(args).map_err(|e| format!("{e}\n{USAGE}"))?;
+    let rep = cr::run(&o)?;
+    println!(
+        "cwmpd-bench cr: {} ({} runs per figure after {} warm-up runs)",
+        rep.machine, rep.runs, rep.warmup
+    );
+    println!("{}", rep.latency_markdown());
+    println!("{}", rep.footprint_markdown());
+    for n in &rep.notes {
+        println!("* {n}");
+    }
+    rep.write(&o.out)?;
+    println!(
+        "\nwrote {d}/README-table.md, {d}/cr.csv, {d}/cr.svg",
+        d = o.out.display()
+    );
+    Ok(())
 }
 
 /// A model with `rows` instances of a 10-parameter table, all instantiated by factory values.

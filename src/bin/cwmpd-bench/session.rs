@@ -72,7 +72,47 @@ impl Drop for Kill {
     }
 }
 
+/// What [`measure`] found.
+pub struct SessionFigures {
+    /// Parameters in the GetParameterValuesResponse.
+    pub params: usize,
+    /// Session (Inform → end) p50 and max.
+    pub p50: Duration,
+    pub max: Duration,
+    /// Agent VmRSS after the boot session, kB.
+    pub idle_kb: u64,
+    /// Agent VmHWM after the GPV sessions, kB.
+    pub peak_kb: u64,
+}
+
 pub fn run(params: usize, runs: usize) -> Result<(), String> {
+    let f = measure(params, runs)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "cwmpd-bench session: GPV of the whole tree ({} parameters) in one session, {runs} runs, release agent",
+        f.params
+    );
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| session (Inform → end) p50 / max | {:.1} ms / {:.1} ms | < 100 ms |",
+        ms(f.p50),
+        ms(f.max)
+    );
+    println!(
+        "| agent RSS idle | {:.1} MB | - |",
+        f.idle_kb as f64 / 1024.0
+    );
+    println!(
+        "| agent peak RSS (VmHWM) | {:.1} MB | < 8 MB |",
+        f.peak_kb as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Runs `runs` sessions each carrying a GPV of the whole tree (a model of about `params`
+/// parameters) against the release agent; returns the figures.
+pub fn measure(params: usize, runs: usize) -> Result<SessionFigures, String> {
     let agent_bin = agent_binary()?;
     let dir = std::env::temp_dir().join(format!("cwmpd-bench-session-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -127,25 +167,12 @@ pub fn run(params: usize, runs: usize) -> Result<(), String> {
     }
     let peak = status_kb(pid, "VmHWM").unwrap_or(0);
     times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "cwmpd-bench session: GPV of the whole tree ({count} parameters) in one session, {runs} runs, release agent"
-    );
-    println!("| measure | value | target |");
-    println!("|---|---|---|");
-    println!(
-        "| session (Inform → end) p50 / max | {:.1} ms / {:.1} ms | < 100 ms |",
-        ms(times[times.len() / 2]),
-        ms(times[times.len() - 1])
-    );
-    println!(
-        "| agent RSS idle | {:.1} MB | - |",
-        idle_rss as f64 / 1024.0
-    );
-    println!(
-        "| agent peak RSS (VmHWM) | {:.1} MB | < 8 MB |",
-        peak as f64 / 1024.0
-    );
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(SessionFigures {
+        params: count,
+        p50: times[times.len() / 2],
+        max: times[times.len() - 1],
+        idle_kb: idle_rss,
+        peak_kb: peak,
+    })
 }
