@@ -517,9 +517,22 @@ impl Engine {
                 });
             }
         }
+        // The previous values, to put back if the change cannot be made durable: a change the
+        // caller is told succeeded must survive a power cut (issue #9, full disk).
+        let before: Vec<(String, String)> = list
+            .iter()
+            .filter_map(|(n, _, _)| self.store.secret(n).map(|v| (n.clone(), v.to_string())))
+            .collect();
         let changed = self.store.set_values(list, origin)?;
         if let Err(e) = self.persist() {
-            tracing::error!("{e}");
+            self.store.revert_values(&before);
+            return Err(SetError {
+                fault: Fault::new(9002, e.clone()),
+                per_param: list
+                    .iter()
+                    .map(|(n, _, _)| (n.clone(), Fault::new(9002, e.clone())))
+                    .collect(),
+            });
         }
         Ok(changed)
     }
@@ -535,7 +548,13 @@ impl Engine {
                 .delete_object(&format!("{table}{n}."), Origin::Internal);
             return Err(Fault::new(9002, format!("provider refused: {e}")));
         }
-        self.persist().map_err(|e| Fault::new(9002, e))?;
+        if let Err(e) = self.persist() {
+            // Not durable: undo, so the state matches what the ACS is told (a fault).
+            let _ = self
+                .store
+                .delete_object(&format!("{table}{n}."), Origin::Internal);
+            return Err(Fault::new(9002, e));
+        }
         Ok(n)
     }
 

@@ -10,6 +10,8 @@ pub mod ctl;
 pub mod cwmp;
 pub mod demo;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod model;
 pub mod net;

@@ -34,6 +34,11 @@ pub const METHODS: &[&str] = &[
 
 const PARAMETER_KEY: &str = "Device.ManagementServer.ParameterKey";
 
+/// Most entries one GetParameterValues or GetParameterAttributes answer may hold; more gives
+/// 9004 Resources exceeded. Without it a request naming `Device.` 100,000 times (3 MB, within
+/// the parse limits) asks for an answer of tens of gigabytes (issue #9).
+pub const MAX_RESPONSE_ENTRIES: usize = 100_000;
+
 /// What must happen after the session because of a request served in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -103,6 +108,10 @@ impl Engine {
                         return None;
                     }
                 };
+                if count > MAX_RESPONSE_ENTRIES {
+                    soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                    return None;
+                }
                 if !self.providers.is_empty() {
                     let mut paths = Vec::new();
                     for n in names {
@@ -172,6 +181,14 @@ impl Engine {
             }
             AcsRequest::GetParameterAttributes { names } => {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                if self
+                    .store
+                    .count_values(&refs)
+                    .is_ok_and(|c| c > MAX_RESPONSE_ENTRIES)
+                {
+                    soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                    return None;
+                }
                 match self.store.get_attributes(&refs) {
                     Ok(v) => reply(
                         env,

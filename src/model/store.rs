@@ -137,6 +137,9 @@ pub struct Store {
     live: Box<dyn LiveSource>,
 }
 
+/// Instances allowed in a table whose schema says `maxEntries="unbounded"`.
+pub const MAX_ENTRIES_UNBOUNDED: u32 = 256;
+
 /// Parameter paths are ≤256 characters (cwmp-1-2.xsd).
 pub const MAX_PATH_LEN: usize = 256;
 
@@ -660,6 +663,17 @@ impl Store {
         Ok(changed)
     }
 
+    /// Puts back raw values saved before a change that could not be made durable (the state
+    /// file could not be written): no notification, no access check.
+    pub fn revert_values(&mut self, old: &[(String, String)]) {
+        for (path, value) in old {
+            if let Some(node) = self.params.get_mut(path) {
+                node.value.clone_from(value);
+            }
+        }
+        self.dirty = true;
+    }
+
     /// Writes a value the agent or a provider reports (no access check, but type-checked).
     pub fn set_internal(&mut self, path: &str, value: &str) -> Result<bool, Fault> {
         let node = self
@@ -769,6 +783,17 @@ impl Store {
             return Err(Fault::new(
                 9005,
                 format!("{table} does not allow AddObject"),
+            ));
+        }
+        // A table the schema leaves unbounded still gets a limit at run time, so that an ACS
+        // cannot grow the store (and the state file) without end. Factory instances from the
+        // configuration are the integrator's choice and are not limited.
+        if self.schema.objects[node.def].max_entries.is_none()
+            && self.instance_numbers(table).len() >= MAX_ENTRIES_UNBOUNDED as usize
+        {
+            return Err(Fault::new(
+                9004,
+                format!("{table} has its maximum of {MAX_ENTRIES_UNBOUNDED} entries"),
             ));
         }
         let n = *self.next_instance.get(table).unwrap_or(&1);

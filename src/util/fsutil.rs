@@ -16,15 +16,20 @@ pub fn write_atomic(path: &Path, data: &[u8], keep_previous: bool) -> io::Result
         .to_string_lossy()
         .into_owned();
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        // A full disk: do not leave a partial copy taking the space that is left.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     if keep_previous && path.exists() {
         fs::rename(path, dir.join(format!("{name}.prev")))?;

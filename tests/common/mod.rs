@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod prosody;
+pub mod rawacs;
 pub mod xsd;
 
 use std::io::{BufRead, BufReader, Write};
@@ -74,6 +76,15 @@ impl Agent {
     /// Like [`start`](Self::start), inside network namespace `netns` (`ip netns exec`, which
     /// execs the agent, so the child PID is the agent's).
     pub fn start_in(config: &Path, netns: Option<&str>) -> Agent {
+        Agent::start_full(config, netns, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables for the agent.
+    pub fn start_with_env(config: &Path, env: &[(&str, String)]) -> Agent {
+        Agent::start_full(config, None, env)
+    }
+
+    fn start_full(config: &Path, netns: Option<&str>, env: &[(&str, String)]) -> Agent {
         let dir = config.parent().unwrap();
         let sock = dir.join("ctl.sock");
         let _ = std::fs::remove_file(&sock);
@@ -92,6 +103,7 @@ impl Agent {
             None => Command::new(env!("CARGO_BIN_EXE_cwmpd")),
         };
         let child = cmd
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["run", "-c"])
             .arg(config)
             .stdout(Stdio::null())

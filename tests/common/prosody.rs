@@ -1,0 +1,236 @@
+//! A throw-away Prosody XMPP server for tests (own CA, config and port); skipped when Prosody or
+//! openssl is missing.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::TempDir;
+
+pub const DOMAIN: &str = "cpe.test";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME.crt`/`NAME.key`) in `dir`.
+pub fn make_ca(dir: &Path, name: &str) {
+    run(Command::new("openssl").current_dir(dir).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.crt"),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=cwmpd test {name}"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]));
+}
+
+/// A Prosody instance owned by the test; killed (and continued first, if stopped) on drop.
+pub struct Prosody {
+    pub dir: PathBuf,
+    pub cfg: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Prosody {
+    /// None (after printing why) when Prosody or openssl is not installed.
+    pub fn setup(d: &TempDir) -> Option<Prosody> {
+        for t in ["prosody", "prosodyctl", "openssl"] {
+            if !have(t) {
+                println!(
+                    "SKIPPED: {t} not installed (apt-get install prosody lua-unbound openssl)"
+                );
+                return None;
+            }
+        }
+        let dir = d.path().join("prosody");
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(&certs).unwrap();
+        make_ca(&certs, "ca");
+        make_ca(&certs, "other-ca");
+        std::fs::write(
+            certs.join("ext.cnf"),
+            format!(
+                "subjectAltName=DNS:{DOMAIN}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
+            ),
+        )
+        .unwrap();
+        run(Command::new("openssl").current_dir(&certs).args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{DOMAIN}.key"),
+            "-out",
+            "server.csr",
+            "-subj",
+            &format!("/CN={DOMAIN}"),
+        ]));
+        run(Command::new("openssl").current_dir(&certs).args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{DOMAIN}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]));
+        let port = free_port();
+        let root = nix::unistd::Uid::effective().is_root();
+        let cfg = dir.join("prosody.cfg.lua");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+{run_as_root}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix" }}
+modules_disabled = {{ "s2s" }}
+c2s_require_encryption = true
+authentication = "internal_hashed"
+storage = "internal"
+log = {{ info = "{d}/prosody.log" }}
+certificates = "{d}/certs"
+VirtualHost "{DOMAIN}"
+  ssl = {{ certificate = "{d}/certs/{DOMAIN}.crt"; key = "{d}/certs/{DOMAIN}.key"; }}
+"#,
+                d = dir.display(),
+                run_as_root = if root { "run_as_root = true" } else { "" },
+            ),
+        )
+        .unwrap();
+        let mut p = Prosody {
+            dir,
+            cfg,
+            port,
+            child: None,
+        };
+        for (u, pw) in [("cpe1", "cpe1-pw"), ("acs", "acs-pw"), ("evil", "evil-pw")] {
+            p.register(u, pw);
+        }
+        p.start();
+        Some(p)
+    }
+
+    pub fn register(&self, user: &str, pw: &str) {
+        run(Command::new("prosodyctl")
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(["register", user, DOMAIN, pw]));
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("certs/ca.crt")
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stdout.log"))
+            .unwrap();
+        let child = Command::new("prosody")
+            .arg("--config")
+            .arg(&self.cfg)
+            .arg("-F")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start prosody");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("prosody exited with {st}: {}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "prosody did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let a = std::fs::read_to_string(self.dir.join("prosody.log")).unwrap_or_default();
+        let b = std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default();
+        format!("{a}\n{b}")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
