@@ -761,6 +761,16 @@ impl Engine {
         let mut xfer_rx = self.cwmp.xfer.rx.take();
         loop {
             let wake = self.cwmp_next_wakeup();
+            // Due now (a connection request just arrived): run it without going through the
+            // timer, whose millisecond granularity would add up to 1 ms to every CR → Inform.
+            if wake.is_some_and(|t| t <= std::time::Instant::now()) {
+                self.cwmp_tick(std::time::Instant::now(), &mut rx).await;
+                if self.shutdown_requested {
+                    break;
+                }
+                self.after_change(std::time::Instant::now());
+                continue;
+            }
             let sleep = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
