@@ -41,12 +41,16 @@ pub enum Loaded {
 
 pub struct StateFile {
     path: PathBuf,
+    /// Checksum of what the file holds now (written or loaded by us): an identical state is
+    /// not written again (no fsync, no flash wear).
+    current: Option<String>,
 }
 
 impl StateFile {
     pub fn new(state_dir: &Path) -> StateFile {
         StateFile {
             path: state_dir.join("state"),
+            current: None,
         }
     }
 
@@ -58,11 +62,17 @@ impl StateFile {
         self.path.with_file_name("state.prev")
     }
 
-    pub fn save(&self, state: &State) -> io::Result<()> {
+    pub fn save(&mut self, state: &State) -> io::Result<()> {
         let body = serde_json::to_vec(state).map_err(io::Error::other)?;
-        let mut data = format!("{MAGIC} {} {}\n", sha256_hex(&body), body.len()).into_bytes();
+        let sum = sha256_hex(&body);
+        if self.current.as_deref() == Some(sum.as_str()) && self.path.exists() {
+            return Ok(());
+        }
+        let mut data = format!("{MAGIC} {sum} {}\n", body.len()).into_bytes();
         data.extend_from_slice(&body);
-        write_atomic(&self.path, &data, true)
+        write_atomic(&self.path, &data, true)?;
+        self.current = Some(sum);
+        Ok(())
     }
 
     pub fn load(&self) -> (State, Loaded) {
@@ -90,7 +100,8 @@ impl StateFile {
     }
 
     /// Removes the state (factory reset).
-    pub fn remove(&self) -> io::Result<()> {
+    pub fn remove(&mut self) -> io::Result<()> {
+        self.current = None;
         for p in [self.path.clone(), self.prev_path()] {
             match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -161,7 +172,7 @@ mod tests {
     #[test]
     fn save_load_and_fallback() {
         let d = tmpdir("a");
-        let f = StateFile::new(&d);
+        let mut f = StateFile::new(&d);
         assert_eq!(f.load().1, Loaded::Fresh);
         f.save(&state("1")).unwrap();
         f.save(&state("2")).unwrap();
