@@ -7,7 +7,7 @@
 
 use crate::util::codec::{ct_eq, from_hex, hex_val, to_hex};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -566,7 +566,8 @@ pub struct DigestServer {
     realm: String,
     lifetime: Duration,
     opaque: String,
-    counter: AtomicU64,
+    // usize, not u64: 32-bit MIPS has no 64-bit atomics.
+    counter: AtomicUsize,
     used: Vec<ReplayEntry>,
     evicted_upto: Option<u64>,
 }
@@ -594,7 +595,7 @@ impl DigestServer {
             realm,
             lifetime: nonce_lifetime,
             opaque,
-            counter: AtomicU64::new(0),
+            counter: AtomicUsize::new(0),
             used: Vec::with_capacity(REPLAY_TABLE_SIZE),
             evicted_upto: None,
         }
@@ -618,7 +619,7 @@ impl DigestServer {
         // If the system RNG fails, the HMAC over the secret and a counter below
         // still yields unique, unpredictable nonces.
         let _ = ring::rand::SystemRandom::new().fill(&mut sys);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) as u64;
         let mix = hmac_sha256(
             &self.secret,
             &[

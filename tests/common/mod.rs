@@ -61,6 +61,28 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     p
 }
 
+/// The agent's command line: `CWMPD_AGENT_CMD` when set (whitespace-separated, e.g.
+/// `qemu-arm -L /usr/arm-linux-gnueabihf /path/to/cwmpd` for a cross build, see
+/// cross/qemu-test.sh), else the `cwmpd` binary of this build.
+pub fn agent_argv() -> Vec<String> {
+    external_argv("CWMPD_AGENT_CMD").unwrap_or_else(|| vec![env!("CARGO_BIN_EXE_cwmpd").into()])
+}
+
+/// A command line from environment variable `var` (whitespace-separated), if set and not empty.
+pub fn external_argv(var: &str) -> Option<Vec<String>> {
+    let v = std::env::var(var).ok()?;
+    let argv: Vec<String> = v.split_whitespace().map(String::from).collect();
+    (!argv.is_empty()).then_some(argv)
+}
+
+/// A `Command` for [`agent_argv`].
+pub fn agent_command() -> Command {
+    let argv = agent_argv();
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
 pub struct Agent {
     pub child: Child,
     pub sock: PathBuf,
@@ -68,7 +90,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `cwmpd run -c CONFIG` and waits for its control socket.
+    /// Starts `cwmpd run -c CONFIG` (see [`agent_argv`]) and waits for its control socket.
     pub fn start(config: &Path) -> Agent {
         Agent::start_in(config, None)
     }
@@ -97,10 +119,11 @@ impl Agent {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_cwmpd")]);
+                c.args(["netns", "exec", ns]);
+                c.args(agent_argv());
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_cwmpd")),
+            None => agent_command(),
         };
         let child = cmd
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -191,12 +214,9 @@ pub fn ctl(sock: &Path, req: &Value) -> std::io::Result<Value> {
     serde_json::from_str(&ans).map_err(std::io::Error::other)
 }
 
-/// Runs `cwmpd ARGS` to completion; returns (exit code, stdout, stderr).
+/// Runs `cwmpd ARGS` (see [`agent_argv`]) to completion; returns (exit code, stdout, stderr).
 pub fn cwmpd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cwmpd"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = agent_command().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
