@@ -28,13 +28,6 @@ fn config(dir: &std::path::Path, acs_url: &str, connreq: &str) -> std::path::Pat
     )
 }
 
-fn events(s: &SessionRecord) -> Vec<String> {
-    s.inform
-        .as_ref()
-        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
-        .unwrap_or_default()
-}
-
 fn has_cr(s: &SessionRecord) -> bool {
     events(s).iter().any(|e| e == "6 CONNECTION REQUEST")
 }

@@ -33,13 +33,6 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-fn events(s: &SessionRecord) -> Vec<String> {
-    s.inform
-        .as_ref()
-        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
-        .unwrap_or_default()
-}
-
 fn wait_nonempty(a: &Agent, name: &str) -> String {
     let t = Instant::now();
     loop {

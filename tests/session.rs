@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue, SetAttr};
-use cwmpd::testacs::{AcsAuth, AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread};
+use cwmpd::testacs::{AcsAuth, AcsOptions, TestAcsHandle, spawn_in_thread};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -21,22 +21,6 @@ fn config_for(dir: &std::path::Path, acs: &TestAcsHandle, extra: &str) -> std::p
             url = acs.url()
         ),
     )
-}
-
-fn events(s: &SessionRecord) -> Vec<String> {
-    s.inform
-        .as_ref()
-        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
-        .unwrap_or_default()
-}
-
-fn inform_param(s: &SessionRecord, name: &str) -> Option<String> {
-    s.inform
-        .as_ref()?
-        .params
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| p.value.clone())
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use cwmpd::connreq::udpcr::build_udp_cr;
-use cwmpd::testacs::{AcsOptions, SessionRecord, spawn_in_thread};
+use cwmpd::testacs::{AcsOptions, spawn_in_thread};
 use serde_json::{Value, json};
 
 const USER: &str = "cr-user";
@@ -126,22 +126,6 @@ fn cr_count(a: &Agent) -> u64 {
     a.ctl(json!({"op": "status"}))["connection_requests"]
         .as_u64()
         .unwrap()
-}
-
-fn events(s: &SessionRecord) -> Vec<String> {
-    s.inform
-        .as_ref()
-        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
-        .unwrap_or_default()
-}
-
-fn inform_param(s: &SessionRecord, name: &str) -> Option<String> {
-    s.inform
-        .as_ref()?
-        .params
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| p.value.clone())
 }
 
 /// Agent config: UDP socket `udp`, STUN server `stun` (None: STUN off), ACS URL, extra params.

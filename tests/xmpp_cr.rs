@@ -79,22 +79,6 @@ fn wait_status(a: &Agent, want: impl Fn(&str) -> bool, timeout: Duration) -> (St
     }
 }
 
-fn events(s: &SessionRecord) -> Vec<String> {
-    s.inform
-        .as_ref()
-        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
-        .unwrap_or_default()
-}
-
-fn inform_param(s: &SessionRecord, name: &str) -> Option<String> {
-    s.inform
-        .as_ref()?
-        .params
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| p.value.clone())
-}
-
 /// Waits until some session satisfies `f`; returns the number of sessions seen then.
 fn wait_session(acs: &TestAcsHandle, f: impl Fn(&SessionRecord) -> bool) -> Option<usize> {
     let t0 = Instant::now();

@@ -223,3 +223,21 @@ pub fn cwmpd(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The event codes of a session's Inform.
+pub fn events(s: &cwmpd::testacs::SessionRecord) -> Vec<String> {
+    s.inform
+        .as_ref()
+        .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The value of a parameter in a session's Inform.
+pub fn inform_param(s: &cwmpd::testacs::SessionRecord, name: &str) -> Option<String> {
+    s.inform
+        .as_ref()?
+        .params
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.value.clone())
+}
