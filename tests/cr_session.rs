@@ -187,14 +187,7 @@ fn routed_namespaces_cr_and_address_change_reported() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let reported = vc
-        .inform
-        .as_ref()
-        .unwrap()
-        .params
-        .iter()
-        .find(|p| p.name == CR_URL)
-        .map(|p| p.value.clone());
+    let reported = inform_param(&vc, CR_URL);
     assert_eq!(reported.as_deref(), Some(url2.as_str()));
     let (ok, out) = send_cr(Some((&rig, "acs")), &url2);
     assert!(ok, "{out}");
@@ -228,14 +221,7 @@ fn port_forward_through_nat_gateway() {
     // The published URL names the gateway's public address and the forwarded port.
     let url = a.get(CR_URL);
     assert!(url.starts_with("http://198.18.8.254:17547/"), "{url}");
-    let reported = s[0]
-        .inform
-        .as_ref()
-        .unwrap()
-        .params
-        .iter()
-        .find(|p| p.name == CR_URL)
-        .map(|p| p.value.clone());
+    let reported = inform_param(&s[0], CR_URL);
     assert_eq!(reported.as_deref(), Some(url.as_str()));
     let (ok, out) = send_cr(Some((&rig, "acs")), &url);
     assert!(ok, "{out}");
