@@ -108,6 +108,60 @@ fn show_session(n: usize, s: &SessionRecord) {
     }
 }
 
+/// Sends an HTTP connection request as an ACS does: GET, 401 with a Digest challenge, GET
+/// with the answer on the same connection. Returns the final status line.
+fn http_connection_request(url: &str, user: &str, pass: &str) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("not an http URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let stream =
+        std::net::TcpStream::connect(authority).map_err(|e| format!("{authority}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut w = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(stream);
+    // Reads one response head (the CR listener answers with empty bodies).
+    let mut read_head = || -> Result<(String, Option<String>), String> {
+        let mut status = String::new();
+        r.read_line(&mut status).map_err(|e| e.to_string())?;
+        let mut challenge = None;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).map_err(|e| e.to_string())?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("www-authenticate") {
+                    challenge = Some(v.trim().to_string());
+                } else if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length.min(4096)];
+        r.read_exact(&mut body).map_err(|e| e.to_string())?;
+        Ok((status.trim_end().to_string(), challenge))
+    };
+    w.write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let (_, challenge) = read_head()?;
+    let challenge = challenge.ok_or("no Digest challenge")?;
+    let cnonce = crate::util::codec::to_hex(&crate::util::codec::random_bytes::<8>());
+    let auth = crate::connreq::digest::DigestClient::respond(
+        &challenge, "GET", path, user, pass, &cnonce, 1,
+    )
+    .map_err(|e| e.to_string())?;
+    let second =
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: {auth}\r\n\r\n");
+    w.write_all(second.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(read_head()?.0)
+}
+
 pub fn run(_args: Vec<String>) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("cwmpd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -176,20 +230,12 @@ pub fn run(_args: Vec<String>) -> Result<(), String> {
             CHANNEL, ans["values"][1]["value"]
         );
         println!("\n3. the ACS wants the box now: HTTP connection request to {url}");
-        let tool = exe.with_file_name("cwmp-connreq");
         let t0 = Instant::now();
-        if tool.exists() {
-            let out = Command::new(&tool)
-                .args(["http", &url, "--user", "acs", "--password", "demo-secret"])
-                .output()
-                .map_err(|e| e.to_string())?;
-            print!("   cwmp-connreq: {}", String::from_utf8_lossy(&out.stdout));
-        } else {
-            return Err(format!(
-                "{} not found (build it with cargo build)",
-                tool.display()
-            ));
-        }
+        let status = http_connection_request(&url, "acs", "demo-secret")?;
+        println!(
+            "   the ACS's GET, 401 challenge, Digest GET: {status} after {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
         let s = acs.wait_sessions(2, Duration::from_secs(20));
         let second = s.get(1).ok_or("no session after the connection request")?;
         if let Some(at) = second.inform_at {
