@@ -325,9 +325,84 @@ fn new_shared(opts: AcsOptions) -> Arc<Shared> {
 
 /// A running test ACS (see the module documentation). Stops when dropped.
 pub struct TestAcs {
+    view: AcsView,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What both faces of a running test ACS ([`TestAcs`] in the caller's runtime,
+/// [`TestAcsHandle`] on its own thread) offer: its address, scripting and records.
+pub struct AcsView {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcsView {
+    /// `http://127.0.0.1:PORT/acs`.
+    pub fn url(&self) -> String {
+        format!("http://{}/acs", self.addr)
+    }
+    /// Queues RPCs for the next session.
+    pub fn queue(&self, rpcs: Vec<AcsRequest>) {
+        self.shared.queue(rpcs);
+    }
+    /// Serves `file` on GET `path` (e.g. `/files/fw.bin`); replaces an earlier one.
+    pub fn serve_file(&self, path: &str, file: ServedFile) {
+        self.shared.serve_file(path, file);
+    }
+    /// Accepts HTTP PUTs to `path` (with the given authentication) and records their bodies.
+    pub fn accept_uploads(&self, path: &str, auth: AcsAuth) {
+        self.shared.accept_uploads(path, auth);
+    }
+    /// The uploads received so far: (path, body), oldest first.
+    pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
+        self.shared.uploads()
+    }
+    /// The paths of the authenticated file GETs answered so far, oldest first.
+    pub fn file_gets(&self) -> Vec<String> {
+        self.shared.file_gets()
+    }
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn file_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    /// Completed and in-progress sessions, oldest first.
+    pub fn sessions(&self) -> Vec<SessionRecord> {
+        self.shared.sessions()
+    }
+    /// Sessions seen so far (ended or not).
+    pub fn session_count(&self) -> usize {
+        self.shared.lock().sessions.len()
+    }
+    /// A copy of session `i` (0 = the first).
+    pub fn session(&self, i: usize) -> Option<SessionRecord> {
+        self.shared.lock().sessions.get(i).map(|s| s.rec.clone())
+    }
+    /// Changes the options for the requests still to come.
+    pub fn update_options(&self, f: impl FnOnce(&mut AcsOptions)) {
+        f(&mut self.shared.lock().opts);
+    }
+    /// 401 answers given to requests that carried wrong credentials.
+    pub fn auth_failures(&self) -> u32 {
+        self.shared.lock().auth_failures
+    }
+    /// Requests whose body arrived gzip-compressed.
+    pub fn gzip_requests(&self) -> u32 {
+        self.shared.lock().gzip_requests
+    }
+}
+
+impl std::ops::Deref for TestAcs {
+    type Target = AcsView;
+    fn deref(&self) -> &AcsView {
+        &self.view
+    }
+}
+
+impl std::ops::Deref for TestAcsHandle {
+    type Target = AcsView;
+    fn deref(&self) -> &AcsView {
+        &self.view
+    }
 }
 
 impl TestAcs {
@@ -342,68 +417,16 @@ impl TestAcs {
         let addr = listener.local_addr()?;
         let shared = new_shared(opts);
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        Ok(TestAcs { addr, shared, task })
-    }
-
-    /// `http://127.0.0.1:PORT/acs`.
-    pub fn url(&self) -> String {
-        format!("http://{}/acs", self.addr)
-    }
-
-    /// Queues RPCs for the next session (see the module documentation).
-    pub fn queue(&self, rpcs: Vec<AcsRequest>) {
-        self.shared.queue(rpcs);
-    }
-
-    /// Serves `file` on GET `path` (e.g. `/files/fw.bin`); replaces an earlier one.
-    pub fn serve_file(&self, path: &str, file: ServedFile) {
-        self.shared.serve_file(path, file);
-    }
-
-    /// Accepts HTTP PUTs to `path` (with the given authentication) and records their bodies.
-    pub fn accept_uploads(&self, path: &str, auth: AcsAuth) {
-        self.shared.accept_uploads(path, auth);
-    }
-
-    /// The uploads received so far: (path, body), oldest first.
-    pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
-        self.shared.uploads()
-    }
-
-    /// The paths of the authenticated file GETs answered so far, oldest first.
-    pub fn file_gets(&self) -> Vec<String> {
-        self.shared.file_gets()
-    }
-
-    /// `http://127.0.0.1:PORT{path}`.
-    pub fn file_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Completed and in-progress sessions, oldest first.
-    pub fn sessions(&self) -> Vec<SessionRecord> {
-        self.shared.sessions()
+        Ok(TestAcs {
+            view: AcsView { addr, shared },
+            task,
+        })
     }
 
     /// Waits until `n` sessions have ended (or the timeout passed) and
     /// returns all sessions.
     pub async fn wait_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
         self.shared.wait_sessions(n, timeout).await
-    }
-
-    /// Changes the options for the requests still to come.
-    pub fn update_options(&self, f: impl FnOnce(&mut AcsOptions)) {
-        f(&mut self.shared.lock().opts);
-    }
-
-    /// 401 answers given to requests that carried wrong credentials.
-    pub fn auth_failures(&self) -> u32 {
-        self.shared.lock().auth_failures
-    }
-
-    /// Requests whose body arrived gzip-compressed.
-    pub fn gzip_requests(&self) -> u32 {
-        self.shared.lock().gzip_requests
     }
 
     /// Stops accepting and closes every connection.
@@ -419,8 +442,7 @@ impl Drop for TestAcs {
 /// A [`TestAcs`] running on its own thread (with its own `current_thread`
 /// runtime), for synchronous tests. Stops when dropped.
 pub struct TestAcsHandle {
-    pub addr: SocketAddr,
-    shared: Arc<Shared>,
+    view: AcsView,
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -491,8 +513,7 @@ fn spawn_thread_in(
         })?;
     match ready_rx.recv() {
         Ok(Ok((addr, shared))) => Ok(TestAcsHandle {
-            addr,
-            shared,
+            view: AcsView { addr, shared },
             stop_tx: Some(stop_tx),
             thread: Some(thread),
         }),
@@ -508,46 +529,6 @@ fn spawn_thread_in(
 }
 
 impl TestAcsHandle {
-    /// `http://127.0.0.1:PORT/acs`.
-    pub fn url(&self) -> String {
-        format!("http://{}/acs", self.addr)
-    }
-
-    /// Queues RPCs for the next session.
-    pub fn queue(&self, rpcs: Vec<AcsRequest>) {
-        self.shared.queue(rpcs);
-    }
-
-    /// Serves `file` on GET `path` (e.g. `/files/fw.bin`); replaces an earlier one.
-    pub fn serve_file(&self, path: &str, file: ServedFile) {
-        self.shared.serve_file(path, file);
-    }
-
-    /// Accepts HTTP PUTs to `path` (with the given authentication) and records their bodies.
-    pub fn accept_uploads(&self, path: &str, auth: AcsAuth) {
-        self.shared.accept_uploads(path, auth);
-    }
-
-    /// The uploads received so far: (path, body), oldest first.
-    pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
-        self.shared.uploads()
-    }
-
-    /// The paths of the authenticated file GETs answered so far, oldest first.
-    pub fn file_gets(&self) -> Vec<String> {
-        self.shared.file_gets()
-    }
-
-    /// `http://127.0.0.1:PORT{path}`.
-    pub fn file_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Completed and in-progress sessions, oldest first.
-    pub fn sessions(&self) -> Vec<SessionRecord> {
-        self.shared.sessions()
-    }
-
     /// Blocks until `n` sessions have ended (or the timeout passed) and
     /// returns all sessions.
     pub fn wait_sessions(&self, n: usize, timeout: Duration) -> Vec<SessionRecord> {
@@ -572,31 +553,6 @@ impl TestAcsHandle {
                 .0;
         }
         Shared::ended(&st)
-    }
-
-    /// Sessions seen so far (ended or not).
-    pub fn session_count(&self) -> usize {
-        self.shared.lock().sessions.len()
-    }
-
-    /// A copy of session `i` (0 = the first).
-    pub fn session(&self, i: usize) -> Option<SessionRecord> {
-        self.shared.lock().sessions.get(i).map(|s| s.rec.clone())
-    }
-
-    /// Changes the options for the requests still to come.
-    pub fn update_options(&self, f: impl FnOnce(&mut AcsOptions)) {
-        f(&mut self.shared.lock().opts);
-    }
-
-    /// 401 answers given to requests that carried wrong credentials.
-    pub fn auth_failures(&self) -> u32 {
-        self.shared.lock().auth_failures
-    }
-
-    /// Requests whose body arrived gzip-compressed.
-    pub fn gzip_requests(&self) -> u32 {
-        self.shared.lock().gzip_requests
     }
 
     /// Stops the ACS and joins its thread.
