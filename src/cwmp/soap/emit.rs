@@ -50,7 +50,7 @@ pub fn emit_cpe(env: &Envelope<CpeMessage>, out: &mut Vec<u8>) {
     begin_envelope(out, env);
     let name = env.body.method_name();
     match &env.body {
-        CpeMessage::Fault(f) => fault(out, f),
+        CpeMessage::Fault(f) => fault(out, &env.ns.rpc_fault(f)),
         CpeMessage::Inform(i) => {
             method_open(out, name);
             raw(out, "<DeviceId>");
@@ -86,7 +86,7 @@ pub fn emit_cpe(env: &Envelope<CpeMessage>, out: &mut Vec<u8>) {
         CpeMessage::TransferComplete(t) => {
             method_open(out, name);
             leaf(out, "CommandKey", &t.command_key);
-            transfer_fault(out, &t.fault);
+            transfer_fault(out, &env.ns.transfer_fault(&t.fault));
             leaf(out, "StartTime", &t.start_time);
             leaf(out, "CompleteTime", &t.complete_time);
             method_close(out, name);
@@ -99,7 +99,7 @@ pub fn emit_cpe(env: &Envelope<CpeMessage>, out: &mut Vec<u8>) {
             leaf(out, "FileType", &t.file_type);
             leaf_num(out, "FileSize", t.file_size);
             leaf(out, "TargetFileName", &t.target_file_name);
-            transfer_fault(out, &t.fault);
+            transfer_fault(out, &env.ns.transfer_fault(&t.fault));
             leaf(out, "StartTime", &t.start_time);
             leaf(out, "CompleteTime", &t.complete_time);
             method_close(out, name);
@@ -582,6 +582,19 @@ fn fault(out: &mut Vec<u8>, f: &Fault) {
         raw(out, "</SetParameterValuesFault>");
     }
     raw(out, "</cwmp:Fault></detail></soap-env:Fault>");
+}
+
+/// The SOAP `MustUnderstand` fault (SOAP 1.1 §4.2.3) for a header entry the
+/// CPE does not understand; `env` gives the cwmp:ID to echo.
+pub fn emit_must_understand(env: &Envelope<()>, header_name: &str, out: &mut Vec<u8>) {
+    begin_envelope(out, env);
+    raw(
+        out,
+        "<soap-env:Fault><faultcode>soap-env:MustUnderstand</faultcode><faultstring>",
+    );
+    escape(out, &format!("header {header_name} not understood"), false);
+    raw(out, "</faultstring></soap-env:Fault>");
+    end_envelope(out);
 }
 
 fn transfer_fault(out: &mut Vec<u8>, f: &TransferFault) {

@@ -20,7 +20,7 @@
 mod emit;
 mod parse;
 
-pub use emit::{GpnWriter, GpvWriter, emit_acs, emit_cpe};
+pub use emit::{GpnWriter, GpvWriter, emit_acs, emit_cpe, emit_must_understand};
 pub use parse::{
     ParseError, ParseLimits, is_empty_body, parse_acs_message, parse_acs_message_with,
 };
@@ -59,6 +59,53 @@ impl CwmpNs {
         }
     }
 
+    /// Whether an ACS→CPE method exists in this version's schema (a request the
+    /// version lacks is answered 9000 Method not supported).
+    pub fn has_cpe_method(self, name: &str) -> bool {
+        match name {
+            "GetAllQueuedTransfers" => self != CwmpNs::Cwmp10,
+            "ScheduleDownload" | "CancelTransfer" | "ChangeDUState" => self == CwmpNs::Cwmp12,
+            _ => true,
+        }
+    }
+
+    /// An RPC fault in a form this version's schema allows: cwmp-1-0 knows
+    /// only 9000..9013 (a transfer code becomes 9010, anything else 9002);
+    /// 1-1 and 1-2 allow the whole 9000..9899 range.
+    pub fn rpc_fault(self, f: &Fault) -> Fault {
+        let code = match (self, f.code) {
+            (CwmpNs::Cwmp10, 9000..=9013) | (CwmpNs::Cwmp11 | CwmpNs::Cwmp12, _) => f.code,
+            (CwmpNs::Cwmp10, 9014..=9020) => 9010,
+            (CwmpNs::Cwmp10, _) => 9002,
+        };
+        let mut out = f.clone();
+        remap_code(&mut out.code, &mut out.string, code);
+        out
+    }
+
+    /// A TransferComplete fault in a form this version's schema allows
+    /// (cwmp-1-0: 0, 9001, 9002, 9010–9012; 1-1 adds 9014–9019 and 9020+;
+    /// 1-2: 9014–9020, 9033+). Another transfer code becomes 9010 Download
+    /// failure (9011 stays for uploads), anything else 9002 Internal error.
+    pub fn transfer_fault(self, f: &TransferFault) -> TransferFault {
+        let allowed = match (self, f.code) {
+            (_, 0 | 9001 | 9002 | 9010..=9012) => true,
+            (CwmpNs::Cwmp10, _) => false,
+            (CwmpNs::Cwmp11, c) => (9014..=9899).contains(&c),
+            (CwmpNs::Cwmp12, c) => (9014..=9020).contains(&c) || (9033..=9899).contains(&c),
+        };
+        let code = if allowed {
+            f.code
+        } else if (9013..=9021).contains(&f.code) {
+            9010
+        } else {
+            9002
+        };
+        let mut out = f.clone();
+        remap_code(&mut out.code, &mut out.string, code);
+        out
+    }
+
     /// Maps a received namespace URI. `cwmp-1-3` and `cwmp-1-4` (emitted by
     /// some agents such as icwmp, but in no schema) are read as 1-2.
     pub fn from_uri(uri: &str) -> Option<CwmpNs> {
@@ -71,6 +118,18 @@ impl CwmpNs {
             _ => None,
         }
     }
+}
+
+/// Replaces a fault code; a standard fault string follows the new code, a
+/// specific one is kept.
+fn remap_code(code: &mut u32, string: &mut String, new: u32) {
+    if *code == new {
+        return;
+    }
+    if fault_string(*code).is_none_or(|s| s == string.as_str()) || string.is_empty() {
+        *string = fault_string(new).unwrap_or("").to_string();
+    }
+    *code = new;
 }
 
 /// A SOAP envelope: the CWMP header elements plus a typed body.
@@ -1251,5 +1310,36 @@ pub(crate) mod tests {
             files.len(),
             "{stderr}"
         );
+    }
+
+    /// Issue #12 (5): faults sent to a cwmp-1-0 / 1-1 ACS stay within that version's schema.
+    #[test]
+    fn fault_codes_per_version() {
+        let tc = |ns: CwmpNs, code: u32| {
+            ns.transfer_fault(&TransferFault {
+                code,
+                string: fault_string(code).unwrap_or("").to_string(),
+            })
+        };
+        assert_eq!(tc(CwmpNs::Cwmp10, 9016).code, 9010);
+        assert_eq!(tc(CwmpNs::Cwmp10, 9016).string, fault_string(9010).unwrap());
+        assert_eq!(tc(CwmpNs::Cwmp10, 9011).code, 9011);
+        assert_eq!(tc(CwmpNs::Cwmp10, 9003).code, 9002);
+        assert_eq!(tc(CwmpNs::Cwmp11, 9016).code, 9016);
+        assert_eq!(tc(CwmpNs::Cwmp11, 9013).code, 9010);
+        assert_eq!(tc(CwmpNs::Cwmp12, 9020).code, 9020);
+        assert_eq!(tc(CwmpNs::Cwmp12, 9021).code, 9010);
+        let custom = TransferFault {
+            code: 9017,
+            string: "short read".into(),
+        };
+        assert_eq!(CwmpNs::Cwmp10.transfer_fault(&custom).string, "short read");
+        assert_eq!(CwmpNs::Cwmp10.rpc_fault(&Fault::new(9021)).code, 9002);
+        assert_eq!(CwmpNs::Cwmp10.rpc_fault(&Fault::new(9013)).code, 9013);
+        assert_eq!(CwmpNs::Cwmp11.rpc_fault(&Fault::new(9021)).code, 9021);
+        assert!(!CwmpNs::Cwmp10.has_cpe_method("GetAllQueuedTransfers"));
+        assert!(CwmpNs::Cwmp11.has_cpe_method("GetAllQueuedTransfers"));
+        assert!(!CwmpNs::Cwmp11.has_cpe_method("ScheduleDownload"));
+        assert!(CwmpNs::Cwmp12.has_cpe_method("CancelTransfer"));
     }
 }

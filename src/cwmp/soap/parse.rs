@@ -98,6 +98,10 @@ pub enum ParseError {
         id: Option<String>,
         reason: String,
     },
+    /// A SOAP header entry with `mustUnderstand="1"` that this side does not
+    /// understand (SOAP 1.1 §4.2.3): answered with a SOAP `MustUnderstand`
+    /// fault, the message is not processed.
+    MustUnderstand { id: Option<String>, header: String },
 }
 
 impl ParseError {
@@ -109,7 +113,8 @@ impl ParseError {
             | ParseError::NotWellFormed { id, .. }
             | ParseError::NotSoap { id, .. }
             | ParseError::UnknownMethod { id, .. }
-            | ParseError::InvalidArguments { id, .. } => id.as_deref(),
+            | ParseError::InvalidArguments { id, .. }
+            | ParseError::MustUnderstand { id, .. } => id.as_deref(),
         }
     }
 
@@ -168,6 +173,9 @@ impl fmt::Display for ParseError {
             ParseError::UnknownMethod { name, .. } => write!(f, "unknown method {name}"),
             ParseError::InvalidArguments { method, reason, .. } => {
                 write!(f, "invalid arguments for {method}: {reason}")
+            }
+            ParseError::MustUnderstand { header, .. } => {
+                write!(f, "header {header} must be understood but is not known")
             }
         }
     }
@@ -233,6 +241,8 @@ struct Elem {
     ns: Ns,
     name: String,
     xsi_type: Option<String>,
+    /// `soap-env:mustUnderstand="1"` (only meaningful on header entries).
+    must_understand: bool,
     /// Text content; only kept while the element has no element children.
     text: String,
     children: Vec<Elem>,
@@ -320,6 +330,7 @@ impl Builder<'_> {
         let name = local.into_inner().to_string();
 
         let mut xsi_type = None;
+        let mut must_understand = false;
         for attr in start.attributes() {
             let attr = attr.map_err(|e| self.nwf(format!("bad attribute: {e}")))?;
             let key = attr.key.0;
@@ -344,6 +355,12 @@ impl Builder<'_> {
                         _ => v.to_string(),
                     });
                 }
+                ResolveResult::Bound(uri)
+                    if uri.into_inner() == SOAP_ENV_NS
+                        && local.into_inner() == "mustUnderstand" =>
+                {
+                    must_understand = parse_bool(&value) == Some(true);
+                }
                 _ => {}
             }
         }
@@ -351,6 +368,7 @@ impl Builder<'_> {
             ns,
             name,
             xsi_type,
+            must_understand,
             text: String::new(),
             children: Vec::new(),
         })
@@ -605,6 +623,21 @@ fn parse_envelope(input: &[u8], limits: &ParseLimits) -> Result<(Envelope<()>, E
     env.id = id.clone();
     let mut header_ns = None;
     for h in header.iter().flat_map(|h| h.children.iter()) {
+        let known = h.is_cwmp_or_unqualified()
+            && matches!(
+                h.name.as_str(),
+                "ID" | "HoldRequests"
+                    | "NoMoreRequests"
+                    | "SessionTimeout"
+                    | "SupportedCWMPVersions"
+                    | "UseCWMPVersion"
+            );
+        if !known && h.must_understand {
+            return Err(ParseError::MustUnderstand {
+                id: id.clone(),
+                header: h.name.clone(),
+            });
+        }
         if !h.is_cwmp_or_unqualified() || !h.children.is_empty() {
             continue;
         }
@@ -695,6 +728,26 @@ impl<'a> Ctx<'a> {
             Some(e) => Ok(self.leaf(e)?.to_string()),
             None => Ok(String::new()),
         }
+    }
+
+    /// A string argument with the schema's `maxLength` facet (in characters): a longer value
+    /// cannot be honoured (a CommandKey the CPE would echo into invalid Informs, a ParameterKey
+    /// it cannot store) and is refused as invalid arguments (9003), nothing applied.
+    fn string_max(&self, parent: &Elem, name: &str, max: usize) -> Result<String, ParseError> {
+        self.max_len(name, self.string(parent, name)?, max)
+    }
+
+    /// [`Self::opt_string`] with the schema's `maxLength` facet.
+    fn opt_string_max(&self, parent: &Elem, name: &str, max: usize) -> Result<String, ParseError> {
+        self.max_len(name, self.opt_string(parent, name)?, max)
+    }
+
+    fn max_len(&self, name: &str, v: String, max: usize) -> Result<String, ParseError> {
+        let n = v.chars().count();
+        if n > max {
+            return Err(self.err(format!("{name} has {n} characters, at most {max} allowed")));
+        }
+        Ok(v)
     }
 
     fn path_text(&self, e: &Elem) -> Result<String, ParseError> {
@@ -873,7 +926,7 @@ fn acs_message(
         },
         "SetParameterValues" => AcsRequest::SetParameterValues {
             list: c.param_values(c.array(m, "ParameterList")?)?,
-            parameter_key: c.opt_string(m, "ParameterKey")?,
+            parameter_key: c.opt_string_max(m, "ParameterKey", 32)?,
         },
         "GetParameterAttributes" => AcsRequest::GetParameterAttributes {
             names: c.paths(c.array(m, "ParameterNames")?)?,
@@ -915,39 +968,39 @@ fn acs_message(
         }
         "AddObject" => AcsRequest::AddObject {
             object_name: c.path(m, "ObjectName")?,
-            parameter_key: c.opt_string(m, "ParameterKey")?,
+            parameter_key: c.opt_string_max(m, "ParameterKey", 32)?,
         },
         "DeleteObject" => AcsRequest::DeleteObject {
             object_name: c.path(m, "ObjectName")?,
-            parameter_key: c.opt_string(m, "ParameterKey")?,
+            parameter_key: c.opt_string_max(m, "ParameterKey", 32)?,
         },
         "Reboot" => AcsRequest::Reboot {
-            command_key: c.opt_string(m, "CommandKey")?,
+            command_key: c.opt_string_max(m, "CommandKey", 32)?,
         },
         "FactoryReset" => AcsRequest::FactoryReset,
         "Download" => AcsRequest::Download(Download {
-            command_key: c.opt_string(m, "CommandKey")?,
-            file_type: c.string(m, "FileType")?,
-            url: c.string(m, "URL")?,
-            username: c.opt_string(m, "Username")?,
-            password: c.opt_string(m, "Password")?,
+            command_key: c.opt_string_max(m, "CommandKey", 32)?,
+            file_type: c.string_max(m, "FileType", 64)?,
+            url: c.string_max(m, "URL", 256)?,
+            username: c.opt_string_max(m, "Username", 256)?,
+            password: c.opt_string_max(m, "Password", 256)?,
             file_size: c.opt_u32(m, "FileSize", 0)?,
-            target_file_name: c.opt_string(m, "TargetFileName")?,
+            target_file_name: c.opt_string_max(m, "TargetFileName", 256)?,
             delay_seconds: c.opt_u32(m, "DelaySeconds", 0)?,
-            success_url: c.opt_string(m, "SuccessURL")?,
-            failure_url: c.opt_string(m, "FailureURL")?,
+            success_url: c.opt_string_max(m, "SuccessURL", 256)?,
+            failure_url: c.opt_string_max(m, "FailureURL", 256)?,
         }),
         "Upload" => AcsRequest::Upload(Upload {
-            command_key: c.opt_string(m, "CommandKey")?,
-            file_type: c.string(m, "FileType")?,
-            url: c.string(m, "URL")?,
-            username: c.opt_string(m, "Username")?,
-            password: c.opt_string(m, "Password")?,
+            command_key: c.opt_string_max(m, "CommandKey", 32)?,
+            file_type: c.string_max(m, "FileType", 64)?,
+            url: c.string_max(m, "URL", 256)?,
+            username: c.opt_string_max(m, "Username", 256)?,
+            password: c.opt_string_max(m, "Password", 256)?,
             delay_seconds: c.opt_u32(m, "DelaySeconds", 0)?,
         }),
         "ScheduleInform" => AcsRequest::ScheduleInform {
             delay_seconds: c.u32(m, "DelaySeconds")?,
-            command_key: c.opt_string(m, "CommandKey")?,
+            command_key: c.opt_string_max(m, "CommandKey", 32)?,
         },
         "ScheduleDownload" => {
             let mut time_windows = Vec::new();
@@ -955,8 +1008,8 @@ fn acs_message(
                 time_windows.push(TimeWindow {
                     window_start: c.u32(w, "WindowStart")?,
                     window_end: c.u32(w, "WindowEnd")?,
-                    window_mode: c.string(w, "WindowMode")?,
-                    user_message: c.opt_string(w, "UserMessage")?,
+                    window_mode: c.string_max(w, "WindowMode", 64)?,
+                    user_message: c.opt_string_max(w, "UserMessage", 256)?,
                     max_retries: match w.child("MaxRetries") {
                         Some(e) => c.number(e)?,
                         None => 0,
@@ -964,20 +1017,20 @@ fn acs_message(
                 });
             }
             AcsRequest::ScheduleDownload(ScheduleDownload {
-                command_key: c.opt_string(m, "CommandKey")?,
-                file_type: c.string(m, "FileType")?,
-                url: c.string(m, "URL")?,
-                username: c.opt_string(m, "Username")?,
-                password: c.opt_string(m, "Password")?,
+                command_key: c.opt_string_max(m, "CommandKey", 32)?,
+                file_type: c.string_max(m, "FileType", 64)?,
+                url: c.string_max(m, "URL", 256)?,
+                username: c.opt_string_max(m, "Username", 256)?,
+                password: c.opt_string_max(m, "Password", 256)?,
                 file_size: c.opt_u32(m, "FileSize", 0)?,
-                target_file_name: c.opt_string(m, "TargetFileName")?,
+                target_file_name: c.opt_string_max(m, "TargetFileName", 256)?,
                 time_windows,
             })
         }
         "GetQueuedTransfers" => AcsRequest::GetQueuedTransfers,
         "GetAllQueuedTransfers" => AcsRequest::GetAllQueuedTransfers,
         "CancelTransfer" => AcsRequest::CancelTransfer {
-            command_key: c.opt_string(m, "CommandKey")?,
+            command_key: c.opt_string_max(m, "CommandKey", 32)?,
         },
         _ => return Err(unknown(m, id)),
     };
@@ -1927,13 +1980,17 @@ mod tests {
         );
         // Default value limit: 64 KiB (counted after entity decoding).
         let v = "&amp;".repeat(64 * 1024);
-        let ok = req(&format!(
-            "<cwmp:Reboot><CommandKey>{v}</CommandKey></cwmp:Reboot>"
-        ));
+        // (A parameter value: it has no schema facet of its own.)
+        let spv = |v: &str| {
+            req(&format!(
+                "<cwmp:SetParameterValues><ParameterList><ParameterValueStruct><Name>Device.A</Name>\
+                 <Value>{v}</Value></ParameterValueStruct></ParameterList>\
+                 <ParameterKey></ParameterKey></cwmp:SetParameterValues>"
+            ))
+        };
+        let ok = spv(&v);
         assert!(parse_acs_message(ok.as_bytes()).is_ok());
-        let too_big = req(&format!(
-            "<cwmp:Reboot><CommandKey>{v}x</CommandKey></cwmp:Reboot>"
-        ));
+        let too_big = spv(&format!("{v}x"));
         assert!(matches!(
             parse_acs_message(too_big.as_bytes()),
             Err(ParseError::TooLarge { .. })
@@ -2119,5 +2176,52 @@ mod tests {
             ok_acs * 50 > iters && ok_cpe * 50 > iters,
             "{ok_acs} {ok_cpe}"
         );
+    }
+
+    /// Issue #12 (4): string arguments longer than the schema's maxLength are invalid
+    /// arguments (9003), never accepted and echoed into schema-invalid messages.
+    #[test]
+    fn schema_facets_of_string_arguments() {
+        let k33 = "k".repeat(33);
+        let k32 = "k".repeat(32);
+        for body in [
+            format!("<cwmp:Reboot><CommandKey>{k33}</CommandKey></cwmp:Reboot>"),
+            format!(
+                "<cwmp:ScheduleInform><DelaySeconds>5</DelaySeconds><CommandKey>{k33}</CommandKey></cwmp:ScheduleInform>"
+            ),
+            format!(
+                "<cwmp:AddObject><ObjectName>Device.X.</ObjectName><ParameterKey>{k33}</ParameterKey></cwmp:AddObject>"
+            ),
+            format!(
+                "<cwmp:Download><CommandKey>a</CommandKey><FileType>{}</FileType><URL>http://x/</URL></cwmp:Download>",
+                "f".repeat(65)
+            ),
+        ] {
+            let e = parse_acs_message(req(&body).as_bytes()).unwrap_err();
+            assert_eq!(e.cpe_fault().map(|f| f.code), Some(9003), "{body}: {e:?}");
+        }
+        let ok = req(&format!(
+            "<cwmp:Reboot><CommandKey>{k32}</CommandKey></cwmp:Reboot>"
+        ));
+        assert!(parse_acs_message(ok.as_bytes()).is_ok());
+    }
+
+    /// Issue #12 (17): an unknown header with mustUnderstand="1" is not ignored (SOAP 1.1
+    /// §4.2.3); one with mustUnderstand="0" is.
+    #[test]
+    fn unknown_mandatory_header_is_refused() {
+        let msg = |mu: &str| {
+            format!(
+                "{ENV_OPEN}<soap-env:Header><cwmp:ID soap-env:mustUnderstand=\"1\">h1</cwmp:ID>\
+                 <x:Billing xmlns:x=\"urn:example\" soap-env:mustUnderstand=\"{mu}\">1</x:Billing>\
+                 </soap-env:Header><soap-env:Body><cwmp:GetRPCMethods/></soap-env:Body></soap-env:Envelope>"
+            )
+        };
+        let e = parse_acs_message(msg("1").as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, ParseError::MustUnderstand { id, header } if id.as_deref() == Some("h1") && header == "Billing"),
+            "{e:?}"
+        );
+        assert!(parse_acs_message(msg("0").as_bytes()).is_ok());
     }
 }
