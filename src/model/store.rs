@@ -208,7 +208,7 @@ impl Store {
                     if !matches!(self.objects.get(&prefix), Some(o) if o.kind == ObjKind::Table) {
                         return Err(format!("{path}: {prefix} is not a table"));
                     }
-                    self.create_instance(&prefix, n)
+                    self.create_instance(&prefix, n, Origin::Internal)
                         .map_err(|f| format!("{path}: {}", f.reason))?;
                 }
             }
@@ -273,7 +273,7 @@ impl Store {
         }
     }
 
-    fn create_instance(&mut self, table: &str, n: u32) -> Result<(), Fault> {
+    fn create_instance(&mut self, table: &str, n: u32, origin: Origin) -> Result<(), Fault> {
         let node = self
             .objects
             .get(table)
@@ -298,7 +298,7 @@ impl Store {
         if *next <= n {
             *next = n + 1;
         }
-        self.update_count(table);
+        self.update_count(table, origin);
         Ok(())
     }
 
@@ -323,7 +323,9 @@ impl Store {
         v
     }
 
-    fn update_count(&mut self, table: &str) {
+    /// Updates the table's `…NumberOfEntries`; `origin` is the one of the change that added or
+    /// removed the instance (an ACS's own AddObject is not notified back to it).
+    fn update_count(&mut self, table: &str, origin: Origin) {
         let Some(node) = self.objects.get(table) else {
             return;
         };
@@ -334,7 +336,7 @@ impl Store {
         let parent = &table[..table[..table.len() - 1].rfind('.').map_or(0, |i| i + 1)];
         let count = self.instance_numbers(table).len().to_string();
         let path = format!("{parent}{name}");
-        self.write_value(&path, count, Origin::Internal);
+        self.write_value(&path, count, origin);
     }
 
     pub fn schema(&self) -> &Schema {
@@ -676,12 +678,24 @@ impl Store {
 
     /// Writes a value the agent or a provider reports (no access check, but type-checked).
     pub fn set_internal(&mut self, path: &str, value: &str) -> Result<bool, Fault> {
+        self.set_unchecked(path, value, Origin::Internal)
+    }
+
+    /// Writes a value without the access check (type-checked), on behalf of `origin`: the
+    /// agent's bookkeeping of an ACS request (ParameterKey) is the ACS's own change and is not
+    /// notified back to it.
+    pub fn set_unchecked(
+        &mut self,
+        path: &str,
+        value: &str,
+        origin: Origin,
+    ) -> Result<bool, Fault> {
         let node = self
             .params
             .get(path)
             .ok_or_else(|| Fault::new(9005, format!("no parameter {path}")))?;
         let v = self.schema.params[node.def].syntax.validate(value)?;
-        Ok(self.write_value(path, v, Origin::Internal))
+        Ok(self.write_value(path, v, origin))
     }
 
     /// Stores a value; records a notification when it changed and the origin is not the ACS.
@@ -800,7 +814,7 @@ impl Store {
         if n == u32::MAX {
             return Err(Fault::new(9004, "instance numbers exhausted"));
         }
-        self.create_instance(table, n)?;
+        self.create_instance(table, n, origin)?;
         self.dirty = true;
         Ok(n)
     }
@@ -851,7 +865,7 @@ impl Store {
             self.changed.remove(&k);
         }
         self.next_instance.retain(|k, _| !k.starts_with(inst));
-        self.update_count(&table);
+        self.update_count(&table, origin);
         self.dirty = true;
         Ok(())
     }
@@ -869,30 +883,54 @@ impl Store {
     }
 
     /// SetParameterAttributes: all or nothing.
+    ///
+    /// Notification 3–6 (lightweight notifications) is refused with 9003: not implemented.
+    /// A parameter whose Notification cannot take the requested value (forceEnabled: always
+    /// active; canDeny: active refused) gives 9009 when named by its full path; under a partial
+    /// path it keeps its own attribute and the others below are set (TR-069 A.3.2.4: a partial
+    /// path applies the attributes to the parameters below it; one that cannot take them is not
+    /// a reason to refuse the whole subtree).
     pub fn set_attributes(&mut self, list: &[AttrSet]) -> Result<(), Fault> {
+        struct Plan {
+            notify: Vec<String>,
+            notification: Option<u8>,
+            all: Vec<String>,
+            access_list: Option<Vec<String>>,
+        }
         let mut plan = Vec::new();
         for a in list {
-            let paths = self.expand(&a.name)?;
+            let all = self.expand(&a.name)?;
+            let partial = a.name.is_empty() || a.name.ends_with('.');
+            let mut notify = Vec::new();
             if let Some(n) = a.notification {
-                if n > 6 {
-                    return Err(Fault::new(9007, format!("notification {n} is not 0..6")));
+                if n > 2 {
+                    return Err(Fault::new(
+                        9003,
+                        format!("notification {n} (lightweight) is not supported"),
+                    ));
                 }
-                for p in &paths {
+                for p in &all {
                     let def = &self.schema.params[self.params[p].def];
-                    match def.active_notify {
-                        ActiveNotify::ForceEnabled if n != 2 => {
-                            return Err(Fault::new(
-                                9009,
-                                format!("{p} always has active notification"),
-                            ));
-                        }
-                        ActiveNotify::CanDeny if n == 2 || n >= 5 => {
+                    let refused = match def.active_notify {
+                        ActiveNotify::ForceEnabled => n != 2,
+                        ActiveNotify::CanDeny => n == 2,
+                        _ => false,
+                    };
+                    match (refused, partial) {
+                        (false, _) => notify.push(p.clone()),
+                        (true, true) => {}
+                        (true, false) if n == 2 => {
                             return Err(Fault::new(
                                 9009,
                                 format!("active notification refused for {p}"),
                             ));
                         }
-                        _ => {}
+                        (true, false) => {
+                            return Err(Fault::new(
+                                9009,
+                                format!("{p} always has active notification"),
+                            ));
+                        }
                     }
                 }
             }
@@ -904,21 +942,57 @@ impl Store {
                     format!("access list entry {bad:?} is not Subscriber"),
                 ));
             }
-            plan.push((paths, a.notification, a.access_list.clone()));
+            plan.push(Plan {
+                notify,
+                notification: a.notification,
+                all,
+                access_list: a.access_list.clone(),
+            });
         }
-        for (paths, n, al) in plan {
-            for p in paths {
-                let node = self.params.get_mut(&p).expect("expanded");
-                if let Some(n) = n {
-                    node.notification = n;
+        for p in plan {
+            if let Some(n) = p.notification {
+                for path in &p.notify {
+                    self.params.get_mut(path).expect("expanded").notification = n;
                 }
-                if let Some(al) = &al {
-                    node.subscriber = !al.is_empty();
+            }
+            if let Some(al) = &p.access_list {
+                for path in &p.all {
+                    self.params.get_mut(path).expect("expanded").subscriber = !al.is_empty();
                 }
             }
         }
         self.dirty = true;
         Ok(())
+    }
+
+    /// The parameters a name with instance wildcards names (`*` in place of an instance
+    /// number, as InformParameter.ParameterName allows); a partial path (ending in `.`) names
+    /// every parameter below. Unknown names give nothing.
+    pub fn expand_pattern(&self, pattern: &str) -> Vec<String> {
+        let Some(star) = pattern.find('*') else {
+            return self.expand(pattern).unwrap_or_default();
+        };
+        let prefix = &pattern[..star];
+        if !prefix.ends_with('.') {
+            return Vec::new();
+        }
+        let want: Vec<&str> = pattern.split('.').collect();
+        let partial = pattern.ends_with('.');
+        let matches = |path: &str| {
+            let got: Vec<&str> = path.split('.').collect();
+            let n = if partial { want.len() - 1 } else { want.len() };
+            if got.len() < n || (!partial && got.len() != n) {
+                return false;
+            }
+            want[..n].iter().zip(&got).all(|(w, g)| {
+                *w == *g || (*w == "*" && !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+            })
+        };
+        self.expand(prefix)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| matches(p))
+            .collect()
     }
 
     /// Parameters that changed since the last delivered Inform, with their current values.
@@ -1068,7 +1142,7 @@ impl Store {
             }
             for n in live {
                 if !have.contains(n)
-                    && let Err(f) = self.create_instance(table, *n)
+                    && let Err(f) = self.create_instance(table, *n, Origin::Internal)
                 {
                     warnings.push(format!("cannot restore {table}{n}.: {}", f.reason));
                 }

@@ -210,9 +210,13 @@ impl Syntax {
                 }
                 Ok(value.to_string())
             }
+            // Case-insensitive, as NextLevel and the other SOAP booleans are read (real ACSs
+            // send `TRUE` / `False`); stored in the canonical lower-case form.
             BaseType::Boolean => match value.trim() {
-                "true" | "1" => Ok("true".into()),
-                "false" | "0" => Ok("false".into()),
+                "1" => Ok("true".into()),
+                "0" => Ok("false".into()),
+                v if v.eq_ignore_ascii_case("true") => Ok("true".into()),
+                v if v.eq_ignore_ascii_case("false") => Ok("false".into()),
                 _ => Err(Fault::new(9006, "not a boolean")),
             },
             BaseType::Int | BaseType::UnsignedInt | BaseType::Long | BaseType::UnsignedLong => {
@@ -365,6 +369,9 @@ mod tests {
         let s = syn(BaseType::Boolean);
         assert_eq!(s.validate("1").unwrap(), "true");
         assert_eq!(s.validate("false").unwrap(), "false");
+        // Issue #12 (17): real ACSs send TRUE / False.
+        assert_eq!(s.validate("TRUE").unwrap(), "true");
+        assert_eq!(s.validate("False").unwrap(), "false");
         assert_eq!(s.validate("yes").unwrap_err().code, 9006);
     }
 
