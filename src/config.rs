@@ -72,6 +72,11 @@ pub struct AcsSection {
     pub insecure_skip_verify: bool,
     /// Seconds to wait for each ACS response.
     pub response_timeout: u64,
+    /// Answer an ACS that offers only Basic authentication over plain `http://`, which sends
+    /// ManagementServer.Password in clear (and which an on-path attacker can force by
+    /// stripping the Digest challenge). Default `false`: such a session fails, naming this
+    /// key. Basic over `https://` and Digest over either are always allowed.
+    pub allow_basic_over_http: bool,
 }
 
 impl Default for AcsSection {
@@ -82,6 +87,7 @@ impl Default for AcsSection {
             client_key: None,
             insecure_skip_verify: false,
             response_timeout: 30,
+            allow_basic_over_http: false,
         }
     }
 }
@@ -134,6 +140,10 @@ pub struct XmppSection {
 pub struct ActionsSection {
     pub reboot: Vec<String>,
     pub factory_reset: Vec<String>,
+    /// Seconds to wait for the box to go down after the reboot or factory-reset command was
+    /// started; no session is opened meanwhile. Still running after it: logged, and the agent
+    /// goes on (the pending `M Reboot` then goes out without `1 BOOT`). Default 300.
+    pub reboot_grace: Option<u64>,
     /// Installs a firmware image: `["/usr/sbin/sysupgrade", "{file}"]`.
     pub firmware_install: Vec<String>,
     /// Applies a vendor configuration file.
@@ -142,6 +152,11 @@ pub struct ActionsSection {
     pub config_export: Vec<String>,
     /// Writes the log file to upload to `{file}`.
     pub log_export: Vec<String>,
+    /// Decides, at the first start after a firmware install that restarted the agent, whether
+    /// the install took effect: exit status 0 = success; otherwise failure, the first line of
+    /// stdout giving the fault (`9018 why`, or just `why` for 9010). Without it the agent
+    /// compares `Device.DeviceInfo.SoftwareVersion` before and after. See src/cwmp/transfer.rs.
+    pub install_result: Vec<String>,
     /// Directory where downloads are staged.
     pub download_dir: Option<PathBuf>,
     /// Largest download accepted, in bytes.

@@ -323,8 +323,10 @@ fn basic_handler() -> Handler {
 
 #[tokio::test(flavor = "current_thread")]
 async fn basic_auth() {
+    // Basic over plain http only when the configuration allows it (allow_basic_over_http).
     let srv = serve(basic_handler(), None).await;
     let mut c = client(&srv.url("/"), "cpe", "pa:ss");
+    c.set_allow_basic_over_http(true);
     assert_eq!(c.post(b"<i/>".to_vec()).await.unwrap().status, 200);
     assert_eq!(c.post(Vec::new()).await.unwrap().status, 200);
     // 401, retry, then pre-emptive credentials.
@@ -332,6 +334,7 @@ async fn basic_auth() {
     assert_eq!(srv.conns(), 1);
 
     let mut c = client(&srv.url("/"), "cpe", "nope");
+    c.set_allow_basic_over_http(true);
     assert_eq!(
         c.post(b"<i/>".to_vec()).await.unwrap_err(),
         AcsError::AuthFailed
@@ -763,4 +766,574 @@ async fn https_client_certificate() {
         AcsClient::new(&url, "", "", &tls, T),
         Err(AcsError::Tls(_))
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Compressed responses (Content-Encoding)
+// ---------------------------------------------------------------------------
+
+const ENVELOPE: &str = "<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+    xmlns:cwmp=\"urn:dslforum-org:cwmp-1-2\"><soap:Header><cwmp:ID soap:mustUnderstand=\"1\">1\
+    </cwmp:ID></soap:Header><soap:Body><cwmp:InformResponse><MaxEnvelopes>1</MaxEnvelopes>\
+    </cwmp:InformResponse></soap:Body></soap:Envelope>";
+
+/// `data` compressed as `coding`: gzip, zlib (`deflate` as RFC 9110 means it) or raw deflate.
+fn compress(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let level = flate2::Compression::fast();
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "zlib" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "raw" => {
+            let mut e = flate2::write::DeflateEncoder::new(Vec::new(), level);
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        _ => panic!("{coding}"),
+    }
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn bytes_resp(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+/// An ACS that answers in the encoding of the request, as GenieACS does: a gzip request
+/// gets a gzip answer. It checks that the request body really was gzip.
+#[tokio::test(flavor = "current_thread")]
+async fn gzip_answer_to_a_gzip_request_is_decoded() {
+    let srv = serve(
+        Arc::new(|s| {
+            if hdr(s, "content-encoding") == Some("gzip") {
+                assert_eq!(gunzip(&s.body), b"<inform/>");
+                with(
+                    bytes_resp(200, compress("gzip", ENVELOPE.as_bytes())),
+                    "content-encoding",
+                    "gzip",
+                )
+            } else {
+                resp(200, ENVELOPE)
+            }
+        }),
+        None,
+    )
+    .await;
+    let mut c = client(&srv.url("/acs"), "", "");
+    c.set_gzip(true);
+    let r = c.post(b"<inform/>".to_vec()).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8_lossy(&r.body), ENVELOPE);
+    // The empty POST is not compressed; its answer is identity here.
+    let r = c.post(Vec::new()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), ENVELOPE);
+    let seen = srv.seen();
+    assert_eq!(hdr(&seen[0], "content-encoding"), Some("gzip"));
+    assert_eq!(hdr(&seen[1], "content-encoding"), None);
+    // With compression on, every request says that a gzip answer is welcome.
+    assert!(
+        seen.iter()
+            .all(|s| hdr(s, "accept-encoding") == Some("gzip"))
+    );
+    assert_eq!(srv.conns(), 1);
+}
+
+/// Every coding the client accepts is decoded whether or not the request was compressed:
+/// gzip, x-gzip, deflate as zlib (RFC 9110) and deflate as raw deflate (some servers), in
+/// any letter case; identity is a no-op.
+#[tokio::test(flavor = "current_thread")]
+async fn every_supported_content_coding_is_decoded() {
+    let srv = serve(
+        Arc::new(|s| {
+            let (header, coding) = match s.path.as_str() {
+                "/gzip" => ("gzip", "gzip"),
+                "/x-gzip" => ("x-gzip", "gzip"),
+                "/upper" => ("GZip", "gzip"),
+                "/zlib" => ("deflate", "zlib"),
+                "/raw" => ("deflate", "raw"),
+                "/identity" => {
+                    return with(resp(200, ENVELOPE), "content-encoding", "identity");
+                }
+                _ => return resp(404, ""),
+            };
+            with(
+                bytes_resp(200, compress(coding, ENVELOPE.as_bytes())),
+                "content-encoding",
+                header,
+            )
+        }),
+        None,
+    )
+    .await;
+    for path in ["/gzip", "/x-gzip", "/upper", "/zlib", "/raw", "/identity"] {
+        let mut c = client(&srv.url(path), "", "");
+        let r = c.post(b"<inform/>".to_vec()).await.unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(String::from_utf8_lossy(&r.body), ENVELOPE, "{path}");
+    }
+    // Without compression configured the client does not ask for it.
+    assert!(
+        srv.seen()
+            .iter()
+            .all(|s| hdr(s, "accept-encoding").is_none())
+    );
+}
+
+/// A raw HTTP/1.1 server on loopback that answers every request with `head` and then `body`
+/// sent with chunked transfer coding in chunks of `chunk` bytes, and closes the connection.
+async fn raw_chunked_server(
+    head: &'static str,
+    body: Vec<u8>,
+    chunk: usize,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The request head, then its Content-Length body.
+            let head_end = loop {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                req.extend_from_slice(&buf[..n]);
+                if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let text = String::from_utf8_lossy(&req[..head_end]).to_string();
+            let len: usize = text
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while req.len() < head_end + len {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            let mut out = format!(
+                "HTTP/1.1 {head}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes();
+            for c in body.chunks(chunk) {
+                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                out.extend_from_slice(c);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            for piece in out.chunks(64) {
+                if s.write_all(piece).await.is_err() {
+                    break;
+                }
+                let _ = s.flush().await;
+                tokio::task::yield_now().await;
+            }
+            let _ = s.shutdown().await;
+        }
+    });
+    (addr, task)
+}
+
+/// A compressed body that arrives in many small chunks is decoded as a stream.
+#[tokio::test(flavor = "current_thread")]
+async fn compressed_body_in_small_chunks_is_decoded() {
+    for (header, coding) in [("gzip", "gzip"), ("deflate", "raw"), ("deflate", "zlib")] {
+        let head: &'static str = match header {
+            "gzip" => "200 OK\r\nContent-Encoding: gzip",
+            _ => "200 OK\r\nContent-Encoding: deflate",
+        };
+        let (addr, task) = raw_chunked_server(head, compress(coding, ENVELOPE.as_bytes()), 1).await;
+        let mut c = client(&format!("http://{addr}/acs"), "", "");
+        let r = c.post(b"<inform/>".to_vec()).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&r.body), ENVELOPE, "{coding}");
+        assert!(r.connection_close);
+        task.abort();
+    }
+}
+
+/// A compression bomb: 64 MiB of zeros in about 64 KiB of gzip. The size limit applies to
+/// the decoded body, the POST fails with DecodedTooLarge, and the client (the session) can
+/// go on with a fresh connection.
+#[tokio::test(flavor = "current_thread")]
+async fn compression_bomb_is_refused() {
+    let bomb = Arc::new(compress("gzip", &vec![0u8; 64 * 1024 * 1024]));
+    assert!(bomb.len() < 1024 * 1024);
+    let n = Arc::new(AtomicUsize::new(0));
+    let srv = serve(
+        Arc::new(move |_| {
+            if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                with(bytes_resp(200, bomb.to_vec()), "content-encoding", "gzip")
+            } else {
+                resp(200, ENVELOPE)
+            }
+        }),
+        None,
+    )
+    .await;
+    let mut c = client(&srv.url("/acs"), "", "");
+    c.set_gzip(true);
+    let e = c.post(b"<inform/>".to_vec()).await.unwrap_err();
+    assert_eq!(e, AcsError::DecodedTooLarge);
+    let r = c.post(b"<inform/>".to_vec()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), ENVELOPE);
+    assert_eq!(srv.conns(), 2, "the connection of the bomb is not reused");
+}
+
+/// Just below the limit is fine: a body that decodes to exactly MAX_BODY bytes.
+#[tokio::test(flavor = "current_thread")]
+async fn compressed_body_of_exactly_the_limit_is_accepted() {
+    let max = cwmpd::net::acs::MAX_BODY;
+    let body = Arc::new(compress("gzip", &vec![b'x'; max]));
+    let srv = serve(
+        Arc::new(move |_| with(bytes_resp(200, body.to_vec()), "content-encoding", "gzip")),
+        None,
+    )
+    .await;
+    let mut c = client(&srv.url("/acs"), "", "");
+    let r = c.post(Vec::new()).await.unwrap();
+    assert_eq!(r.body.len(), max);
+    assert!(r.body.iter().all(|&b| b == b'x'));
+}
+
+/// An unknown coding, a corrupt or truncated compressed body: a clear error, no garbage
+/// handed to the XML parser. An empty body is empty whatever its Content-Encoding.
+#[tokio::test(flavor = "current_thread")]
+async fn unknown_or_broken_content_coding_is_an_error() {
+    let gz = compress("gzip", ENVELOPE.as_bytes());
+    let truncated = gz[..gz.len() - 6].to_vec();
+    let mut corrupt = gz.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x55;
+    let srv = serve(
+        Arc::new(move |s| match s.path.as_str() {
+            "/br" => with(resp(200, "\u{1b}abc"), "content-encoding", "br"),
+            "/stacked" => with(
+                bytes_resp(200, compress("gzip", &compress("gzip", b"x"))),
+                "content-encoding",
+                "gzip, gzip",
+            ),
+            "/notgzip" => with(resp(200, ENVELOPE), "content-encoding", "gzip"),
+            "/truncated" => with(
+                bytes_resp(200, truncated.clone()),
+                "content-encoding",
+                "gzip",
+            ),
+            "/corrupt" => with(bytes_resp(200, corrupt.clone()), "content-encoding", "gzip"),
+            "/trailing" => {
+                let mut b = gz.clone();
+                b.extend_from_slice(b"junk");
+                with(bytes_resp(200, b), "content-encoding", "gzip")
+            }
+            "/empty" => with(resp(204, ""), "content-encoding", "gzip"),
+            _ => resp(404, ""),
+        }),
+        None,
+    )
+    .await;
+    for path in [
+        "/br",
+        "/stacked",
+        "/notgzip",
+        "/truncated",
+        "/corrupt",
+        "/trailing",
+    ] {
+        let mut c = client(&srv.url(path), "", "");
+        let e = c.post(b"<inform/>".to_vec()).await.unwrap_err();
+        assert!(matches!(e, AcsError::Encoding(_)), "{path}: {e:?}");
+    }
+    let mut c = client(&srv.url("/br"), "", "");
+    let e = c.post(Vec::new()).await.unwrap_err();
+    assert!(e.to_string().contains("br"), "{e}");
+    let mut c = client(&srv.url("/empty"), "", "");
+    let r = c.post(Vec::new()).await.unwrap();
+    assert_eq!((r.status, r.body.len()), (204, 0));
+}
+
+/// File downloads decode a Content-Encoding too: the file written is the decoded content,
+/// FileSize is compared with the decoded size, and max_download bounds the decoded size.
+#[tokio::test(flavor = "current_thread")]
+async fn download_decodes_content_encoding() {
+    use cwmpd::net::files::{Target, download};
+    let content: Arc<Vec<u8>> = Arc::new(
+        (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect(),
+    );
+    let c2 = content.clone();
+    let bomb = Arc::new(compress("gzip", &vec![0u8; 32 * 1024 * 1024]));
+    let srv = serve(
+        Arc::new(move |s| match s.path.as_str() {
+            "/fw.bin" => with(
+                bytes_resp(200, compress("gzip", &c2)),
+                "content-encoding",
+                "gzip",
+            ),
+            "/fw.deflate" => with(
+                bytes_resp(200, compress("raw", &c2)),
+                "content-encoding",
+                "deflate",
+            ),
+            "/bomb" => with(bytes_resp(200, bomb.to_vec()), "content-encoding", "gzip"),
+            "/br" => with(resp(200, "abc"), "content-encoding", "br"),
+            _ => resp(404, ""),
+        }),
+        None,
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("cwmpd-acs-dl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = |path: &str| Target {
+        url: srv.url(path),
+        username: String::new(),
+        password: String::new(),
+        tls: TlsSettings::default(),
+        idle_timeout: T,
+    };
+    let len = content.len() as u64;
+    for path in ["/fw.bin", "/fw.deflate"] {
+        let dest = dir.join("fw");
+        // With the FileSize the ACS announced, and without.
+        for file_size in [len, 0] {
+            let n = download(&target(path), &dest, 1 << 30, file_size)
+                .await
+                .unwrap_or_else(|f| panic!("{path}: {f}"));
+            assert_eq!(n, len);
+            assert_eq!(std::fs::read(&dest).unwrap(), *content, "{path}");
+        }
+        // A FileSize that is the compressed size is a mismatch.
+        let f = download(&target(path), &dest, 1 << 30, len / 3)
+            .await
+            .unwrap_err();
+        assert_eq!(f.code, 9017);
+        assert!(!dest.exists());
+    }
+    // max_download bounds the decoded size.
+    let dest = dir.join("bomb");
+    let f = download(&target("/bomb"), &dest, 1024 * 1024, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(f.code, 9017, "{f}");
+    assert!(!dest.exists());
+    let f = download(&target("/fw.bin"), &dest, len - 1, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(f.code, 9017, "{f}");
+    // An unknown coding is a failed download, nothing left behind.
+    let f = download(&target("/br"), &dest, 1 << 30, 0)
+        .await
+        .unwrap_err();
+    assert!(f.msg.contains("br"), "{f}");
+    assert!(!dest.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------
+// Basic authentication and plain http
+// ---------------------------------------------------------------------------
+
+/// An ACS (or an on-path attacker that stripped Digest) offering only Basic over plain
+/// http: the password is never sent unless allow_basic_over_http says so.
+#[tokio::test(flavor = "current_thread")]
+async fn basic_over_plain_http_is_refused_by_default() {
+    let srv = serve(basic_handler(), None).await;
+    let mut c = client(&srv.url("/"), "cpe", "pa:ss");
+    let e = c.post(b"<i/>".to_vec()).await.unwrap_err();
+    assert_eq!(e, AcsError::BasicOverHttp);
+    assert!(e.to_string().contains("allow_basic_over_http"), "{e}");
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen.iter().all(|s| hdr(s, "authorization").is_none()));
+
+    // A Digest challenge the client cannot answer plus Basic is the same downgrade.
+    let srv2 = serve(
+        Arc::new(|s| {
+            if hdr(s, "authorization").is_some() {
+                resp(200, "leaked")
+            } else {
+                with(
+                    resp(401, ""),
+                    "www-authenticate",
+                    "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512-256, Basic realm=\"x\"",
+                )
+            }
+        }),
+        None,
+    )
+    .await;
+    let mut c = client(&srv2.url("/"), "cpe", "pa:ss");
+    assert_eq!(
+        c.post(b"<i/>".to_vec()).await.unwrap_err(),
+        AcsError::BasicOverHttp
+    );
+    assert!(
+        srv2.seen()
+            .iter()
+            .all(|s| hdr(s, "authorization").is_none())
+    );
+}
+
+/// Basic over https stays allowed (the password is protected by TLS); a redirect from the
+/// https ACS to a plain-http URL that asks for Basic again is refused.
+#[tokio::test(flavor = "current_thread")]
+async fn basic_over_https_is_allowed() {
+    let Some(pki) = make_pki() else {
+        println!("SKIPPED basic_over_https_is_allowed: the `openssl` command is not installed");
+        return;
+    };
+    let srv = serve(basic_handler(), Some(tls_acceptor(&pki))).await;
+    let url = format!("https://127.0.0.1:{}/acs", srv.addr.port());
+    let tls = TlsSettings {
+        ca_file: Some(pki.dir.join("ca.pem")),
+        ..TlsSettings::default()
+    };
+    let mut c = AcsClient::new(&url, "cpe", "pa:ss", &tls, T).unwrap();
+    let r = c.post(b"<i/>".to_vec()).await.unwrap();
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(srv.seen().len(), 2);
+
+    // https (Basic accepted) redirecting to http (Basic asked again): refused there.
+    let plain = serve(basic_handler(), None).await;
+    let plain_url = plain.url("/acs");
+    let tls_srv = serve(
+        Arc::new(move |s| {
+            if hdr(s, "authorization") == Some("Basic Y3BlOnBhOnNz") {
+                with(resp(307, ""), "location", &plain_url)
+            } else {
+                with(resp(401, ""), "www-authenticate", "Basic realm=\"x\"")
+            }
+        }),
+        Some(tls_acceptor(&pki)),
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}/acs", tls_srv.addr.port());
+    let mut c = AcsClient::new(&url, "cpe", "pa:ss", &tls, T).unwrap();
+    assert_eq!(
+        c.post(b"<i/>".to_vec()).await.unwrap_err(),
+        AcsError::BasicOverHttp
+    );
+    assert!(
+        plain
+            .seen()
+            .iter()
+            .all(|s| hdr(s, "authorization").is_none())
+    );
+}
+
+#[test]
+fn allow_basic_over_http_config_key() {
+    use cwmpd::config::Config;
+    let p = Path::new("/etc/cwmpd/cwmpd.toml");
+    assert!(!Config::parse("", p).unwrap().acs.allow_basic_over_http);
+    let c = Config::parse("[acs]\nallow_basic_over_http = true\n", p).unwrap();
+    assert!(c.acs.allow_basic_over_http);
+    assert!(Config::parse("[acs]\nallow_basic_over_http = \"yes\"\n", p).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Cookies by origin
+// ---------------------------------------------------------------------------
+
+/// A cookie set by one origin (scheme, host, port) is never sent to another: not after a
+/// redirect to another port, not after a redirect to another host name of the same server.
+/// Cookies of the new origin are kept for it, and Path is still honoured.
+#[tokio::test(flavor = "current_thread")]
+async fn cookies_stay_with_their_origin() {
+    // B: another port on the same host.
+    let b = serve(
+        Arc::new(|s| {
+            if hdr(s, "cookie").is_none() {
+                with(resp(200, "b"), "set-cookie", "bsess=2; Path=/")
+            } else {
+                resp(200, "b")
+            }
+        }),
+        None,
+    )
+    .await;
+    let b_url = b.url("/acs");
+    // A: sets its session cookie on the Inform, redirects the next POST to B.
+    let a = serve(
+        Arc::new(move |s| {
+            if hdr(s, "cookie").is_none() {
+                with(resp(200, "a"), "set-cookie", "session=A1; Path=/")
+            } else {
+                with(resp(307, ""), "location", &b_url)
+            }
+        }),
+        None,
+    )
+    .await;
+    let mut c = client(&a.url("/acs"), "", "");
+    c.post(b"<inform/>".to_vec()).await.unwrap();
+    let r = c.post(Vec::new()).await.unwrap();
+    assert_eq!(&r.body[..], b"b");
+    c.post(b"<r/>".to_vec()).await.unwrap();
+    let seen_a = a.seen();
+    assert_eq!(hdr(&seen_a[0], "cookie"), None);
+    assert_eq!(hdr(&seen_a[1], "cookie"), Some("session=A1"));
+    let seen_b = b.seen();
+    assert_eq!(seen_b.len(), 2);
+    assert_eq!(hdr(&seen_b[0], "cookie"), None, "A's cookie leaked to B");
+    assert_eq!(hdr(&seen_b[1], "cookie"), Some("bsess=2"));
+
+    // The same server under another host name is another origin.
+    let srv = serve(
+        Arc::new(|s| {
+            let host = hdr(s, "host").unwrap().to_string();
+            match (s.path.as_str(), hdr(s, "cookie")) {
+                ("/acs", None) => with(resp(200, "first"), "set-cookie", "session=X; Path=/"),
+                ("/acs", Some(_)) => {
+                    let port = host.rsplit(':').next().unwrap();
+                    with(
+                        resp(302, ""),
+                        "location",
+                        &format!("http://localhost:{port}/moved"),
+                    )
+                }
+                _ => resp(200, "moved"),
+            }
+        }),
+        None,
+    )
+    .await;
+    let mut c = client(&srv.url("/acs"), "", "");
+    c.post(b"<inform/>".to_vec()).await.unwrap();
+    let r = c.post(Vec::new()).await.unwrap();
+    assert_eq!(&r.body[..], b"moved");
+    let seen = srv.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].path, "/moved");
+    assert_eq!(
+        hdr(&seen[2], "cookie"),
+        None,
+        "127.0.0.1's cookie sent to localhost"
+    );
 }

@@ -50,6 +50,8 @@ fn client(url: &str, user: &str, pass: &str) -> AcsClient {
 /// Inform → InformResponse → empty POST → queued GPV → GPV response → 204.
 async fn run_gpv_session(acs_url: &str, user: &str, pass: &str) -> Result<(), AcsError> {
     let mut c = client(acs_url, user, pass);
+    // The test ACS is plain http: Basic there needs the explicit opt-in (issue #12, 14).
+    c.set_allow_basic_over_http(true);
     let r = c
         .post(emit(CpeMessage::Inform(inform()), "inf-1", CwmpNs::Cwmp12))
         .await?;

@@ -1,8 +1,9 @@
 //! File transfers for Download/Upload: an HTTP(S) GET streamed to disk with size checks, and an
 //! HTTP(S) PUT of a file, both with Basic/Digest authentication and redirects.
 //!
-//! Reuses the URL parser, TLS configuration and connection set-up of the ACS client
-//! ([`crate::net::acs`]); every request uses a fresh connection (transfers are rare and long).
+//! Reuses the URL parser, TLS configuration, connection set-up and response decoder
+//! (`Content-Encoding`) of the ACS client ([`crate::net::acs`]); every request uses a fresh
+//! connection (transfers are rare and long).
 //! Failures come back as a [`Fail`] carrying the CWMP fault code for the TransferComplete
 //! (SPEC-NOTES e.11): 9012 authentication, 9015 cannot contact the server, 9016 cannot access
 //! the file, 9017 incomplete/oversized download, 9010/9011 anything else.
@@ -24,7 +25,8 @@ use crate::connreq::digest::{
     DigestChallenge, DigestClient, offers_basic, select_digest_challenge,
 };
 use crate::net::acs::{
-    MAX_REDIRECTS, TlsSettings, Url, base64_encode, build_tls_config, handshake, make_cnonce,
+    BodyDecoder, Coding, DecodeError, MAX_REDIRECTS, TlsSettings, Url, base64_encode,
+    build_tls_config, handshake, make_cnonce,
 };
 
 /// A failed transfer: the CWMP fault code and a human-readable reason (no secrets).
@@ -229,8 +231,11 @@ async fn send(
 
 /// Downloads `t.url` into `dest` (created 0600, replaced). Refuses (fault 9017) a body longer
 /// than `max` bytes, a Content-Length or body that differs from `file_size` when it is non-zero,
-/// and a body shorter than its Content-Length (a truncated transfer). On failure `dest` is
-/// removed. Returns the number of bytes written.
+/// and a body shorter than its Content-Length (a truncated transfer). A body with a
+/// `Content-Encoding` (gzip, x-gzip, deflate) is decoded as it arrives: the file is the decoded
+/// content, `max` and `file_size` apply to it (checked while decoding), a corrupt or truncated
+/// encoding is fault 9017 and an unknown one 9010. On failure `dest` is removed. Returns the
+/// number of bytes written.
 pub async fn download(t: &Target, dest: &Path, max: u64, file_size: u64) -> Result<u64, Fail> {
     let r = download_inner(t, dest, max, file_size).await;
     if r.is_err() {
@@ -252,7 +257,19 @@ async fn download_inner(t: &Target, dest: &Path, max: u64, file_size: u64) -> Re
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(cl) = content_length {
+    // A Content-Encoding is undone: the file is the decoded content, and max_download and
+    // FileSize apply to it (Content-Length then counts the encoded bytes).
+    let coding = Coding::from_field(
+        resp.headers()
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("(not ASCII)")),
+    )
+    .map_err(|e| Fail::new(9010, format!("file server: {e}")))?;
+    let encoded = coding != Coding::Identity;
+    if let Some(cl) = content_length
+        && !encoded
+    {
         if cl > max {
             return Err(Fail::new(
                 9017,
@@ -266,6 +283,13 @@ async fn download_inner(t: &Target, dest: &Path, max: u64, file_size: u64) -> Re
             ));
         }
     }
+    // An encoded body may be a little larger than its content (deflate's stored blocks),
+    // never much: this bound also ends an endless stream that decodes to nothing.
+    let max_received = if encoded {
+        max.saturating_add(max / 4096).saturating_add(4096)
+    } else {
+        max
+    };
     let mut f = tokio::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -274,16 +298,25 @@ async fn download_inner(t: &Target, dest: &Path, max: u64, file_size: u64) -> Re
         .open(dest)
         .await
         .map_err(|e| Fail::new(9010, format!("cannot create {}: {e}", dest.display())))?;
+    let too_large = || Fail::new(9017, format!("download exceeds max_download ({max} bytes)"));
+    let decode_fail = |e: DecodeError| match e {
+        DecodeError::TooLarge => too_large(),
+        DecodeError::Corrupt(why) => Fail::new(9017, format!("{} content: {why}", coding.name())),
+    };
+    let write_fail =
+        |e: std::io::Error| Fail::new(9010, format!("cannot write {}: {e}", dest.display()));
+    let mut decoder = BodyDecoder::new(coding, max);
     let mut body = resp.into_body();
-    let mut total = 0u64;
+    let mut received = 0u64;
+    let mut written = 0u64;
     loop {
         let frame = match tokio::time::timeout(t.idle_timeout, body.frame()).await {
-            Err(_) => return Err(Fail::new(9017, format!("stalled after {total} bytes"))),
+            Err(_) => return Err(Fail::new(9017, format!("stalled after {received} bytes"))),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 return Err(Fail::new(
                     9017,
-                    format!("connection broke after {total} bytes: {e}"),
+                    format!("connection broke after {received} bytes: {e}"),
                 ));
             }
             Ok(Some(Ok(f))) => f,
@@ -291,29 +324,42 @@ async fn download_inner(t: &Target, dest: &Path, max: u64, file_size: u64) -> Re
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        total += data.len() as u64;
-        if total > max {
-            return Err(Fail::new(
-                9017,
-                format!("download exceeds max_download ({max} bytes)"),
-            ));
+        received += data.len() as u64;
+        if received > max_received {
+            return Err(too_large());
         }
-        if file_size != 0 && total > file_size {
-            return Err(Fail::new(
-                9017,
-                format!("download longer than FileSize {file_size}"),
-            ));
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let n = decoder.write_some(rest).map_err(decode_fail)?;
+            rest = &rest[n..];
+            if file_size != 0 && decoder.total_out() > file_size {
+                return Err(Fail::new(
+                    9017,
+                    format!("download longer than FileSize {file_size}"),
+                ));
+            }
+            let out = decoder.pending();
+            f.write_all(out).await.map_err(write_fail)?;
+            written += out.len() as u64;
+            out.clear();
         }
-        f.write_all(&data)
-            .await
-            .map_err(|e| Fail::new(9010, format!("cannot write {}: {e}", dest.display())))?;
     }
     if let Some(cl) = content_length
-        && cl != total
+        && cl != received
     {
         return Err(Fail::new(
             9017,
-            format!("truncated: {total} of {cl} bytes received"),
+            format!("truncated: {received} of {cl} bytes received"),
+        ));
+    }
+    // The end of the encoded stream (checks it is complete, flushes the last bytes).
+    let tail = decoder.finish().map_err(decode_fail)?;
+    f.write_all(&tail).await.map_err(write_fail)?;
+    let total = written + tail.len() as u64;
+    if file_size != 0 && total > file_size {
+        return Err(Fail::new(
+            9017,
+            format!("download longer than FileSize {file_size}"),
         ));
     }
     if file_size != 0 && total != file_size {
