@@ -1,6 +1,8 @@
 //! File transfers of the real agent against the test ACS acting as file server: Download with
-//! install, a firmware install that takes the agent down, truncated and oversized downloads,
-//! Upload, the queued-transfer queries and CancelTransfer.
+//! install, a firmware install that takes the agent down (and the verdict after the restart:
+//! SoftwareVersion changed or not, the install_result hook), truncated and oversized downloads,
+//! FileSize as an upper bound and the free-space check, Upload, the queued-transfer queries and
+//! CancelTransfer.
 
 mod common;
 
@@ -27,6 +29,38 @@ fn config_for(dir: &Path, acs: &TestAcsHandle, actions: &str) -> std::path::Path
             url = acs.url()
         ),
     )
+}
+
+/// Like [`config_for`], with the running firmware's `Device.DeviceInfo.SoftwareVersion`: a
+/// test "boots a new image" by writing the config again with another version.
+fn config_sw(dir: &Path, acs: &TestAcsHandle, actions: &str, sw: &str) -> std::path::PathBuf {
+    let p = config_for(dir, acs, actions);
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(&format!(
+        "\"Device.DeviceInfo.SoftwareVersion\" = \"{sw}\"\n"
+    ));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Waits until the agent has exited (a firmware install command killed it: the "reboot").
+fn wait_killed(a: &mut Agent) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(_)) = a.child.try_wait() {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "agent not killed: {}", a.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn served(body: &[u8]) -> ServedFile {
+    ServedFile {
+        body: body.to_vec(),
+        auth: AcsAuth::None,
+        content_length: None,
+    }
 }
 
 fn events(s: &SessionRecord) -> Vec<(String, String)> {
@@ -176,31 +210,23 @@ fn firmware_install_that_kills_the_agent_is_reported_once_after_restart() {
         0,
     )]);
     let flashed = d.path().join("flashed");
-    let cfg = config_for(
-        d.path(),
-        &acs,
-        &format!(
-            "firmware_install = {}",
-            sh(&format!(
-                "cp {{file}} {} && kill -9 $PPID",
-                flashed.display()
-            ))
-        ),
+    let actions = format!(
+        "firmware_install = {}",
+        sh(&format!(
+            "cp {{file}} {} && kill -9 $PPID",
+            flashed.display()
+        ))
     );
+    let cfg = config_sw(d.path(), &acs, &actions, "1.0");
     let mut a = Agent::start(&cfg);
     // The "reboot": the install command kills the agent.
-    let t0 = Instant::now();
-    loop {
-        if let Ok(Some(_)) = a.child.try_wait() {
-            break;
-        }
-        assert!(t0.elapsed() < WAIT, "agent not killed: {}", a.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_killed(&mut a);
     assert_eq!(std::fs::read(&flashed).unwrap(), body);
     let s = acs.wait_sessions(1, WAIT);
     assert_eq!(s.len(), 1, "no TransferComplete session before the restart");
     drop(a);
+    // The new image boots: it runs another SoftwareVersion.
+    let cfg = config_sw(d.path(), &acs, &actions, "2.0");
     let a = Agent::start(&cfg);
     let s = acs.wait_sessions(2, WAIT);
     assert!(s[1].succeeded(), "{:?}", s[1].errors);
@@ -256,15 +282,8 @@ fn truncated_and_oversized_downloads_are_refused_and_not_installed() {
             0,
             0,
         ),
-        // FileSize larger than what the server has.
-        download(
-            "short",
-            "1 Firmware Upgrade Image",
-            acs.file_url("/ok"),
-            4000,
-            0,
-        ),
-        // FileSize smaller than the body.
+        // FileSize smaller than the body: refused, not installed (FileSize is an upper bound;
+        // see download_with_an_approximate_file_size_is_installed for the other side).
         download(
             "long",
             "1 Firmware Upgrade Image",
@@ -290,15 +309,15 @@ fn truncated_and_oversized_downloads_are_refused_and_not_installed() {
             sh(&format!("touch {}", ran.display()))
         ),
     ));
-    let t = wait_tcs(&acs, 4);
-    assert_eq!(t.len(), 4, "{t:?}");
+    let t = wait_tcs(&acs, 3);
+    assert_eq!(t.len(), 3, "{t:?}");
     for tc in &t {
         assert_eq!(tc.fault.code, 9017, "{tc:?}");
         assert!(!tc.fault.string.is_empty());
     }
     let mut keys: Vec<&str> = t.iter().map(|t| t.command_key.as_str()).collect();
     keys.sort();
-    assert_eq!(keys, ["huge", "long", "lying-cl", "short"]);
+    assert_eq!(keys, ["huge", "long", "lying-cl"]);
     assert!(!ran.exists(), "the install command must not run");
     let staged: Vec<_> = std::fs::read_dir(d.path().join("state/downloads"))
         .unwrap()
@@ -528,4 +547,318 @@ fn queued_transfers_listing_and_cancel() {
     assert_eq!((t[0].command_key.as_str(), t[0].fault.code), ("now", 0));
     assert_eq!(std::fs::read(&done).unwrap(), body);
     common::xsd::validate_sessions("queued_transfers_listing_and_cancel", &acs.sessions());
+}
+
+// ---------------------------------------------------------------------------------------------
+// FileSize is an upper bound and the basis of the free-space check, not an exact size.
+
+#[test]
+fn download_with_an_approximate_file_size_is_installed() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("xfer-approx");
+    let body_a = vec![b'a'; 3000];
+    let body_b = vec![b'b'; 2000];
+    acs.serve_file("/a.cfg", served(&body_a));
+    acs.serve_file("/b.cfg", served(&body_b));
+    acs.queue(vec![
+        // A stale FileSize, larger than the file the server has now.
+        download(
+            "stale",
+            "3 Vendor Configuration File",
+            acs.file_url("/a.cfg"),
+            4000,
+            0,
+        ),
+        // FileSize 0: unknown.
+        download(
+            "unknown",
+            "3 Vendor Configuration File",
+            acs.file_url("/b.cfg"),
+            0,
+            0,
+        ),
+    ]);
+    let inst = d.path().join("installed");
+    let a = Agent::start(&config_for(
+        d.path(),
+        &acs,
+        &format!(
+            "config_install = {}",
+            sh(&format!("cat {{file}} >> {}", inst.display()))
+        ),
+    ));
+    let t = wait_tcs(&acs, 2);
+    assert_eq!(t.len(), 2, "{t:?} {}", a.log_text());
+    let stale = t.iter().find(|t| t.command_key == "stale").unwrap();
+    assert_eq!(stale.fault.code, 0, "{stale:?}");
+    let unknown = t.iter().find(|t| t.command_key == "unknown").unwrap();
+    assert_eq!(unknown.fault.code, 0, "{unknown:?}");
+    // Installed in the order requested, each exactly as served.
+    assert_eq!(std::fs::read(&inst).unwrap(), [body_a, body_b].concat());
+    common::xsd::validate_sessions(
+        "download_with_an_approximate_file_size_is_installed",
+        &acs.sessions(),
+    );
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn download_that_cannot_fit_is_refused_before_it_starts() {
+    if !is_root() {
+        println!(
+            "SKIPPED: download_that_cannot_fit_is_refused_before_it_starts needs root to mount a tmpfs"
+        );
+        return;
+    }
+    let d = TempDir::new("xfer-space");
+    let dl = d.path().join("dl");
+    std::fs::create_dir_all(&dl).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&dl)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!(
+            "SKIPPED: download_that_cannot_fit_is_refused_before_it_starts: cannot mount a tmpfs here"
+        );
+        return;
+    }
+    let _m = Mount(dl.clone());
+    let acs = spawn_in_thread(AcsOptions::default());
+    let big = vec![b'B'; 1024 * 1024];
+    let small = vec![b's'; 100_000];
+    acs.serve_file("/big.cfg", served(&big));
+    acs.serve_file("/small.cfg", served(&small));
+    acs.queue(vec![
+        download(
+            "big",
+            "3 Vendor Configuration File",
+            acs.file_url("/big.cfg"),
+            big.len(),
+            0,
+        ),
+        download(
+            "small",
+            "3 Vendor Configuration File",
+            acs.file_url("/small.cfg"),
+            small.len(),
+            0,
+        ),
+    ]);
+    let inst = d.path().join("installed");
+    let a = Agent::start(&config_for(
+        d.path(),
+        &acs,
+        &format!(
+            "download_dir = \"{}\"\nconfig_install = {}",
+            dl.display(),
+            sh(&format!("cat {{file}} >> {}", inst.display()))
+        ),
+    ));
+    let t = wait_tcs(&acs, 2);
+    assert_eq!(t.len(), 2, "{t:?} {}", a.log_text());
+    let b = t.iter().find(|t| t.command_key == "big").unwrap();
+    assert_eq!(b.fault.code, 9010, "{b:?}");
+    assert!(!b.fault.string.is_empty(), "{b:?}");
+    let s = t.iter().find(|t| t.command_key == "small").unwrap();
+    assert_eq!(s.fault.code, 0, "{s:?}");
+    // The big file was never fetched: the space check comes first.
+    assert_eq!(acs.file_gets(), vec!["/small.cfg".to_string()]);
+    assert_eq!(std::fs::read(&inst).unwrap(), small);
+    common::xsd::validate_sessions(
+        "download_that_cannot_fit_is_refused_before_it_starts",
+        &acs.sessions(),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outcome of a firmware install that restarted the agent.
+
+/// Serves `/fw.bin`, has `key` downloaded as firmware, waits until its install command (copy
+/// to `flashed`, then kill the agent) ran. Returns the body.
+fn flash_and_kill(acs: &TestAcsHandle, a: &mut Agent, key: &str) -> Vec<u8> {
+    let body = vec![0xa5u8; 5000];
+    acs.serve_file("/fw.bin", served(&body));
+    acs.queue(vec![download(
+        key,
+        "1 Firmware Upgrade Image",
+        acs.file_url("/fw.bin"),
+        body.len(),
+        0,
+    )]);
+    assert_eq!(a.ctl(json!({"op": "inform"}))["ok"], true);
+    wait_killed(a);
+    body
+}
+
+fn flash_actions(flashed: &Path, extra: &str) -> String {
+    format!(
+        "firmware_install = {}\n{extra}",
+        sh(&format!(
+            "cp {{file}} {} && kill -9 $PPID",
+            flashed.display()
+        ))
+    )
+}
+
+#[test]
+fn firmware_that_did_not_take_effect_is_reported_as_failure() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("xfer-fw-same");
+    let flashed = d.path().join("flashed");
+    let cfg = config_sw(d.path(), &acs, &flash_actions(&flashed, ""), "1.0");
+    let mut a = Agent::start(&cfg);
+    acs.wait_sessions(1, WAIT);
+    let body = flash_and_kill(&acs, &mut a, "fw-same");
+    assert_eq!(std::fs::read(&flashed).unwrap(), body);
+    let n = acs.session_count();
+    drop(a);
+    // The old image came back: the same SoftwareVersion runs.
+    let _a = Agent::start(&cfg);
+    let s = acs.wait_sessions(n + 1, WAIT);
+    let boot = &s[n];
+    assert!(boot.succeeded(), "{:?}", boot.errors);
+    assert!(has_event(boot, "1 BOOT", ""), "{:?}", events(boot));
+    assert!(
+        has_event(boot, "M Download", "fw-same"),
+        "{:?}",
+        events(boot)
+    );
+    let t = tcs(boot);
+    assert_eq!(t.len(), 1, "{:?}", boot.received);
+    assert_eq!(t[0].command_key, "fw-same");
+    assert_eq!(t[0].fault.code, 9010, "{:?}", t[0].fault);
+    assert!(!t[0].fault.string.is_empty());
+    common::xsd::validate_sessions(
+        "firmware_that_did_not_take_effect_is_reported_as_failure",
+        &acs.sessions(),
+    );
+}
+
+#[test]
+fn install_result_hook_decides_the_firmware_outcome() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("xfer-fw-hook");
+    let flashed = d.path().join("flashed");
+    let verdict = d.path().join("verdict");
+    let calls = d.path().join("hook-calls");
+    let hook = d.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "echo \"$CWMPD_COMMAND_KEY $CWMPD_SOFTWARE_VERSION_BEFORE $CWMPD_SOFTWARE_VERSION\" >> {calls}\n\
+             [ \"$(cat {verdict})\" = ok ] && exit 0\n\
+             echo '9018 image rejected by the bootloader'\n\
+             exit 1\n",
+            calls = calls.display(),
+            verdict = verdict.display()
+        ),
+    )
+    .unwrap();
+    let actions = flash_actions(
+        &flashed,
+        &format!("install_result = [\"sh\", \"{}\"]", hook.display()),
+    );
+    // 1: the version changed, but the hook says the install failed: the hook decides.
+    std::fs::write(&verdict, "fail").unwrap();
+    let mut a = Agent::start(&config_sw(d.path(), &acs, &actions, "1.0"));
+    acs.wait_sessions(1, WAIT);
+    flash_and_kill(&acs, &mut a, "fw-1");
+    drop(a);
+    let mut a = Agent::start(&config_sw(d.path(), &acs, &actions, "2.0"));
+    let t = wait_tcs(&acs, 1);
+    assert_eq!(t.len(), 1, "{}", a.log_text());
+    assert_eq!(t[0].command_key, "fw-1");
+    assert_eq!(t[0].fault.code, 9018, "{:?}", t[0].fault);
+    assert_eq!(t[0].fault.string, "image rejected by the bootloader");
+    // 2: the version did not change, but the hook says the install worked.
+    std::fs::write(&verdict, "ok").unwrap();
+    flash_and_kill(&acs, &mut a, "fw-2");
+    drop(a);
+    let _a = Agent::start(&config_sw(d.path(), &acs, &actions, "2.0"));
+    let t = wait_tcs(&acs, 2);
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[1].command_key, "fw-2");
+    assert_eq!(t[1].fault.code, 0, "{:?}", t[1].fault);
+    // What the hook was told: CommandKey, version before the install, version running.
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "fw-1 1.0 2.0\nfw-2 2.0 2.0\n"
+    );
+    common::xsd::validate_sessions(
+        "install_result_hook_decides_the_firmware_outcome",
+        &acs.sessions(),
+    );
+}
+
+#[test]
+fn firmware_version_served_by_a_provider_is_asked_after_the_restart() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("xfer-fw-prov");
+    let flashed = d.path().join("flashed");
+    let sw = "Device.DeviceInfo.SoftwareVersion";
+    let values = d.path().join("device.json");
+    std::fs::write(&values, json!({sw: "1.0"}).to_string()).unwrap();
+    let prov = format!(
+        "[[provider]]\nprefix = \"Device.DeviceInfo.\"\ncommand = [\"python3\", \"{}\", \"{}\"]",
+        common::manifest()
+            .join("tests/fixtures/file_provider.py")
+            .display(),
+        values.display()
+    );
+    // The factory value differs from what the device (the provider) says: only the provider's
+    // value after the restart tells whether the image changed.
+    let cfg = config_sw(d.path(), &acs, &flash_actions(&flashed, &prov), "0-factory");
+    let mut a = Agent::start(&cfg);
+    acs.wait_sessions(1, WAIT);
+    assert_eq!(a.get(sw), "1.0");
+    flash_and_kill(&acs, &mut a, "fw-prov");
+    drop(a);
+    // The old image came back: the provider still says 1.0.
+    let a = Agent::start(&cfg);
+    let t = wait_tcs(&acs, 1);
+    assert_eq!(t.len(), 1, "{}", a.log_text());
+    assert_eq!(t[0].command_key, "fw-prov");
+    assert_eq!(t[0].fault.code, 9010, "{:?}", t[0].fault);
+}
+
+#[test]
+fn installing_state_without_a_recorded_version_is_reported_as_before() {
+    use cwmpd::model::persist::StateFile;
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("xfer-fw-old");
+    let flashed = d.path().join("flashed");
+    let cfg = config_sw(d.path(), &acs, &flash_actions(&flashed, ""), "1.0");
+    let mut a = Agent::start(&cfg);
+    acs.wait_sessions(1, WAIT);
+    flash_and_kill(&acs, &mut a, "fw-old");
+    drop(a);
+    // Make the state what an older agent wrote: no recorded SoftwareVersion.
+    let mut sf = StateFile::new(&d.path().join("state"));
+    let (mut st, _) = sf.load();
+    let t = &mut st.agent.get_mut("transfers").expect("transfers saved")["list"][0];
+    assert_eq!(t["state"], "installing", "{t}");
+    assert_eq!(t["sw_version_before"], "1.0", "{t}");
+    t.as_object_mut().unwrap().remove("sw_version_before");
+    sf.save(&st).unwrap();
+    // Same version after the restart; without a recorded version this is success, as before.
+    let a = Agent::start(&cfg);
+    let t = wait_tcs(&acs, 1);
+    assert_eq!(t.len(), 1, "{}", a.log_text());
+    assert_eq!((t[0].command_key.as_str(), t[0].fault.code), ("fw-old", 0));
 }

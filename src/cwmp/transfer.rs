@@ -19,9 +19,10 @@
 //! * Running: the download (or the export + upload) runs in a task; its outcome comes back to
 //!   the engine through a channel. At start-up a transfer found Running was interrupted by the
 //!   restart and completes with fault 9017 (download) / 9011 (upload).
-//! * Installing: the install command runs. It is persisted before the command starts, so when
-//!   the command takes the box (and the agent) down, as a firmware install does, the transfer
-//!   is found Installing at start-up and completes successfully then.
+//! * Installing: the install command runs. It is persisted before the command starts (for
+//!   firmware together with the running `Device.DeviceInfo.SoftwareVersion`), so when the
+//!   command takes the box (and the agent) down, as a firmware install does, the transfer is
+//!   found Installing at start-up and completes then, with the verdict described below.
 //! * Completed: the result (fault, start and complete times) waits for delivery. While any
 //!   exists, the Inform carries `7 TRANSFER COMPLETE` and `M Download`/`M Upload`/
 //!   `M ScheduleDownload` with the CommandKey; after the InformResponse the session sends one
@@ -32,8 +33,41 @@
 //! Time windows of ScheduleDownload: the transfer starts at the first window's WindowStart and
 //! must start before the last window's WindowEnd (else fault 9020). WindowMode and UserMessage
 //! are not interpreted (every mode behaves as `1 At Any Time`), MaxRetries is ignored.
+//!
+//! FileSize (TR-069 A.3.2.8: the size the CPE uses "to determine whether it has sufficient
+//! space") is an upper bound, never an exact size; 0 means unknown:
+//!
+//! * before a download starts, the free space of the download directory's file system
+//!   (statvfs, space available to unprivileged users) must hold min(FileSize, max_download)
+//!   bytes, else the transfer fails with 9010 and the file server is not contacted. With
+//!   FileSize 0 there is no up-front check; running out of space while writing is 9010 too;
+//! * a smaller body (a stale or approximate FileSize) is accepted;
+//! * a body larger than a non-zero FileSize is refused with 9017 and nothing is installed: a
+//!   Content-Length above it before any byte is written, a body without one as soon as it
+//!   passes it. This is the safer of the two possible rules: the space check was made for
+//!   FileSize bytes, so the download must not overrun it, and a file other than the one the
+//!   ACS described must not be flashed; the ACS can repeat the Download with a corrected (or
+//!   zero) FileSize. TR-069 leaves the case open.
+//!
+//! The verdict on a firmware install found Installing at start-up (the install command took
+//! the agent down, normally by rebooting into the new image):
+//!
+//! * `[actions] install_result`, when configured, decides: it runs with `CWMPD_COMMAND_KEY`,
+//!   `CWMPD_SOFTWARE_VERSION_BEFORE` (empty when none was recorded) and
+//!   `CWMPD_SOFTWARE_VERSION` (running now) in its environment. Exit status 0 is success;
+//!   any other status is a failure whose first stdout line gives the fault: `CODE text` with
+//!   CODE one of 9001, 9002, 9010, 9018, 9019, or just text (fault 9010). A hook that cannot
+//!   be started, is killed by a signal or runs longer than 60 s does not decide: the rule below
+//!   applies. The hook runs after start-up, so its TransferComplete goes in a session of its
+//!   own after the boot session;
+//! * otherwise the SoftwareVersion recorded before the install is compared with the running
+//!   one (asked from the provider first when a provider serves it): changed is success, the
+//!   same version is fault 9010 (the download failed to take effect; 9018 "file corrupted"
+//!   would claim more than the agent knows);
+//! * no recorded version (a state written by an older agent, or an empty SoftwareVersion):
+//!   success, as before. A configuration file install found Installing is a success too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -44,15 +78,28 @@ use super::soap::{
     Upload, cpe_fault,
 };
 use crate::engine::Engine;
+use crate::model::store::Source;
 use crate::net::files::{self, Target};
 use crate::util::time::{format_datetime, now_unix};
 
 /// "Unknown time" of CWMP.
-pub const UNKNOWN_TIME: &str = "0001-01-01T00:00:00Z";
+pub use crate::util::time::UNKNOWN_TIME;
 /// Most transfers kept at once (queued, running or awaiting delivery).
 const MAX_TRANSFERS: usize = 16;
 /// Idle timeout of the file server connections.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The running firmware's version, recorded before a firmware install.
+const SOFTWARE_VERSION: &str = "Device.DeviceInfo.SoftwareVersion";
+/// Longest run of the `install_result` command.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most stdout read from the `install_result` command.
+const HOOK_OUTPUT_MAX: u64 = 4096;
+/// Fault codes the `install_result` command may give (TransferComplete codes that fit an
+/// install: request denied, internal error, download failure, file corrupted, file
+/// authentication failure).
+const HOOK_FAULTS: [u32; 5] = [9001, 9002, 9010, 9018, 9019];
+/// Longest FaultString taken from the `install_result` command (characters).
+const HOOK_FAULT_STRING_MAX: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +142,10 @@ pub struct Transfer {
     pub state: XferState,
     /// The downloaded file while Installing.
     pub file: Option<PathBuf>,
+    /// Firmware: `Device.DeviceInfo.SoftwareVersion` just before the install command ran
+    /// (None: not recorded, as in a state written by an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sw_version_before: Option<String>,
     pub fault_code: u32,
     pub fault_string: String,
     pub start_time: String,
@@ -184,6 +235,119 @@ fn check_url(url: &str) -> Result<(), u32> {
     Ok(())
 }
 
+/// Largest body accepted: `max_download`, and a non-zero FileSize below it.
+fn download_limit(file_size: u32, max: u64) -> u64 {
+    match u64::from(file_size) {
+        0 => max,
+        n => n.min(max),
+    }
+}
+
+/// Bytes an unprivileged writer may still put on the file system holding `dir`.
+// u64 on x86_64, but the fragment size is a 32-bit c_ulong on armhf and mipsel: keep the
+// conversions.
+#[allow(clippy::useless_conversion)]
+fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir)?;
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}
+
+/// A download bounded by FileSize was refused for going over the bound: say so in the terms
+/// of the ACS. `files::download` only knows its bound as `max_download`, and names it in the
+/// reasons of the two "too long" checks; every other failure is passed on unchanged.
+fn explain_file_size_limit(f: files::Fail, file_size: u32) -> files::Fail {
+    if f.code == 9017 && f.msg.contains("max_download") {
+        files::Fail {
+            code: 9017,
+            msg: format!("the file is larger than the announced FileSize ({file_size} bytes)"),
+        }
+    } else {
+        f
+    }
+}
+
+/// The outcome of a firmware install found Installing at start-up, from the SoftwareVersion
+/// recorded before it and the one running now (module documentation).
+fn firmware_verdict(before: Option<&str>, running: &str) -> (u32, String) {
+    match before {
+        Some(b) if !b.is_empty() && b == running => (
+            9010,
+            format!("the new firmware did not take effect: SoftwareVersion is still {running}"),
+        ),
+        _ => (0, String::new()),
+    }
+}
+
+/// The outcome given by the `install_result` command: its exit status and stdout.
+fn hook_verdict(success: bool, stdout: &str) -> (u32, String) {
+    if success {
+        return (0, String::new());
+    }
+    let line = stdout.lines().next().unwrap_or("").trim();
+    let (code, text) = match line.split_once(char::is_whitespace) {
+        Some((c, rest)) => (c, rest.trim()),
+        None => (line, ""),
+    };
+    let (code, text) = match code.parse::<u32>() {
+        Ok(c) if HOOK_FAULTS.contains(&c) => (c, text),
+        _ => (9010, line),
+    };
+    let text = if text.is_empty() {
+        "the install_result command reported a failure"
+    } else {
+        text
+    };
+    (code, text.chars().take(HOOK_FAULT_STRING_MAX).collect())
+}
+
+/// Runs the `install_result` command with `env`; None when it does not decide (cannot be
+/// started, killed by a signal, or still running after [`HOOK_TIMEOUT`]).
+async fn run_install_result(argv: &[String], env: &[(&str, &str)]) -> Option<(u32, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| tracing::error!("cannot run {}: {e}", argv[0]))
+        .ok()?;
+    let stdout = child.stdout.take();
+    let mut out = Vec::new();
+    let run = async {
+        if let Some(s) = stdout {
+            // Bounded; dropping the pipe afterwards lets a chatty command end (EPIPE).
+            let _ = s.take(HOOK_OUTPUT_MAX).read_to_end(&mut out).await;
+        }
+        child.wait().await
+    };
+    let status = match tokio::time::timeout(HOOK_TIMEOUT, run).await {
+        Ok(Ok(st)) => st,
+        Ok(Err(e)) => {
+            tracing::error!("{}: {e}", argv[0]);
+            return None;
+        }
+        Err(_) => {
+            tracing::error!(
+                "{} still running after {} s: killed, SoftwareVersion decides",
+                argv[0],
+                HOOK_TIMEOUT.as_secs()
+            );
+            let _ = child.kill().await;
+            return None;
+        }
+    };
+    if status.code().is_none() {
+        tracing::error!("{} ended by {status}: SoftwareVersion decides", argv[0]);
+        return None;
+    }
+    Some(hook_verdict(
+        status.success(),
+        &String::from_utf8_lossy(&out),
+    ))
+}
+
 impl Engine {
     fn download_dir(&self) -> PathBuf {
         self.cfg
@@ -221,6 +385,13 @@ impl Engine {
         }
         let now = format_datetime(now_unix());
         let mut changed = false;
+        let running = self.store.get(SOFTWARE_VERSION).unwrap_or_default();
+        let sw_provider = match self.store.source(SOFTWARE_VERSION) {
+            Some(Source::External(i)) => self.providers.get(i).cloned(),
+            _ => None,
+        };
+        let hook = self.cfg.actions.install_result.clone();
+        let mut verify = Vec::new();
         for t in &mut self.cwmp.xfer.list {
             match t.state {
                 XferState::Running => {
@@ -240,17 +411,30 @@ impl Engine {
                 }
                 XferState::Installing => {
                     // The install command took the agent down (firmware upgrade and reboot).
-                    tracing::info!(
-                        "transfer {} ({}): the install ended with a restart; reporting success",
-                        t.id,
-                        t.command_key
-                    );
                     if let Some(f) = t.file.take() {
                         let _ = std::fs::remove_file(f);
+                        changed = true;
                     }
+                    if t.kind == Kind::Firmware && (!hook.is_empty() || sw_provider.is_some()) {
+                        // Decided by a task (the hook, or the provider's value); the transfer
+                        // stays Installing until then, so a restart meanwhile decides again.
+                        verify.push((t.id, t.command_key.clone(), t.sw_version_before.clone()));
+                        continue;
+                    }
+                    let (code, msg) = if t.kind == Kind::Firmware {
+                        firmware_verdict(t.sw_version_before.as_deref(), &running)
+                    } else {
+                        (0, String::new())
+                    };
+                    tracing::info!(
+                        "transfer {} ({}): the install ended with a restart: {}",
+                        t.id,
+                        t.command_key,
+                        if code == 0 { "success" } else { msg.as_str() }
+                    );
                     t.state = XferState::Completed;
-                    t.fault_code = 0;
-                    t.fault_string.clear();
+                    t.fault_code = code;
+                    t.fault_string = msg;
                     t.complete_time = now.clone();
                     changed = true;
                 }
@@ -261,6 +445,35 @@ impl Engine {
             self.save_transfers();
         }
         self.ensure_transfer_events();
+        for (id, command_key, before) in verify {
+            let tx = self.cwmp.xfer.tx.clone().expect("set above");
+            let (hook, provider, cached) = (hook.clone(), sw_provider.clone(), running.clone());
+            tokio::spawn(async move {
+                let running = match provider {
+                    Some(p) => match p.get(&[SOFTWARE_VERSION.to_string()]).await {
+                        Ok(mut v) => v.remove(SOFTWARE_VERSION).unwrap_or(cached),
+                        Err(e) => {
+                            tracing::warn!("{SOFTWARE_VERSION} from its provider: {e}");
+                            cached
+                        }
+                    },
+                    None => cached,
+                };
+                let before = before.unwrap_or_default();
+                let mut verdict = None;
+                if !hook.is_empty() {
+                    let env = [
+                        ("CWMPD_COMMAND_KEY", command_key.as_str()),
+                        ("CWMPD_SOFTWARE_VERSION_BEFORE", before.as_str()),
+                        ("CWMPD_SOFTWARE_VERSION", running.as_str()),
+                    ];
+                    verdict = run_install_result(&hook, &env).await;
+                }
+                let (code, msg) =
+                    verdict.unwrap_or_else(|| firmware_verdict(Some(&before), &running));
+                let _ = tx.send(XferMsg::Finished { id, code, msg });
+            });
+        }
     }
 
     /// Makes sure the event queue holds `7 TRANSFER COMPLETE` and the method event of every
@@ -378,6 +591,7 @@ impl Engine {
             deadline: None,
             state: XferState::Queued,
             file: None,
+            sw_version_before: None,
             fault_code: 0,
             fault_string: String::new(),
             start_time: UNKNOWN_TIME.into(),
@@ -606,6 +820,29 @@ impl Engine {
             );
             return;
         }
+        let max = self.cfg.actions.max_download;
+        let limit = download_limit(t.file_size, max);
+        if t.is_download && t.file_size != 0 {
+            match free_space(&dir) {
+                Ok(free) if free < limit => {
+                    tracing::error!(
+                        "download {} refused: {limit} bytes needed, {free} free in {}",
+                        t.id,
+                        dir.display()
+                    );
+                    self.finish_transfer(
+                        t.id,
+                        9010,
+                        format!("insufficient space: {limit} bytes needed, {free} available"),
+                        now,
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                // Not knowing is no reason to refuse: a full disk still fails the write (9010).
+                Err(e) => tracing::warn!("free space of {}: {e}", dir.display()),
+            }
+        }
         {
             let e = &mut self.cwmp.xfer.list[i];
             e.state = XferState::Running;
@@ -620,23 +857,32 @@ impl Engine {
             idle_timeout: IDLE_TIMEOUT,
         };
         let tx = self.cwmp.xfer.tx.clone().expect("transfers_boot ran");
-        let max = self.cfg.actions.max_download;
         let id = t.id;
         if t.is_download {
             let file = dir.join(format!("download-{id}"));
             tracing::info!("download {id} starting: {}", t.url);
-            let file_size = t.file_size as u64;
+            // FileSize is only a bound (module documentation): the body is checked against
+            // `limit`, never for an exact length.
+            let bound_by_file_size = t.file_size != 0 && u64::from(t.file_size) <= max;
+            let file_size = t.file_size;
             tokio::spawn(async move {
-                let msg = match files::download(&target, &file, max, file_size).await {
+                let msg = match files::download(&target, &file, limit, 0).await {
                     Ok(n) => {
                         tracing::info!("download {id}: {n} bytes");
                         XferMsg::Downloaded { id, file }
                     }
-                    Err(f) => XferMsg::Finished {
-                        id,
-                        code: f.code,
-                        msg: f.msg,
-                    },
+                    Err(f) => {
+                        let f = if bound_by_file_size {
+                            explain_file_size_limit(f, file_size)
+                        } else {
+                            f
+                        };
+                        XferMsg::Finished {
+                            id,
+                            code: f.code,
+                            msg: f.msg,
+                        }
+                    }
                 };
                 let _ = tx.send(msg);
             });
@@ -661,13 +907,20 @@ impl Engine {
         match m {
             XferMsg::Finished { id, code, msg } => self.finish_transfer(id, code, msg, now),
             XferMsg::Downloaded { id, file } => {
-                let Some(t) = self.cwmp.xfer.list.iter_mut().find(|t| t.id == id) else {
+                let Some(i) = self.cwmp.xfer.list.iter().position(|t| t.id == id) else {
                     let _ = std::fs::remove_file(&file);
                     return;
                 };
+                let kind = self.cwmp.xfer.list[i].kind;
+                // What runs now, to tell after the restart whether the new image took over.
+                let sw = match kind {
+                    Kind::Firmware => self.store.get(SOFTWARE_VERSION).filter(|v| !v.is_empty()),
+                    _ => None,
+                };
+                let t = &mut self.cwmp.xfer.list[i];
                 t.state = XferState::Installing;
                 t.file = Some(file.clone());
-                let kind = t.kind;
+                t.sw_version_before = sw;
                 // Persisted before the command runs: a firmware install may never return.
                 self.save_transfers();
                 let argv = match kind {
