@@ -5,7 +5,12 @@
 //! that was acknowledged, before it answers.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -89,6 +94,22 @@ fn add_host_facts(schema: &Schema, factory: &mut Vec<(String, String)>) {
     }
 }
 
+/// Something the engine started and waits for without blocking its thread (polled in its loop).
+pub enum Done {
+    /// The ACS host resolved to these addresses (empty: the lookup failed or timed out).
+    Resolved {
+        host: (String, u16),
+        addrs: Vec<SocketAddr>,
+    },
+    /// A reboot or factory-reset command ended (`ok`: exit status 0).
+    Action { what: &'static str, ok: bool },
+}
+
+pub(crate) type Task = Pin<Box<dyn std::future::Future<Output = Done>>>;
+
+/// Longest wait for the ACS host's name resolution.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct Engine {
     pub store: Store,
     pub state_file: StateFile,
@@ -119,6 +140,15 @@ pub struct Engine {
     settings_tx: watch::Sender<Settings>,
     /// Public base URL of a UPnP IGD port mapping, when one is in place.
     upnp_base: String,
+    /// Work in flight (name resolution, action commands), polled by [`Self::run`].
+    pub(crate) tasks: FuturesUnordered<Task>,
+    /// The ACS host (name, port) and the addresses it resolved to (empty: it did not).
+    acs_addrs: Option<((String, u16), Vec<SocketAddr>)>,
+    /// A resolution of this host is in flight.
+    resolving: Option<(String, u16)>,
+    /// The last value of every status parameter a transport reported, re-applied to a store
+    /// rebuilt by a factory reset (so the BOOTSTRAP Inform carries them).
+    status_cache: BTreeMap<String, String>,
 }
 
 /// A snapshot of raw parameter values (passwords included) under [`SETTINGS_PREFIXES`], by
@@ -213,6 +243,10 @@ impl Engine {
             running: false,
             settings_tx: watch::channel(Settings::default()).0,
             upnp_base: String::new(),
+            tasks: FuturesUnordered::new(),
+            acs_addrs: None,
+            resolving: None,
+            status_cache: BTreeMap::new(),
         };
         e.publish_settings();
         e.refresh_cr();
@@ -253,6 +287,7 @@ impl Engine {
     pub fn apply_status(&mut self, values: Vec<(String, String)>) {
         let before = self.store.snapshot();
         for (k, v) in values {
+            self.status_cache.insert(k.clone(), v.clone());
             if let Err(f) = self.store.set_internal(&k, &v) {
                 tracing::warn!("status value for {k} refused: {f}");
             }
@@ -350,7 +385,13 @@ impl Engine {
         }
         let url = if enabled && !self.cr_listen.is_empty() {
             let path = self.cr_tx.borrow().path.clone();
-            cr_url(&public, &self.cr_listen, &acs, &path)
+            match self.cr_url_for(&public, &acs, &path) {
+                Some(u) => u,
+                // The route to the ACS is not known yet (its name is being resolved) or not at
+                // all: keep what is published rather than a guess (never a loopback URL for
+                // a remote ACS). Recomputed when the resolution ends.
+                None => return,
+            }
         } else {
             String::new()
         };
@@ -374,6 +415,146 @@ impl Engine {
             }
         }
         self.cr_url_key = Some(key);
+    }
+
+    /// Swaps in a rebuilt store (factory reset): the published URL is recomputed and the
+    /// transports' last status values re-applied at once.
+    pub(crate) fn replace_store(&mut self, store: Store) {
+        self.store = store;
+        let cached: Vec<(String, String)> = self
+            .status_cache
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in cached {
+            let _ = self.store.set_internal(&k, &v);
+        }
+        self.cr_url_key = None;
+        self.refresh_cr();
+        self.publish_settings();
+        // The values above are the device's state at the reset, not changes to report.
+        let all: Vec<String> = self
+            .store
+            .pending_changes()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        self.store.clear_changes(&all);
+    }
+
+    /// Something started earlier ended.
+    fn task_done(&mut self, done: Done, now: std::time::Instant) {
+        match done {
+            Done::Resolved { host, addrs } => self.resolved(host, addrs),
+            Done::Action { what, ok } => self.action_done(what, ok, now),
+        }
+    }
+
+    /// The ConnectionRequestURL for the current listeners, or None while the route to the ACS
+    /// is unknown. Never blocks: a host name is resolved by a task of the engine.
+    fn cr_url_for(&mut self, public: &str, acs: &str, path: &str) -> Option<String> {
+        if !public.is_empty() {
+            return Some(format!("{}{path}", public.trim_end_matches('/')));
+        }
+        let first = *self.cr_listen.first()?;
+        let ip = if !first.ip().is_unspecified() {
+            first.ip()
+        } else {
+            let addrs = self.acs_addresses(acs)?;
+            route_source(&addrs, first.is_ipv6())?
+        };
+        let host = match ip {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        Some(format!("http://{host}:{}{path}", first.port()))
+    }
+
+    /// The addresses of the ACS host: an IP literal at once, a name from the last resolution
+    /// (starting one when there is none for this host).
+    fn acs_addresses(&mut self, acs: &str) -> Option<Vec<SocketAddr>> {
+        let (host, port) = acs_host_port(acs)?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Some(vec![SocketAddr::new(ip, port)]);
+        }
+        let key = (host, port);
+        match &self.acs_addrs {
+            Some((k, a)) if *k == key => Some(a.clone()),
+            _ => {
+                self.start_resolve(key);
+                None
+            }
+        }
+    }
+
+    fn start_resolve(&mut self, key: (String, u16)) {
+        if self.resolving.as_ref() == Some(&key) {
+            return;
+        }
+        self.resolving = Some(key.clone());
+        self.tasks.push(Box::pin(async move {
+            let addrs = resolve(&key).await;
+            Done::Resolved { host: key, addrs }
+        }));
+    }
+
+    /// A name resolution ended: remember it and recompute the URL.
+    fn resolved(&mut self, host: (String, u16), addrs: Vec<SocketAddr>) {
+        if self.resolving.as_ref() == Some(&host) {
+            self.resolving = None;
+        }
+        if addrs.is_empty() {
+            tracing::warn!(
+                "cannot resolve the ACS host {}: ConnectionRequestURL left as it is",
+                host.0
+            );
+        } else {
+            tracing::debug!("ACS host {} resolved to {addrs:?}", host.0);
+        }
+        self.acs_addrs = Some((host, addrs));
+        self.cr_url_key = None;
+        self.refresh_cr();
+    }
+
+    /// Resolves the ACS host now if the ConnectionRequestURL waits for it (before an Inform,
+    /// which must carry the URL), serving the engine's commands meanwhile.
+    pub(crate) async fn ensure_acs_route(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        let acs = self.store.secret(MS_URL).unwrap_or("").to_string();
+        let Some((host, port)) = acs_host_port(&acs) else {
+            return;
+        };
+        let known = host.parse::<IpAddr>().is_ok()
+            || matches!(&self.acs_addrs, Some((k, _)) if k.0 == host && k.1 == port);
+        if known {
+            return;
+        }
+        let key = (host, port);
+        let addrs = self.serving(resolve(&key), rx).await;
+        self.resolved(key, addrs);
+    }
+
+    /// Runs `fut` while serving the engine's commands (the control socket, listeners).
+    pub(crate) async fn serving<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = T>,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> T {
+        tokio::pin!(fut);
+        let mut open = !self.shutdown_requested;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => return r,
+                cmd = rx.recv(), if open => match cmd {
+                    Some(c) => {
+                        if !self.handle_command(c).await {
+                            open = false;
+                        }
+                    }
+                    None => open = false,
+                },
+            }
+        }
     }
 
     /// HOOK for the session engine: an accepted connection request. The session engine will
@@ -793,9 +974,16 @@ impl Engine {
                 }
                 _ = tick.tick() => {
                     self.poll().await;
-                    // The route to the ACS (our address) may have changed: recompute the URL.
+                    // The route to the ACS (our address) may have changed: recompute the URL
+                    // (no name lookup unless the last one failed).
+                    if matches!(&self.acs_addrs, Some((_, a)) if a.is_empty()) {
+                        self.acs_addrs = None;
+                    }
                     self.cr_url_key = None;
                     self.refresh_cr();
+                }
+                Some(done) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.task_done(done, std::time::Instant::now());
                 }
                 Some(m) = async { match xfer_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     self.transfer_msg(m, std::time::Instant::now());
@@ -817,60 +1005,39 @@ fn parse_secret(s: &str) -> Option<[u8; 32]> {
     crate::util::codec::from_hex(s)?.try_into().ok()
 }
 
-/// The `ConnectionRequestURL` to publish: `public_url` (a base URL, used verbatim) followed by
-/// the path; else `http://HOST:PORT/path` with HOST the first listen address if specific, or the
-/// local address the kernel would use towards the ACS (from `acs_url`), or 127.0.0.1.
-pub fn cr_url(
-    public_url: &str,
-    listen: &[std::net::SocketAddr],
-    acs_url: &str,
-    path: &str,
-) -> String {
-    use std::net::{IpAddr, Ipv4Addr};
-    if !public_url.is_empty() {
-        return format!("{}{path}", public_url.trim_end_matches('/'));
-    }
-    let Some(first) = listen.first() else {
-        return String::new();
-    };
-    let ip = if !first.ip().is_unspecified() {
-        first.ip()
-    } else {
-        route_source(acs_url, first.is_ipv6()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-    };
-    let host = match ip {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    };
-    format!("http://{host}:{}{path}", first.port())
-}
-
-/// The local address used to reach the host of `acs_url` (a UDP connect sends no packet).
-fn route_source(acs_url: &str, v6_listener: bool) -> Option<std::net::IpAddr> {
-    use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-    let rest = acs_url.split_once("://").map(|(_, r)| r).unwrap_or(acs_url);
+/// Host and port of an http(s) URL's authority (brackets of an IPv6 literal removed).
+fn acs_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit('@').next()?;
     if authority.is_empty() {
         return None;
     }
-    let default_port = if acs_url.starts_with("https") {
-        443
-    } else {
-        80
-    };
-    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+    let default_port = if url.starts_with("https") { 443 } else { 80 };
+    if let Some(h) = authority.strip_prefix('[') {
         let (h, after) = h.split_once(']')?;
         let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        (h.to_string(), port.unwrap_or(default_port))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().ok()?),
-            None => (authority.to_string(), default_port),
-        }
-    };
-    // Name resolution may block briefly; only done when the settings are recomputed.
-    let targets: Vec<SocketAddr> = (host.as_str(), port).to_socket_addrs().ok()?.collect();
+        return Some((h.to_string(), port.unwrap_or(default_port)));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default_port)),
+    }
+}
+
+/// Resolves a host name off the engine's thread (tokio's resolver runs getaddrinfo on a
+/// blocking-pool thread), bounded in time; empty on failure.
+async fn resolve(key: &(String, u16)) -> Vec<SocketAddr> {
+    let lookup = tokio::net::lookup_host((key.0.as_str(), key.1));
+    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(it)) => it.collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The local address used to reach one of `targets` (a UDP connect sends no packet).
+fn route_source(targets: &[SocketAddr], v6_listener: bool) -> Option<IpAddr> {
+    use std::net::UdpSocket;
     // A wildcard IPv4 listener can only be reached over IPv4.
     for t in targets.iter().filter(|t| v6_listener || t.is_ipv4()) {
         let bind: SocketAddr = if t.is_ipv4() {

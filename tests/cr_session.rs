@@ -354,3 +354,71 @@ fn port_forward_opened_by_upnp_igd() {
     }
     a.stop();
 }
+
+/// Issue #12, defect 6: the ACS host name is resolved off the agent's thread. With a resolver
+/// that never answers (its nameserver drops every query), the agent
+/// starts at once, its control socket keeps answering within milliseconds through the poll
+/// ticks, and it never publishes a loopback ConnectionRequestURL for the remote ACS.
+#[test]
+fn hanging_resolver_never_stalls_the_agent_nor_publishes_a_loopback_url() {
+    if let Some(why) = unavailable() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI: {why}");
+        println!("SKIPPED hanging_resolver_never_stalls_the_agent: {why}");
+        return;
+    }
+    let rig = Rig::new("cwdns", &["cpe", "dns"]);
+    let ns = rig.name("cpe");
+    rig.link("cpe", "198.18.9.2/24", "dns", "198.18.9.53/24");
+    // The nameserver's host drops every DNS query: lookups hang until the resolver gives up.
+    rig.exec(
+        "dns",
+        "nft 'add table inet bh; add chain inet bh in { type filter hook input priority 0; }; add rule inet bh in udp dport 53 drop; add rule inet bh in tcp dport 53 drop'",
+    );
+    // `ip netns exec` puts /etc/netns/NS/resolv.conf in place of /etc/resolv.conf.
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+    std::fs::create_dir_all(&etc).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(etc.clone());
+    std::fs::write(
+        etc.join("resolv.conf"),
+        "nameserver 198.18.9.53\noptions timeout:3 attempts:2\n",
+    )
+    .unwrap();
+    let d = TempDir::new("crs-dns");
+    let cfg = config(
+        d.path(),
+        "http://acs.cwmpd-dns-test.example:7547/acs",
+        "http_listen = [\"0.0.0.0:0\"]",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("poll_interval = 3600", "poll_interval = 1");
+    std::fs::write(&cfg, text).unwrap();
+    let t0 = Instant::now();
+    let a = Agent::start_in(&cfg, Some(&ns));
+    let started = t0.elapsed();
+    assert!(
+        started < Duration::from_secs(3),
+        "start took {started:?} (blocked on the resolver)"
+    );
+    // Over several poll ticks, while the lookups hang, every control request answers fast and
+    // the URL is never a guess.
+    let mut worst = Duration::ZERO;
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(8) {
+        let q = Instant::now();
+        let url = a.get(CR_URL);
+        worst = worst.max(q.elapsed());
+        assert!(!url.contains("127.0.0.1"), "loopback URL published: {url}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "a control request waited {worst:?}"
+    );
+}

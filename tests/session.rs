@@ -487,20 +487,34 @@ fn url_change_bootstraps_the_new_acs_and_reboot_runs_after_the_session() {
         "{:?}",
         events(&s[0])
     );
-    // Reboot: answered in the session, the command runs after it, M Reboot goes out next.
+    // Reboot: answered in the session, the command runs after it, and no session is opened
+    // before the box goes down: `M Reboot` goes out together with `1 BOOT` in the first
+    // Inform after the reboot (TR-069 Table 7; issue #12, defect 2).
     acs2.queue(vec![AcsRequest::Reboot {
         command_key: "rb-1".into(),
     }]);
     _a.ctl(json!({"op": "inform"}));
-    let s = acs2.wait_sessions(3, WAIT);
+    let s = acs2.wait_sessions(2, WAIT);
     assert!(matches!(s[1].received[0], CpeMessage::RebootResponse));
-    let log = std::fs::read_to_string(d.path().join("actions.log")).unwrap_or_default();
-    assert!(log.contains("reboot"), "reboot command ran");
+    assert!(
+        wait_file_contains(&d.path().join("actions.log"), "reboot", WAIT),
+        "reboot command ran"
+    );
+    // The "reboot": the agent stops and starts again on the same state.
+    _a.stop();
+    let _b = Agent::start(&config_for(d.path(), &acs2, ""));
+    let s = acs2.wait_sessions(3, WAIT);
+    assert_eq!(s.len(), 3, "no session between the Reboot and the restart");
     let inf = s[2].inform.as_ref().unwrap();
     assert!(
         inf.events
             .iter()
             .any(|e| e.event_code == "M Reboot" && e.command_key == "rb-1"),
+        "{:?}",
+        inf.events
+    );
+    assert!(
+        events(&s[2]).contains(&"1 BOOT".to_string()),
         "{:?}",
         inf.events
     );
@@ -580,4 +594,342 @@ fn gzip_request_bodies_when_http_compression_asks() {
         "the Inform and the GPV response were gzipped"
     );
     common::xsd::validate_sessions("gzip", &acs.sessions());
+}
+
+/// Issue #12, defect 3: after an ACS FactoryReset the BOOTSTRAP Inform carries the device's
+/// ConnectionRequestURL (not "" until the next poll).
+#[test]
+fn factory_reset_bootstrap_inform_carries_the_connection_request_url() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-freset");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    let s = acs.wait_sessions(1, WAIT);
+    let url = inform_param(&s[0], "Device.ManagementServer.ConnectionRequestURL").unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    acs.queue(vec![AcsRequest::FactoryReset]);
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(3, WAIT);
+    assert!(matches!(s[1].received[0], CpeMessage::FactoryResetResponse));
+    assert!(
+        events(&s[2]).contains(&"0 BOOTSTRAP".to_string()),
+        "{:?}",
+        events(&s[2])
+    );
+    assert_eq!(
+        inform_param(&s[2], "Device.ManagementServer.ConnectionRequestURL").as_deref(),
+        Some(url.as_str()),
+        "the URL is published in the BOOTSTRAP Inform"
+    );
+    assert_eq!(a.get("Device.ManagementServer.ConnectionRequestURL"), url);
+}
+
+/// Issue #12, defects 4, 10, 11, 17: arguments the schema or the model cannot hold are
+/// refused with 9003 and nothing applied; Notification 3–6 → 9003; the ACS's own changes
+/// (ParameterKey, *NumberOfEntries) are not notified back to it; booleans in any case.
+#[test]
+fn argument_facets_attributes_and_acs_own_changes() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-facets");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    let key33 = "k".repeat(33);
+    let spv = |name: &str, value: &str, key: &str| AcsRequest::SetParameterValues {
+        list: vec![ParamValue {
+            name: name.into(),
+            value: value.into(),
+            xsi_type: None,
+        }],
+        parameter_key: key.into(),
+    };
+    let attr = |name: &str, n: u8| AcsRequest::SetParameterAttributes {
+        list: vec![SetAttr {
+            name: name.into(),
+            notification_change: true,
+            notification: Some(n),
+            access_list_change: false,
+            access_list: vec![],
+        }],
+    };
+    acs.queue(vec![
+        // Passive notification on the parameters the ACS's own requests change.
+        attr("Device.ManagementServer.ParameterKey", 1),
+        attr("Device.ManagementServer.InformParameterNumberOfEntries", 1),
+        spv(
+            "Device.ManagementServer.PeriodicInformInterval",
+            "1234",
+            &key33,
+        ),
+        AcsRequest::AddObject {
+            object_name: "Device.ManagementServer.InformParameter.".into(),
+            parameter_key: key33.clone(),
+        },
+        AcsRequest::Reboot {
+            command_key: key33.clone(),
+        },
+        attr("Device.DeviceInfo.UpTime", 3),
+        spv("Device.ManagementServer.PeriodicInformEnable", "TRUE", "k1"),
+        AcsRequest::AddObject {
+            object_name: "Device.ManagementServer.InformParameter.".into(),
+            parameter_key: "k2".into(),
+        },
+    ]);
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(2, WAIT);
+    let fault = |m: &CpeMessage| match m {
+        CpeMessage::Fault(f) => f.code,
+        other => panic!("expected a fault, got {}", other.method_name()),
+    };
+    let r = &s[1].received;
+    assert!(matches!(r[0], CpeMessage::SetParameterAttributesResponse));
+    assert!(matches!(r[1], CpeMessage::SetParameterAttributesResponse));
+    assert_eq!(fault(&r[2]), 9003, "ParameterKey of 33 characters");
+    assert_eq!(fault(&r[3]), 9003, "ParameterKey of 33 characters");
+    assert_eq!(fault(&r[4]), 9003, "CommandKey of 33 characters");
+    assert_eq!(
+        fault(&r[5]),
+        9003,
+        "Notification 3 (lightweight) is not supported"
+    );
+    assert!(matches!(
+        r[6],
+        CpeMessage::SetParameterValuesResponse { .. }
+    ));
+    assert!(matches!(r[7], CpeMessage::AddObjectResponse { .. }));
+    // Nothing of the refused requests was applied.
+    assert_eq!(
+        a.get("Device.ManagementServer.PeriodicInformInterval"),
+        "86400"
+    );
+    assert_eq!(
+        a.get("Device.ManagementServer.PeriodicInformEnable"),
+        "true"
+    );
+    assert_eq!(a.get("Device.ManagementServer.ParameterKey"), "k2");
+    assert_eq!(
+        a.get("Device.ManagementServer.InformParameterNumberOfEntries"),
+        "1"
+    );
+    // The ACS's own changes are not reported back to it as VALUE CHANGE.
+    let ch = a.ctl(json!({"op": "changes"}));
+    assert_eq!(ch["changes"], json!([]), "{ch}");
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(3, WAIT);
+    assert!(
+        !events(&s[2]).contains(&"4 VALUE CHANGE".to_string()),
+        "{:?}",
+        events(&s[2])
+    );
+    common::xsd::validate_sessions(
+        "argument_facets_attributes_and_acs_own_changes",
+        &acs.sessions(),
+    );
+}
+
+/// Issue #12, defect 8: the InformParameter table adds its parameters to the Informs whose
+/// events match its EventList.
+#[test]
+fn inform_parameter_table_is_honoured() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-informparam");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    let t = "Device.ManagementServer.InformParameter.1.";
+    let pv = |n: &str, v: &str| ParamValue {
+        name: format!("{t}{n}"),
+        value: v.into(),
+        xsi_type: None,
+    };
+    acs.queue(vec![
+        AcsRequest::AddObject {
+            object_name: "Device.ManagementServer.InformParameter.".into(),
+            parameter_key: "ip".into(),
+        },
+        AcsRequest::SetParameterValues {
+            list: vec![
+                pv("Enable", "true"),
+                pv(
+                    "ParameterName",
+                    "Device.ManagementServer.PeriodicInformInterval",
+                ),
+                pv("EventList", "6 CONNECTION REQUEST"),
+            ],
+            parameter_key: "ip".into(),
+        },
+    ]);
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(2, WAIT);
+    assert!(matches!(
+        s[1].received[1],
+        CpeMessage::SetParameterValuesResponse { .. }
+    ));
+    // A connection request Inform carries it; a periodic one (event not listed) does not.
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(3, WAIT);
+    assert_eq!(
+        inform_param(&s[2], "Device.ManagementServer.PeriodicInformInterval").as_deref(),
+        Some("86400")
+    );
+    a.ctl(json!({"op": "inform", "event": "2 PERIODIC"}));
+    let s = acs.wait_sessions(4, WAIT);
+    assert_eq!(
+        inform_param(&s[3], "Device.ManagementServer.PeriodicInformInterval"),
+        None
+    );
+}
+
+/// Issue #12, defect 13: a ScheduleInform the ACS was told succeeded survives a restart of
+/// the agent before its time.
+#[test]
+fn schedule_inform_survives_a_restart() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-schedinf");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    acs.queue(vec![AcsRequest::ScheduleInform {
+        delay_seconds: 3,
+        command_key: "later".into(),
+    }]);
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(2, WAIT);
+    assert!(matches!(
+        s[1].received[0],
+        CpeMessage::ScheduleInformResponse
+    ));
+    a.kill9();
+    let _b = Agent::start(&config_for(d.path(), &acs, ""));
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = acs.sessions();
+        if let Some(x) = s.iter().skip(2).find(|x| {
+            x.inform.as_ref().is_some_and(|i| {
+                i.events
+                    .iter()
+                    .any(|e| e.event_code == "M ScheduleInform" && e.command_key == "later")
+            })
+        }) {
+            assert!(events(x).contains(&"3 SCHEDULED".to_string()));
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "no scheduled inform after the restart");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue #12, defect 8: DelayReboot reboots that many seconds after the session that set it,
+/// and is -1 again after the reboot; ScheduleReboot reboots at its time.
+#[test]
+fn delay_reboot_and_schedule_reboot_reboot_the_box() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-delayreboot");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    acs.queue(vec![AcsRequest::SetParameterValues {
+        list: vec![ParamValue {
+            name: "Device.ManagementServer.DelayReboot".into(),
+            value: "1".into(),
+            xsi_type: None,
+        }],
+        parameter_key: "dr".into(),
+    }]);
+    a.ctl(json!({"op": "inform"}));
+    acs.wait_sessions(2, WAIT);
+    let log = d.path().join("actions.log");
+    assert!(
+        wait_file_contains(&log, "reboot", WAIT),
+        "DelayReboot rebooted"
+    );
+    a.stop();
+    std::fs::remove_file(&log).unwrap();
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(3, WAIT);
+    // ScheduleReboot two seconds ahead.
+    let at = cwmpd::util::time::format_datetime(cwmpd::util::time::now_unix() + 2);
+    let r = a.set("Device.ManagementServer.ScheduleReboot", &at);
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        wait_file_contains(&log, "reboot", WAIT),
+        "ScheduleReboot rebooted"
+    );
+}
+
+/// Issue #12, defect 16: while the wall clock was never set (a box without RTC boots in
+/// 1970), the Inform's CurrentTime is the Unknown Time value, not 1970. libfaketime moves only
+/// the agent's clock.
+#[test]
+fn inform_current_time_is_unknown_while_the_clock_is_not_set() {
+    let lib = std::fs::read_dir("/usr/lib").ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path().join("faketime/libfaketime.so.1"))
+            .find(|p| p.exists())
+    });
+    let Some(lib) = lib else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI: libfaketime is not installed"
+        );
+        println!("SKIPPED inform_current_time_is_unknown: libfaketime not installed");
+        return;
+    };
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-clock");
+    let env = [
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME", "@1970-01-02 00:00:00".to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+    ];
+    let _a = Agent::start_with_env(&config_for(d.path(), &acs, ""), &env);
+    let s = acs.wait_sessions(1, WAIT);
+    let inf = s[0].inform.as_ref().unwrap();
+    assert_eq!(inf.current_time, "0001-01-01T00:00:00Z");
+    common::xsd::validate_sessions(
+        "inform_current_time_is_unknown_while_the_clock_is_not_set",
+        &acs.sessions(),
+    );
+}
+
+/// Issue #12, defect 18: SetParameterAttributes on a partial path sets the attribute on the
+/// parameters below that can take it; one whose Notification is forced (SoftwareVersion) keeps
+/// its own, instead of the whole request failing with 9009. Named by its full path, it still
+/// gets 9009. UDPConnectionRequestAddress takes active notification (TR-181: normal).
+#[test]
+fn set_attributes_on_a_partial_path_skips_forced_parameters() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-spa-partial");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    let attr = |name: &str, n: u8| AcsRequest::SetParameterAttributes {
+        list: vec![SetAttr {
+            name: name.into(),
+            notification_change: true,
+            notification: Some(n),
+            access_list_change: false,
+            access_list: vec![],
+        }],
+    };
+    acs.queue(vec![
+        attr("Device.DeviceInfo.", 1),
+        attr("Device.DeviceInfo.SoftwareVersion", 1),
+        attr("Device.ManagementServer.UDPConnectionRequestAddress", 2),
+    ]);
+    a.ctl(json!({"op": "inform"}));
+    let s = acs.wait_sessions(2, WAIT);
+    let r = &s[1].received;
+    assert!(
+        matches!(r[0], CpeMessage::SetParameterAttributesResponse),
+        "{:?}",
+        r[0]
+    );
+    match &r[1] {
+        CpeMessage::Fault(f) => assert_eq!(f.code, 9009),
+        other => panic!("expected 9009, got {other:?}"),
+    }
+    assert!(matches!(r[2], CpeMessage::SetParameterAttributesResponse));
+    let attrs = a.ctl(json!({"op": "getattr", "names": [
+        "Device.DeviceInfo.SoftwareVersion",
+        "Device.DeviceInfo.Manufacturer",
+        "Device.ManagementServer.UDPConnectionRequestAddress"]}));
+    let n = |i: usize| attrs["attributes"][i]["notification"].as_u64().unwrap();
+    assert_eq!(n(0), 2, "forced active notification kept");
+    assert_eq!(n(1), 1, "passive set below the partial path");
+    assert_eq!(n(2), 2);
 }

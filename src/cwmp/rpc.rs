@@ -39,17 +39,12 @@ const PARAMETER_KEY: &str = "Device.ManagementServer.ParameterKey";
 /// the parse limits) asks for an answer of tens of gigabytes (issue #9).
 pub const MAX_RESPONSE_ENTRIES: usize = 100_000;
 
-/// What must happen after the session because of a request served in it.
+/// What must happen after the session because of a request served in it. Recorded (and
+/// persisted) when the response is written, carried out after the session however it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    Reboot {
-        command_key: String,
-    },
+    Reboot { command_key: String },
     FactoryReset,
-    ScheduleInform {
-        delay_seconds: u32,
-        command_key: String,
-    },
 }
 
 fn fault_env(env: &Envelope<AcsRequest>, f: SoapFault) -> Envelope<CpeMessage> {
@@ -71,32 +66,35 @@ fn reply(env: &Envelope<AcsRequest>, m: CpeMessage) -> Envelope<CpeMessage> {
 impl Engine {
     /// Writes the ParameterKey into the store ahead of a change that persists on success, and
     /// gives back the old key to restore on failure (so key and change land in one write).
-    fn stage_key(&mut self, key: &str) -> Option<String> {
+    /// The ACS's own bookkeeping: not notified back to it. A key the model cannot hold is a
+    /// fault (9003), checked before anything is applied.
+    fn stage_key(&mut self, key: &str) -> Result<Option<String>, Fault> {
         let old = self.store.secret(PARAMETER_KEY).map(str::to_string);
         if old.is_some() {
-            let _ = self.store.set_internal(PARAMETER_KEY, key);
+            self.store
+                .set_unchecked(PARAMETER_KEY, key, Origin::Acs)
+                .map_err(|f| Fault::new(9003, format!("ParameterKey: {}", f.reason)))?;
         }
-        old
+        Ok(old)
     }
 
     fn unstage_key(&mut self, old: Option<String>) {
         if let Some(o) = old {
-            let _ = self.store.set_internal(PARAMETER_KEY, &o);
+            let _ = self.store.set_unchecked(PARAMETER_KEY, &o, Origin::Acs);
         }
     }
 
     /// Serves one ACS request; the response envelope is appended to `out`.
-    pub async fn serve_rpc(
-        &mut self,
-        env: &Envelope<AcsRequest>,
-        out: &mut Vec<u8>,
-    ) -> Option<Effect> {
-        let mut effect = None;
+    pub async fn serve_rpc(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) {
         let resp = match &env.body {
             AcsRequest::GetRPCMethods => reply(
                 env,
                 CpeMessage::GetRPCMethodsResponse {
-                    methods: METHODS.iter().map(|m| m.to_string()).collect(),
+                    methods: METHODS
+                        .iter()
+                        .filter(|m| env.ns.has_cpe_method(m))
+                        .map(|m| m.to_string())
+                        .collect(),
                 },
             ),
             AcsRequest::GetParameterValues { names } => {
@@ -105,12 +103,12 @@ impl Engine {
                     Ok(c) => c,
                     Err(f) => {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                        return None;
+                        return;
                     }
                 };
                 if count > MAX_RESPONSE_ENTRIES {
                     soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
-                    return None;
+                    return;
                 }
                 if !self.providers.is_empty() {
                     let mut paths = Vec::new();
@@ -135,7 +133,7 @@ impl Engine {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
                     }
                 }
-                return None;
+                return;
             }
             AcsRequest::GetParameterNames { path, next_level } => {
                 match self.store.get_names(path, *next_level) {
@@ -145,7 +143,7 @@ impl Engine {
                             w.param(n, *wr);
                         }
                         w.finish();
-                        return None;
+                        return;
                     }
                     Err(f) => fault_env(env, model_fault(&f)),
                 }
@@ -158,7 +156,13 @@ impl Engine {
                     .iter()
                     .map(|p| (p.name.clone(), p.value.clone(), p.xsi_type.clone()))
                     .collect();
-                let old = self.stage_key(parameter_key);
+                let old = match self.stage_key(parameter_key) {
+                    Ok(o) => o,
+                    Err(f) => {
+                        soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                        return;
+                    }
+                };
                 match self.set_values(&items, Origin::Acs).await {
                     Ok(_) => reply(env, CpeMessage::SetParameterValuesResponse { status: 0 }),
                     Err(e) => {
@@ -187,7 +191,7 @@ impl Engine {
                     .is_ok_and(|c| c > MAX_RESPONSE_ENTRIES)
                 {
                     soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
-                    return None;
+                    return;
                 }
                 match self.store.get_attributes(&refs) {
                     Ok(v) => reply(
@@ -231,7 +235,13 @@ impl Engine {
                 object_name,
                 parameter_key,
             } => {
-                let old = self.stage_key(parameter_key);
+                let old = match self.stage_key(parameter_key) {
+                    Ok(o) => o,
+                    Err(f) => {
+                        soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                        return;
+                    }
+                };
                 match self.add_object(object_name, Origin::Acs).await {
                     Ok(n) => reply(
                         env,
@@ -250,7 +260,13 @@ impl Engine {
                 object_name,
                 parameter_key,
             } => {
-                let old = self.stage_key(parameter_key);
+                let old = match self.stage_key(parameter_key) {
+                    Ok(o) => o,
+                    Err(f) => {
+                        soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                        return;
+                    }
+                };
                 match self.delete_object(object_name, Origin::Acs).await {
                     Ok(()) => reply(env, CpeMessage::DeleteObjectResponse { status: 0 }),
                     Err(f) => {
@@ -260,13 +276,13 @@ impl Engine {
                 }
             }
             AcsRequest::Reboot { command_key } => {
-                effect = Some(Effect::Reboot {
+                self.record_effect(Effect::Reboot {
                     command_key: command_key.clone(),
                 });
                 reply(env, CpeMessage::RebootResponse)
             }
             AcsRequest::FactoryReset => {
-                effect = Some(Effect::FactoryReset);
+                self.record_effect(Effect::FactoryReset);
                 reply(env, CpeMessage::FactoryResetResponse)
             }
             AcsRequest::ScheduleInform {
@@ -276,10 +292,7 @@ impl Engine {
                 if *delay_seconds == 0 {
                     fault_env(env, SoapFault::new(9003))
                 } else {
-                    effect = Some(Effect::ScheduleInform {
-                        delay_seconds: *delay_seconds,
-                        command_key: command_key.clone(),
-                    });
+                    self.schedule_inform(*delay_seconds, command_key, std::time::Instant::now());
                     reply(env, CpeMessage::ScheduleInformResponse)
                 }
             }
@@ -328,6 +341,5 @@ impl Engine {
             ),
         };
         soap::emit_cpe(&resp, out);
-        effect
     }
 }

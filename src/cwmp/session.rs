@@ -14,13 +14,28 @@ use super::events::{Event, EventQueue};
 use super::rpc::Effect;
 use super::soap::{
     self, AcsMessage, CpeMessage, CwmpNs, DeviceId, Envelope, EventStruct, Inform, ParamValue,
+    ParseError,
 };
-use crate::engine::{Command, Engine};
+use crate::engine::{Command, Done, Engine};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
-use crate::util::time::{format_datetime, now_unix, parse_datetime};
+use crate::util::time::{current_time_or_unknown, now_unix, parse_datetime};
 use tokio::sync::mpsc;
 
 const MS: &str = "Device.ManagementServer.";
+/// Default of `[actions] reboot_grace`: how long no session is opened after a reboot or
+/// factory-reset command was started.
+const DEFAULT_REBOOT_GRACE: Duration = Duration::from_secs(300);
+/// Persisted: a Reboot or FactoryReset the ACS was told succeeded and that is not carried out
+/// yet (`{"what": "reboot"|"factory_reset", "started": bool}`).
+const PENDING_ACTION: &str = "pending_action";
+/// Persisted: ScheduleInform timers as `[[unix_deadline, CommandKey], ...]`.
+const SCHEDULED_INFORMS: &str = "scheduled_informs";
+/// Persisted: the kernel boot id of the last start (tells a reboot from an agent restart).
+const BOOT_ID: &str = "boot_id";
+/// Persisted: the DelayReboot deadline (Unix seconds).
+const DELAY_REBOOT_AT: &str = "delay_reboot_at";
+/// Persisted: the armed ScheduleReboot time (Unix seconds).
+const SCHEDULE_REBOOT_AT: &str = "schedule_reboot_at";
 /// Upper bound on messages in one session (a runaway ACS cannot keep the agent forever).
 const MAX_EXCHANGES: usize = 10_000;
 
@@ -50,6 +65,14 @@ pub struct CwmpState {
     big_session: bool,
     /// ACS-requested file transfers (see [`super::transfer`]).
     pub xfer: super::transfer::Transfers,
+    /// No session before this: a reboot or factory-reset command was started and the box is
+    /// expected to go down (TR-069: `M Reboot` goes out with `1 BOOT` after the reboot).
+    pub hold_until: Option<Instant>,
+    /// What the requests served in the running session asked for, carried out after it
+    /// whether it ended cleanly or not (the ACS was told they succeeded).
+    effects: Vec<Effect>,
+    /// When ManagementServer.DelayReboot asks for a reboot.
+    delay_reboot: Option<Instant>,
 }
 
 /// Why a session failed.
@@ -95,12 +118,190 @@ impl Engine {
         {
             self.cwmp.queue = q;
         }
+        let boot_id = read_boot_id();
+        let rebooted = self
+            .agent_state
+            .get(BOOT_ID)
+            .and_then(|v| v.as_str())
+            .is_none_or(|old| boot_id.as_deref() != Some(old));
+        if let Some(id) = boot_id {
+            self.agent_state.insert(BOOT_ID.into(), json!(id));
+        }
+        self.restore_scheduled_informs(now);
+        self.restore_delay_reboot(now, rebooted);
+        if self
+            .agent_state
+            .get(SCHEDULE_REBOOT_AT)
+            .and_then(|v| v.as_i64())
+            .is_some_and(|at| at <= now_unix())
+        {
+            self.agent_state.remove(SCHEDULE_REBOOT_AT);
+        }
         self.transfers_boot();
         self.check_bootstrap();
         self.cwmp.queue.push("1 BOOT", "");
         self.save_events();
         self.cwmp.next_session = Some(now);
         self.update_periodic(now);
+        self.resume_pending_action(rebooted, now);
+    }
+
+    /// A Reboot or FactoryReset acknowledged before the last stop: done if its command was
+    /// started (or, for a reboot, if the box rebooted anyway); otherwise carried out now.
+    fn resume_pending_action(&mut self, rebooted: bool, now: Instant) {
+        let Some(p) = self.agent_state.get(PENDING_ACTION).cloned() else {
+            return;
+        };
+        let started = p.get("started").and_then(|v| v.as_bool()) == Some(true);
+        let what = p.get("what").and_then(|v| v.as_str()).unwrap_or("");
+        match what {
+            "reboot" if !started && !rebooted => {
+                tracing::warn!("a Reboot the ACS requested was not carried out: rebooting now");
+                self.start_action("reboot", now);
+            }
+            "factory_reset" if !started => {
+                tracing::warn!("a FactoryReset the ACS requested was not carried out: now");
+                self.factory_reset(now);
+            }
+            _ => {
+                self.agent_state.remove(PENDING_ACTION);
+                let _ = self.persist();
+            }
+        }
+    }
+
+    /// ScheduleInform timers survive a restart (they are wall-clock deadlines).
+    fn restore_scheduled_informs(&mut self, now: Instant) {
+        let Some(list) = self
+            .agent_state
+            .get(SCHEDULED_INFORMS)
+            .and_then(|v| serde_json::from_value::<Vec<(i64, String)>>(v.clone()).ok())
+        else {
+            return;
+        };
+        let unix = now_unix();
+        for (at, key) in list {
+            let delay = Duration::from_secs(at.saturating_sub(unix).max(0) as u64);
+            self.cwmp.scheduled.push((now + delay, key));
+        }
+    }
+
+    fn save_scheduled_informs(&mut self, now: Instant) {
+        let unix = now_unix();
+        let list: Vec<(i64, String)> = self
+            .cwmp
+            .scheduled
+            .iter()
+            .map(|(w, k)| {
+                (
+                    unix + w.saturating_duration_since(now).as_secs() as i64,
+                    k.clone(),
+                )
+            })
+            .collect();
+        if list.is_empty() {
+            self.agent_state.remove(SCHEDULED_INFORMS);
+        } else {
+            self.agent_state
+                .insert(SCHEDULED_INFORMS.into(), json!(list));
+        }
+    }
+
+    /// A ScheduleInform the ACS requested: the timer runs from the call (A.3.2.9) and is
+    /// persisted before the response goes out.
+    pub(crate) fn schedule_inform(&mut self, delay_seconds: u32, command_key: &str, now: Instant) {
+        self.cwmp.scheduled.push((
+            now + Duration::from_secs(delay_seconds as u64),
+            command_key.to_string(),
+        ));
+        self.save_scheduled_informs(now);
+        let _ = self.persist();
+    }
+
+    /// DelayReboot is reset to -1 whenever the CPE reboots (TR-181); after an agent restart
+    /// without reboot its deadline still holds.
+    fn restore_delay_reboot(&mut self, now: Instant, rebooted: bool) {
+        let at = self
+            .agent_state
+            .get(DELAY_REBOOT_AT)
+            .and_then(|v| v.as_i64());
+        if rebooted {
+            if self.ms("DelayReboot") != "-1" {
+                let _ = self.store.set_internal(&format!("{MS}DelayReboot"), "-1");
+            }
+            self.agent_state.remove(DELAY_REBOOT_AT);
+        } else if let Some(at) = at {
+            let d = at.saturating_sub(now_unix()).max(0) as u64;
+            self.cwmp.delay_reboot = Some(now + Duration::from_secs(d));
+        }
+    }
+
+    /// Records a Reboot or FactoryReset the ACS is about to be told succeeded, so that it
+    /// survives a power cut before it is carried out.
+    pub(crate) fn record_effect(&mut self, e: Effect) {
+        let what = match &e {
+            Effect::Reboot { command_key } => {
+                self.cwmp.queue.push("M Reboot", command_key);
+                "reboot"
+            }
+            Effect::FactoryReset => "factory_reset",
+        };
+        self.agent_state.insert(
+            PENDING_ACTION.into(),
+            json!({"what": what, "started": false}),
+        );
+        self.cwmp.effects.push(e);
+        self.save_events();
+    }
+
+    fn reboot_grace(&self) -> Duration {
+        self.cfg
+            .actions
+            .reboot_grace
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_REBOOT_GRACE)
+    }
+
+    /// Starts the reboot or factory-reset command without waiting for it; no session is
+    /// opened until it fails or the grace period ends.
+    pub(crate) fn start_action(&mut self, what: &'static str, now: Instant) {
+        let argv = match what {
+            "reboot" => self.cfg.actions.reboot.clone(),
+            _ => self.cfg.actions.factory_reset.clone(),
+        };
+        if argv.is_empty() {
+            if what == "reboot" {
+                tracing::warn!("Reboot requested but [actions] reboot is not configured");
+            }
+            self.agent_state.remove(PENDING_ACTION);
+            let _ = self.persist();
+            self.cwmp.next_session = Some(now);
+            return;
+        }
+        if let Some(p) = self.agent_state.get_mut(PENDING_ACTION) {
+            p["started"] = json!(true);
+        }
+        let _ = self.persist();
+        tracing::info!("{what}: {}", argv.join(" "));
+        self.cwmp.hold_until = Some(now + self.reboot_grace());
+        self.tasks.push(Box::pin(async move {
+            let ok = run_action(&argv, None).await;
+            Done::Action { what, ok }
+        }));
+    }
+
+    /// A reboot or factory-reset command ended. Success: keep waiting for the box to go down.
+    /// Failure: report in the next session (the pending `M Reboot` goes out).
+    pub(crate) fn action_done(&mut self, what: &'static str, ok: bool, now: Instant) {
+        if ok {
+            tracing::debug!("{what} command returned; waiting for the box to go down");
+            return;
+        }
+        tracing::error!("{what} command failed: the box did not go down; resuming sessions");
+        self.cwmp.hold_until = None;
+        self.agent_state.remove(PENDING_ACTION);
+        let _ = self.persist();
+        self.cwmp.next_session = Some(now);
     }
 
     /// Pushes 0 BOOTSTRAP when the ACS URL differs from the one last bootstrapped with.
@@ -131,6 +332,7 @@ impl Engine {
         }
         self.check_active_changes(now);
         self.update_periodic(now);
+        self.arm_schedule_reboot();
         self.refresh_cr();
         self.publish_settings();
     }
@@ -229,10 +431,20 @@ impl Engine {
 
     /// The earliest time the engine must wake for the CWMP side.
     pub fn cwmp_next_wakeup(&self) -> Option<Instant> {
-        let mut t = [self.cwmp.next_session, self.cwmp.next_periodic]
-            .into_iter()
-            .flatten()
-            .min();
+        // While a reboot is awaited, a due session waits for the end of the grace period.
+        let session = match (self.cwmp.next_session, self.cwmp.hold_until) {
+            (Some(s), Some(h)) => Some(s.max(h)),
+            (s, _) => s,
+        };
+        let mut t = [
+            session,
+            self.cwmp.next_periodic,
+            self.cwmp.delay_reboot,
+            self.schedule_reboot_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         for (w, _) in &self.cwmp.scheduled {
             t = Some(t.map_or(*w, |x| x.min(*w)));
         }
@@ -267,8 +479,22 @@ impl Engine {
                 self.cwmp.queue.push("3 SCHEDULED", "");
                 self.cwmp.queue.push("M ScheduleInform", &k);
             }
+            self.save_scheduled_informs(now);
             self.save_events();
             self.cwmp.next_session = Some(now);
+        }
+        self.reboot_timers(now);
+        if let Some(h) = self.cwmp.hold_until {
+            if h > now {
+                return;
+            }
+            tracing::warn!(
+                "still running {} s after the reboot / factory-reset command: resuming sessions",
+                self.reboot_grace().as_secs()
+            );
+            self.cwmp.hold_until = None;
+            self.agent_state.remove(PENDING_ACTION);
+            let _ = self.persist();
         }
         if matches!(self.cwmp.next_session, Some(t) if t <= now) {
             self.cwmp.next_session = None;
@@ -284,6 +510,7 @@ impl Engine {
         self.cwmp.in_session = true;
         let result = self.run_session(rx).await;
         self.cwmp.in_session = false;
+        let effects = std::mem::take(&mut self.cwmp.effects);
         let end = Instant::now();
         self.cwmp.last_session_end = Some(end);
         if std::mem::take(&mut self.cwmp.big_session) {
@@ -300,16 +527,14 @@ impl Engine {
             self.cwmp.next_session = Some(end);
         }
         match result {
-            Ok(effects) => {
+            Ok(()) => {
                 self.cwmp.sessions_ok += 1;
                 tracing::info!(
                     "session ended after {:.1} ms",
                     started.elapsed().as_secs_f64() * 1000.0
                 );
-                for e in effects {
-                    self.apply_effect(e, end).await;
-                }
-                // Events that arrived or were raised (M Reboot, ...) need another session.
+                // Events that arrived meanwhile need another session (not opened while a
+                // reboot is awaited: see hold_until).
                 if !self.cwmp.queue.is_empty() {
                     self.cwmp.next_session = Some(end);
                 }
@@ -339,7 +564,89 @@ impl Engine {
                 self.save_events();
             }
         }
+        // The ACS was told these succeeded: carried out whatever the session's end.
+        for e in effects {
+            self.apply_effect(e, end);
+        }
+        self.arm_delay_reboot(end);
         self.after_change(end);
+    }
+
+    /// DelayReboot ≥ 0 set in the session that just ended: reboot that many seconds after it.
+    fn arm_delay_reboot(&mut self, end: Instant) {
+        let Ok(d) = self.ms("DelayReboot").parse::<i64>() else {
+            return;
+        };
+        if d < 0 || self.cwmp.delay_reboot.is_some() {
+            return;
+        }
+        self.cwmp.delay_reboot = Some(end + Duration::from_secs(d as u64));
+        self.agent_state
+            .insert(DELAY_REBOOT_AT.into(), json!(now_unix() + d));
+        let _ = self.persist();
+    }
+
+    /// The armed ScheduleReboot time as an instant.
+    fn schedule_reboot_at(&self) -> Option<Instant> {
+        let at = self.agent_state.get(SCHEDULE_REBOOT_AT)?.as_i64()?;
+        let d = at.saturating_sub(now_unix()).max(0) as u64;
+        Some(Instant::now() + Duration::from_secs(d))
+    }
+
+    /// Arms (persisted) a ScheduleReboot value that lies in the future; a past value, Unknown
+    /// Time or a time that passed while the box was off reboots nothing (TR-181).
+    fn arm_schedule_reboot(&mut self) {
+        let at = self
+            .store
+            .secret(&format!("{MS}ScheduleReboot"))
+            .and_then(parse_datetime);
+        let armed = self
+            .agent_state
+            .get(SCHEDULE_REBOOT_AT)
+            .and_then(|v| v.as_i64());
+        let now = now_unix();
+        let want = at.filter(|t| *t > now && crate::util::time::clock_synchronised(*t));
+        let keep = armed.filter(|a| Some(*a) == at && *a >= now);
+        let new = want.or(keep);
+        if new != armed {
+            match new {
+                Some(t) => self.agent_state.insert(SCHEDULE_REBOOT_AT.into(), json!(t)),
+                None => self.agent_state.remove(SCHEDULE_REBOOT_AT),
+            };
+            let _ = self.persist();
+        }
+    }
+
+    /// Starts a reboot asked for by ScheduleReboot or DelayReboot once due (never during a
+    /// session: timers fire between sessions).
+    fn reboot_timers(&mut self, now: Instant) {
+        let mut due = false;
+        if let Some(t) = self.cwmp.delay_reboot
+            && t <= now
+        {
+            self.cwmp.delay_reboot = None;
+            self.agent_state.remove(DELAY_REBOOT_AT);
+            let _ = self.store.set_internal(&format!("{MS}DelayReboot"), "-1");
+            tracing::info!("DelayReboot expired: rebooting");
+            due = true;
+        }
+        if let Some(at) = self
+            .agent_state
+            .get(SCHEDULE_REBOOT_AT)
+            .and_then(|v| v.as_i64())
+            && at <= now_unix()
+        {
+            self.agent_state.remove(SCHEDULE_REBOOT_AT);
+            tracing::info!("ScheduleReboot time reached: rebooting");
+            due = true;
+        }
+        if due {
+            self.agent_state.insert(
+                PENDING_ACTION.into(),
+                json!({"what": "reboot", "started": false}),
+            );
+            self.start_action("reboot", now);
+        }
     }
 
     fn last_skip_reason(&mut self) -> &'static str {
@@ -353,6 +660,55 @@ impl Engine {
     fn next_id(&mut self) -> String {
         self.cwmp.id_counter += 1;
         format!("cwmpd-{}", self.cwmp.id_counter)
+    }
+
+    /// Values the ACS asked for in every Inform whose events match (InformParameter table).
+    fn inform_parameter_values(&mut self, events: &[Event]) -> Vec<ParamValue> {
+        let base = format!("{MS}InformParameter.");
+        let Ok(rows) = self.store.expand(&base) else {
+            return Vec::new();
+        };
+        let mut instances: Vec<String> = rows
+            .iter()
+            .filter_map(|p| {
+                let rest = &p[base.len()..];
+                rest.split_once('.').map(|(n, _)| format!("{base}{n}."))
+            })
+            .collect();
+        instances.dedup();
+        let mut out: Vec<ParamValue> = Vec::new();
+        for inst in instances {
+            let get = |s: &Self, n: &str| {
+                s.store
+                    .secret(&format!("{inst}{n}"))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            if get(self, "Enable") != "true" {
+                continue;
+            }
+            let name = get(self, "ParameterName");
+            let list = get(self, "EventList");
+            let wanted: Vec<&str> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            if !wanted.is_empty() && !events.iter().any(|e| wanted.contains(&e.code.as_str())) {
+                continue;
+            }
+            for path in self.store.expand_pattern(&name) {
+                if out.iter().any(|p| p.name == path) {
+                    continue;
+                }
+                if let Ok(v) = self.store.get_values(&[path.as_str()])
+                    && let Some(e) = v.into_iter().next()
+                {
+                    out.push(ParamValue::new(e.name, e.value, e.xsi_type));
+                }
+            }
+        }
+        out
     }
 
     fn build_inform(&mut self) -> (Inform, Vec<Event>, Vec<String>) {
@@ -373,6 +729,11 @@ impl Engine {
                 params.push(ParamValue::new(e.name, e.value, e.xsi_type));
             }
         }
+        for p in self.inform_parameter_values(&events) {
+            if !params.iter().any(|q| q.name == p.name) {
+                params.push(p);
+            }
+        }
         let di = |s: &mut Self, n: &str| {
             s.store
                 .get(&format!("Device.DeviceInfo.{n}"))
@@ -390,7 +751,7 @@ impl Engine {
                 .map(|e| EventStruct::new(e.code.clone(), e.command_key.clone()))
                 .collect(),
             max_envelopes: 1,
-            current_time: format_datetime(now_unix()),
+            current_time: current_time_or_unknown(now_unix()),
             retry_count: self.cwmp.retry_count,
             params,
         };
@@ -406,7 +767,6 @@ impl Engine {
         }
     }
 
-    /// Runs one session; returns the effects to apply after it.
     /// POSTs one message; while waiting for the ACS, keeps serving the engine's commands.
     async fn post_serving(
         &mut self,
@@ -414,30 +774,14 @@ impl Engine {
         body: Vec<u8>,
         rx: &mut mpsc::Receiver<Command>,
     ) -> Result<crate::net::acs::AcsResponse, AcsError> {
-        let fut = client.post(body);
-        tokio::pin!(fut);
-        let mut open = !self.shutdown_requested;
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut fut => return r,
-                cmd = rx.recv(), if open => match cmd {
-                    Some(c) => {
-                        if !self.handle_command(c).await {
-                            open = false;
-                        }
-                    }
-                    None => open = false,
-                },
-            }
-        }
+        self.serving(client.post(body), rx).await
     }
 
-    /// Runs one session; returns the effects to apply after it.
+    /// Runs one session. Effects of the requests it served are left in `cwmp.effects`.
     pub async fn run_session(
         &mut self,
         rx: &mut mpsc::Receiver<Command>,
-    ) -> Result<Vec<Effect>, SessionError> {
+    ) -> Result<(), SessionError> {
         if !self.cwmp_enabled() {
             return Err(SessionError::Disabled);
         }
@@ -454,11 +798,14 @@ impl Engine {
         let timeout = Duration::from_secs(self.cfg.acs.response_timeout.max(1));
         let mut client = AcsClient::new(&url, &user, &pass, &self.tls_settings(), timeout)
             .map_err(SessionError::Transport)?;
+        // The Inform carries ConnectionRequestURL: the route to the ACS must be known.
+        self.ensure_acs_route(rx).await;
         // A completed transfer not yet acknowledged: its events go (again) into this Inform.
         if self.ensure_transfer_events() {
             self.save_events();
         }
         client.set_gzip(self.ms("HTTPCompression") == "GZIP");
+        client.set_allow_basic_over_http(self.cfg.acs.allow_basic_over_http);
         let (inform, sent, changed) = self.build_inform();
         let codes: Vec<&str> = sent.iter().map(|e| e.code.as_str()).collect();
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
@@ -500,15 +847,17 @@ impl Engine {
         }
         self.save_events();
 
-        // Our own requests: one TransferComplete per completed transfer, before the empty POST.
+        // Our own requests: one TransferComplete per completed transfer, before the empty POST,
+        // unless the ACS holds them (then: once a message of the ACS no longer holds them).
+        let mut requests_sent = false;
         if hold {
-            tracing::info!("the ACS holds requests: TransferComplete deferred to a later session");
+            tracing::info!("the ACS holds requests (HoldRequests): TransferComplete deferred");
         } else {
             self.send_transfer_completes(&mut client, ns, rx).await?;
+            requests_sent = true;
         }
 
         // The empty POST, then the ACS's requests until it ends the session.
-        let mut effects = Vec::new();
         let mut body = Vec::new();
         for _ in 0..MAX_EXCHANGES {
             let resp = self
@@ -516,7 +865,15 @@ impl Engine {
                 .await
                 .map_err(SessionError::Transport)?;
             if resp.status == 204 || (resp.status == 200 && soap::is_empty_body(&resp.body)) {
-                return Ok(effects);
+                // The ACS has no more requests and no longer holds ours (an empty response
+                // carries no HoldRequests): requests held back go now, then a new empty POST
+                // (TR-069 §3.7.1.4: the session ends when neither side has requests left).
+                if !requests_sent && !self.pending_transfer_completes().is_empty() {
+                    requests_sent = true;
+                    self.send_transfer_completes(&mut client, ns, rx).await?;
+                    continue;
+                }
+                return Ok(());
             }
             if resp.status != 200 {
                 return Err(SessionError::Status(resp.status));
@@ -534,8 +891,20 @@ impl Engine {
                             body: req,
                         };
                         tracing::debug!("ACS request {}", env.body.method_name());
-                        if let Some(e) = self.serve_rpc(&env, &mut out).await {
-                            effects.push(e);
+                        if env.ns.has_cpe_method(env.body.method_name()) {
+                            self.serve_rpc(&env, &mut out).await;
+                        } else {
+                            tracing::info!(
+                                "{} does not exist in {}: 9000",
+                                env.body.method_name(),
+                                env.ns.uri()
+                            );
+                            let fe = env.header().map(|_| {
+                                CpeMessage::Fault(soap::Fault::new(
+                                    soap::cpe_fault::METHOD_NOT_SUPPORTED,
+                                ))
+                            });
+                            soap::emit_cpe(&fe, &mut out);
                         }
                         if out.len() > 256 * 1024 {
                             self.cwmp.big_session = true;
@@ -546,6 +915,14 @@ impl Engine {
                         tracing::warn!("unexpected {} from the ACS; ignored", other.method_name());
                     }
                 },
+                Err(ParseError::MustUnderstand { id, header }) => {
+                    // SOAP 1.1 §4.2.3: not processed, answered with a MustUnderstand fault.
+                    tracing::info!("ACS message with a mandatory header {header} refused");
+                    let mut h = Envelope::new(()).with_ns(ns);
+                    h.id = id;
+                    soap::emit_must_understand(&h, &header, &mut out);
+                    body = std::mem::take(&mut out);
+                }
                 Err(e) => match e.cpe_fault() {
                     Some(f) => {
                         tracing::info!("ACS request refused: {e}");
@@ -623,53 +1000,59 @@ impl Engine {
         Ok(())
     }
 
-    async fn apply_effect(&mut self, e: Effect, now: Instant) {
+    /// Carries out a Reboot or FactoryReset after the session that acknowledged it.
+    fn apply_effect(&mut self, e: Effect, now: Instant) {
         match e {
-            Effect::ScheduleInform {
-                delay_seconds,
-                command_key,
-            } => {
-                self.cwmp
-                    .scheduled
-                    .push((now + Duration::from_secs(delay_seconds as u64), command_key));
-            }
-            Effect::Reboot { command_key } => {
-                // M Reboot must reach the ACS after the reboot: persist it first.
-                self.cwmp.queue.push("M Reboot", &command_key);
-                self.save_events();
-                let argv = self.cfg.actions.reboot.clone();
-                if argv.is_empty() {
-                    tracing::warn!("Reboot requested but [actions] reboot is not configured");
-                } else {
-                    tracing::info!("rebooting: {}", argv.join(" "));
-                    run_action(&argv, None).await;
-                }
-            }
-            Effect::FactoryReset => {
-                tracing::warn!("factory reset requested by the ACS");
-                if let Err(e) = self.state_file.remove() {
-                    tracing::error!("cannot remove state: {e}");
-                }
-                match crate::engine::build_store(
-                    &self.cfg,
-                    Box::new(crate::model::store::ProcfsLive::default()),
-                ) {
-                    Ok(s) => self.store = s,
-                    Err(e) => tracing::error!("cannot rebuild the factory state: {e}"),
-                }
-                self.agent_state.clear();
-                self.cwmp.queue = EventQueue::default();
-                self.cwmp.queue.push("0 BOOTSTRAP", "");
-                self.cwmp.queue.push("1 BOOT", "");
-                self.save_events();
-                self.cwmp.next_session = Some(now);
-                let argv = self.cfg.actions.factory_reset.clone();
-                if !argv.is_empty() {
-                    run_action(&argv, None).await;
-                }
-            }
+            Effect::Reboot { .. } => self.start_action("reboot", now),
+            Effect::FactoryReset => self.factory_reset(now),
         }
     }
+
+    /// Factory reset: the persisted state is removed and the store rebuilt from the factory
+    /// state; the device's own status values (ConnectionRequestURL, the STUN-mapped address,
+    /// the JabberID) are re-applied at once, so the BOOTSTRAP Inform carries them. Then the
+    /// configured command runs (it normally reboots the box); without one, the BOOTSTRAP
+    /// session starts at once.
+    pub(crate) fn factory_reset(&mut self, now: Instant) {
+        tracing::warn!("factory reset requested by the ACS");
+        if let Err(e) = self.state_file.remove() {
+            tracing::error!("cannot remove state: {e}");
+        }
+        match crate::engine::build_store(
+            &self.cfg,
+            Box::new(crate::model::store::ProcfsLive::default()),
+        ) {
+            Ok(s) => self.replace_store(s),
+            Err(e) => tracing::error!("cannot rebuild the factory state: {e}"),
+        }
+        // What identifies this box's listener and the reboot bookkeeping survive the reset.
+        let keep = ["cr_path", "cr_secret", BOOT_ID];
+        let pending = self.agent_state.get(PENDING_ACTION).cloned();
+        self.agent_state.retain(|k, _| keep.contains(&k.as_str()));
+        self.cwmp.queue = EventQueue::default();
+        self.cwmp.scheduled.clear();
+        self.cwmp.delay_reboot = None;
+        self.cwmp.queue.push("0 BOOTSTRAP", "");
+        self.cwmp.queue.push("1 BOOT", "");
+        if let Some(p) = pending {
+            self.agent_state.insert(PENDING_ACTION.into(), p);
+        } else {
+            self.agent_state.insert(
+                PENDING_ACTION.into(),
+                json!({"what": "factory_reset", "started": false}),
+            );
+        }
+        self.save_events();
+        self.start_action("factory_reset", now);
+    }
+}
+
+/// The kernel's boot id (changes with every boot), when readable.
+fn read_boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Runs a configured action command, replacing `{file}`; logs failures.

@@ -110,6 +110,29 @@ pub fn now_unix() -> i64 {
 }
 
 /// The current time as an xsd:dateTime.
+/// xsd:dateTime Unknown Time (TR-069 / TR-106): what the CPE reports for a time it does not know.
+pub const UNKNOWN_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// 2020-01-01T00:00:00Z: a wall clock before this was never set (a box without RTC boots in
+/// 1970) and is treated as not synchronised.
+pub const PLAUSIBLE_SINCE: i64 = 1_577_836_800;
+
+/// Whether the wall clock can be trusted as absolute time: it reads after [`PLAUSIBLE_SINCE`].
+/// A heuristic (the kernel's NTP status would miss a clock set from an RTC): an STB without
+/// RTC comes up in 1970 until NTP sets it.
+pub fn clock_synchronised(unix: i64) -> bool {
+    unix >= PLAUSIBLE_SINCE
+}
+
+/// The Inform `CurrentTime`: now, or Unknown Time while the clock is not synchronised.
+pub fn current_time_or_unknown(unix: i64) -> String {
+    if clock_synchronised(unix) {
+        format_datetime(unix)
+    } else {
+        UNKNOWN_TIME.to_string()
+    }
+}
+
 pub fn now_datetime() -> String {
     format_datetime(now_unix())
 }

@@ -224,6 +224,18 @@ pub fn cwmpd(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Waits (bounded) until the file at `path` contains `needle`; returns whether it did.
+pub fn wait_file_contains(path: &Path, needle: &str, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// The event codes of a session's Inform.
 pub fn events(s: &cwmpd::testacs::SessionRecord) -> Vec<String> {
     s.inform
