@@ -103,6 +103,116 @@ pub enum Done {
     },
     /// A reboot or factory-reset command ended (`ok`: exit status 0).
     Action { what: &'static str, ok: bool },
+    /// Provider values fetched for a poll; `reply`: a control `poll` waiting for it.
+    Polled {
+        results: Fetched,
+        reply: Option<oneshot::Sender<Value>>,
+    },
+    /// A control request whose provider IO ended.
+    Ctl {
+        reply: oneshot::Sender<Value>,
+        op: CtlOp,
+    },
+    /// Providers were put back to their old values after a change that could not be kept.
+    Compensated(Result<(), SetError>),
+}
+
+/// What providers answered to reads: (provider, paths asked, values or why not).
+pub(crate) type Fetched = Vec<(usize, Vec<String>, Result<BTreeMap<String, String>, String>)>;
+
+/// The second half of a control request that needed provider IO.
+pub enum CtlOp {
+    Get {
+        names: Vec<String>,
+        results: Fetched,
+    },
+    Set {
+        list: Vec<(String, String, Option<String>)>,
+        result: Result<(), SetError>,
+    },
+    Add {
+        table: String,
+        instance: u32,
+        result: Result<(), String>,
+    },
+    Delete {
+        object: String,
+        result: Result<(), String>,
+    },
+}
+
+/// The provider writes of one SetParameterValues, in provider order: the handle, the new
+/// values and the values to put back if a later provider refuses.
+pub(crate) struct SetPlan {
+    writes: Vec<(Provider, Values, Values)>,
+}
+
+/// (path, value) pairs.
+type Values = Vec<(String, String)>;
+
+impl SetPlan {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Writes every provider's part; when one refuses (or fails), the parts already written
+    /// are put back to their old values (all or nothing across providers).
+    async fn apply(self) -> Result<(), SetError> {
+        let mut done: Vec<(Provider, Vec<(String, String)>)> = Vec::new();
+        for (p, new, old) in self.writes {
+            if let Err(e) = p.set(&new).await {
+                for (q, old) in done.iter().rev() {
+                    if let Err(e2) = q.set(old).await {
+                        tracing::error!(
+                            provider = q.index,
+                            "cannot put the old values back after a refused set: {e2}"
+                        );
+                    }
+                }
+                return Err(SetError {
+                    fault: Fault::new(
+                        9002,
+                        format!("provider {} refused the change: {e}", p.index),
+                    ),
+                    per_param: new
+                        .iter()
+                        .map(|(n, _)| (n.clone(), Fault::new(9002, e.clone())))
+                        .collect(),
+                });
+            }
+            done.push((p, old));
+        }
+        Ok(())
+    }
+
+    /// The plan that puts every provider back to the old values.
+    fn undo(&self) -> SetPlan {
+        SetPlan {
+            writes: self
+                .writes
+                .iter()
+                .map(|(p, _, old)| (p.clone(), old.clone(), Vec::new()))
+                .collect(),
+        }
+    }
+}
+
+/// Reads of provider-backed parameters, as a future that borrows nothing from the engine.
+async fn fetch(reads: Vec<(Provider, Vec<String>)>) -> Fetched {
+    let mut out = Vec::with_capacity(reads.len());
+    for (p, paths) in reads {
+        let r = p.get(&paths).await;
+        out.push((p.index, paths, r));
+    }
+    out
+}
+
+/// Awaits the next message of an optional channel (never, when there is none).
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx.as_mut() {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(crate) type Task = Pin<Box<dyn std::future::Future<Output = Done>>>;
@@ -121,6 +231,11 @@ pub struct Engine {
     /// A Shutdown arrived (possibly during a session).
     pub shutdown_requested: bool,
     notify_rx: Option<mpsc::Receiver<(usize, BTreeMap<String, String>)>>,
+    /// The engine's command channel (set by [`Self::run`]); also served while the engine
+    /// waits for the ACS or a provider (see [`Self::serving`]).
+    rx: Option<mpsc::Receiver<Command>>,
+    /// Rate limit of the warning about values a provider pushes outside its subtree.
+    push_warn: crate::util::LogLimit,
     /// Current HTTP connection-request settings, watched by the listener.
     cr_tx: watch::Sender<CrSettings>,
     /// The addresses the HTTP CR listener is bound to (for ConnectionRequestURL).
@@ -234,6 +349,8 @@ impl Engine {
             cwmp: Default::default(),
             shutdown_requested: false,
             notify_rx: None,
+            rx: None,
+            push_warn: crate::util::LogLimit::new(Duration::from_secs(10)),
             cr_tx,
             cr_listen: Vec::new(),
             cr_secret,
@@ -447,6 +564,21 @@ impl Engine {
         match done {
             Done::Resolved { host, addrs } => self.resolved(host, addrs),
             Done::Action { what, ok } => self.action_done(what, ok, now),
+            Done::Polled { results, reply } => {
+                if let Err(f) = self.apply_fetched(results) {
+                    tracing::debug!("poll: {}", f.reason);
+                }
+                if let Some(r) = reply {
+                    let _ = r.send(json!({"ok": true}));
+                }
+                self.refresh_cr();
+            }
+            Done::Ctl { reply, op } => self.ctl_done(reply, op),
+            Done::Compensated(r) => {
+                if let Err(e) = r {
+                    tracing::error!("providers could not be put back: {}", e.fault.reason);
+                }
+            }
         }
     }
 
@@ -518,7 +650,7 @@ impl Engine {
 
     /// Resolves the ACS host now if the ConnectionRequestURL waits for it (before an Inform,
     /// which must carry the URL), serving the engine's commands meanwhile.
-    pub(crate) async fn ensure_acs_route(&mut self, rx: &mut mpsc::Receiver<Command>) {
+    pub(crate) async fn ensure_acs_route(&mut self) {
         let acs = self.store.secret(MS_URL).unwrap_or("").to_string();
         let Some((host, port)) = acs_host_port(&acs) else {
             return;
@@ -529,30 +661,40 @@ impl Engine {
             return;
         }
         let key = (host, port);
-        let addrs = self.serving(resolve(&key), rx).await;
+        let addrs = self.serving(resolve(&key)).await;
         self.resolved(key, addrs);
     }
 
-    /// Runs `fut` while serving the engine's commands (the control socket, listeners).
-    pub(crate) async fn serving<T>(
-        &mut self,
-        fut: impl std::future::Future<Output = T>,
-        rx: &mut mpsc::Receiver<Command>,
-    ) -> T {
+    /// Runs `fut` while serving the engine's commands (the control socket, listeners), the
+    /// values providers push, and the engine's tasks, so that nothing waits for the ACS or a
+    /// provider. Not nested: command handlers never wait themselves (they start tasks).
+    pub(crate) async fn serving<T>(&mut self, fut: impl std::future::Future<Output = T>) -> T {
+        enum Ev {
+            Cmd(Option<Command>),
+            Notify(Option<(usize, BTreeMap<String, String>)>),
+            Done(Done),
+        }
         tokio::pin!(fut);
-        let mut open = !self.shutdown_requested;
         loop {
-            tokio::select! {
+            let open = !self.shutdown_requested;
+            let ev = tokio::select! {
                 biased;
                 r = &mut fut => return r,
-                cmd = rx.recv(), if open => match cmd {
-                    Some(c) => {
-                        if !self.handle_command(c).await {
-                            open = false;
-                        }
-                    }
-                    None => open = false,
-                },
+                c = recv_opt(&mut self.rx), if open => Ev::Cmd(c),
+                n = recv_opt(&mut self.notify_rx) => Ev::Notify(n),
+                Some(d) = self.tasks.next(), if !self.tasks.is_empty() => Ev::Done(d),
+            };
+            match ev {
+                Ev::Cmd(Some(c)) => {
+                    let _ = self.handle_command(c).await;
+                }
+                Ev::Cmd(None) => self.shutdown_requested = true,
+                Ev::Notify(Some((i, vals))) => {
+                    self.provider_notify(i, vals);
+                    self.refresh_cr();
+                }
+                Ev::Notify(None) => self.notify_rx = None,
+                Ev::Done(d) => self.task_done(d, std::time::Instant::now()),
             }
         }
     }
@@ -601,37 +743,68 @@ impl Engine {
         }
     }
 
-    /// Refreshes the cached values of provider-backed parameters among `paths`.
-    pub async fn refresh_external(&mut self, paths: &[String]) {
+    /// The provider reads needed to refresh the cached values among `paths` (None: none).
+    fn external_reads(&self, paths: &[String]) -> Option<Vec<(Provider, Vec<String>)>> {
         let wanted = self.store.external_of(paths);
         if wanted.is_empty() {
-            return;
+            return None;
         }
         let mut by: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (i, p) in wanted {
             by.entry(i).or_default().push(p);
         }
-        for (i, ps) in by {
-            let Some(prov) = self.providers.get(i).cloned() else {
-                continue;
-            };
-            match prov.get(&ps).await {
+        let reads: Vec<(Provider, Vec<String>)> = by
+            .into_iter()
+            .filter_map(|(i, ps)| Some((self.providers.get(i)?.clone(), ps)))
+            .collect();
+        (!reads.is_empty()).then_some(reads)
+    }
+
+    /// Stores what providers answered. A provider that failed (down, hung, refused) makes
+    /// the answer a fault 9002 naming it: its cached values are not passed off as current.
+    fn apply_fetched(&mut self, results: Fetched) -> Result<(), Fault> {
+        let mut failed = None;
+        for (i, asked, r) in results {
+            match r {
                 Ok(vals) => {
                     for (k, v) in vals {
-                        if ps.contains(&k)
+                        if asked.contains(&k)
                             && let Err(f) = self.store.update_cached(&k, &v)
                         {
                             tracing::warn!("provider value for {k} refused: {f}");
                         }
                     }
                 }
-                Err(e) => tracing::warn!(provider = i, "get failed: {e}; using cached values"),
+                Err(e) => {
+                    tracing::warn!(provider = i, "get failed: {e}");
+                    failed.get_or_insert(Fault::new(
+                        9002,
+                        format!(
+                            "provider {i} ({}) unavailable: {e}",
+                            self.cfg.providers[i].prefix
+                        ),
+                    ));
+                }
             }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Refreshes the cached values of provider-backed parameters among `paths`, serving the
+    /// engine's commands while the providers answer.
+    pub async fn refresh_external(&mut self, paths: &[String]) -> Result<(), Fault> {
+        match self.external_reads(paths) {
+            Some(reads) => {
+                let r = self.serving(fetch(reads)).await;
+                self.apply_fetched(r)
+            }
+            None => Ok(()),
         }
     }
 
-    /// One poll of live and provider-backed parameters with notification on.
-    pub async fn poll(&mut self) {
+    /// One poll of live and provider-backed parameters with notification on. Provider reads
+    /// run as a task of the engine (its loop never waits for them).
+    pub fn poll(&mut self, reply: Option<oneshot::Sender<Value>>) {
         self.store.poll_live();
         let watched: Vec<String> = self
             .store
@@ -639,7 +812,19 @@ impl Engine {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        self.refresh_external(&watched).await;
+        match self.external_reads(&watched) {
+            Some(reads) => self.tasks.push(Box::pin(async move {
+                Done::Polled {
+                    results: fetch(reads).await,
+                    reply,
+                }
+            })),
+            None => {
+                if let Some(r) = reply {
+                    let _ = r.send(json!({"ok": true}));
+                }
+            }
+        }
     }
 
     /// Applies values pushed by a provider.
@@ -651,18 +836,25 @@ impl Engine {
                         tracing::warn!("pushed value for {k} refused: {f}");
                     }
                 }
-                _ => tracing::warn!(provider = index, "pushed value for {k} outside its subtree"),
+                _ => {
+                    if let Some(n) = self.push_warn.check(std::time::Instant::now()) {
+                        tracing::warn!(
+                            provider = index,
+                            "pushed value for {k} outside its subtree; ignored \
+                             ({n} more such warnings suppressed)"
+                        );
+                    }
+                }
             }
         }
     }
 
-    /// A SetParameterValues from any origin, with provider write-through and persistence.
-    pub async fn set_values(
-        &mut self,
+    /// Checks a SetParameterValues and plans its provider writes; nothing is changed yet.
+    fn set_prepare(
+        &self,
         list: &[(String, String, Option<String>)],
         origin: Origin,
-    ) -> Result<Vec<String>, SetError> {
-        // Validate everything first (the store is all-or-nothing), then write providers.
+    ) -> Result<SetPlan, SetError> {
         let mut faults = Vec::new();
         for (n, v, t) in list {
             if let Err(f) = self.store.check_set(n, v, t.as_deref(), origin) {
@@ -676,30 +868,33 @@ impl Engine {
             });
         }
         let names: Vec<String> = list.iter().map(|(n, _, _)| n.clone()).collect();
-        let mut by: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+        let mut by: BTreeMap<usize, (Values, Values)> = BTreeMap::new();
         for (i, p) in self.store.external_of(&names) {
             let v = list
                 .iter()
                 .find(|(n, _, _)| *n == p)
-                .map(|(_, v, _)| v.clone());
-            by.entry(i).or_default().push((p, v.unwrap_or_default()));
+                .map(|(_, v, _)| v.clone())
+                .unwrap_or_default();
+            let old = self.store.secret(&p).unwrap_or("").to_string();
+            let e = by.entry(i).or_default();
+            e.0.push((p.clone(), v));
+            e.1.push((p, old));
         }
-        for (i, vals) in by {
-            let Some(prov) = self.providers.get(i).cloned() else {
-                continue;
-            };
-            if let Err(e) = prov.set(&vals).await {
-                return Err(SetError {
-                    fault: Fault::new(9002, format!("provider refused the change: {e}")),
-                    per_param: vals
-                        .iter()
-                        .map(|(n, _)| (n.clone(), Fault::new(9002, e.clone())))
-                        .collect(),
-                });
-            }
-        }
-        // The previous values, to put back if the change cannot be made durable: a change the
-        // caller is told succeeded must survive a power cut (issue #9, full disk).
+        Ok(SetPlan {
+            writes: by
+                .into_iter()
+                .filter_map(|(i, (new, old))| Some((self.providers.get(i)?.clone(), new, old)))
+                .collect(),
+        })
+    }
+
+    /// The store side of a SetParameterValues whose providers accepted it: applied and made
+    /// durable, or undone (a change the caller is told succeeded must survive a power cut).
+    fn set_commit(
+        &mut self,
+        list: &[(String, String, Option<String>)],
+        origin: Origin,
+    ) -> Result<Vec<String>, SetError> {
         let before: Vec<(String, String)> = list
             .iter()
             .filter_map(|(n, _, _)| self.store.secret(n).map(|v| (n.clone(), v.to_string())))
@@ -718,17 +913,53 @@ impl Engine {
         Ok(changed)
     }
 
+    /// Puts providers back (`undo`, from [`SetPlan::undo`]) when their part of a set could
+    /// not be kept: a task of the engine.
+    fn push_undo(&mut self, undo: SetPlan) {
+        if !undo.is_empty() {
+            self.tasks.push(Box::pin(
+                async move { Done::Compensated(undo.apply().await) },
+            ));
+        }
+    }
+
+    /// A SetParameterValues from any origin: validated, written through to the providers
+    /// (all or nothing across them, the engine serving its commands meanwhile), then stored
+    /// and persisted.
+    pub async fn set_values(
+        &mut self,
+        list: &[(String, String, Option<String>)],
+        origin: Origin,
+    ) -> Result<Vec<String>, SetError> {
+        let plan = self.set_prepare(list, origin)?;
+        if !plan.is_empty() {
+            let undo = plan.undo();
+            self.serving(plan.apply()).await?;
+            let r = self.set_commit(list, origin);
+            if r.is_err() {
+                self.push_undo(undo);
+            }
+            return r;
+        }
+        self.set_commit(list, origin)
+    }
+
     /// AddObject with provider notification and persistence.
     pub async fn add_object(&mut self, table: &str, origin: Origin) -> Result<u32, Fault> {
         let n = self.store.add_object(table, origin)?;
-        if let Some(p) = self.provider_for(table)
-            && let Err(e) = p.add(table, n).await
-        {
-            let _ = self
-                .store
-                .delete_object(&format!("{table}{n}."), Origin::Internal);
-            return Err(Fault::new(9002, format!("provider refused: {e}")));
+        if let Some(p) = self.provider_for(table) {
+            let t = table.to_string();
+            if let Err(e) = self.serving(async move { p.add(&t, n).await }).await {
+                let _ = self
+                    .store
+                    .delete_object(&format!("{table}{n}."), Origin::Internal);
+                return Err(Fault::new(9002, format!("provider refused: {e}")));
+            }
         }
+        self.add_commit(table, n)
+    }
+
+    fn add_commit(&mut self, table: &str, n: u32) -> Result<u32, Fault> {
         if let Err(e) = self.persist() {
             // Not durable: undo, so the state matches what the ACS is told (a fault).
             let _ = self
@@ -745,7 +976,8 @@ impl Engine {
             self.store
                 .get_names(obj, true)
                 .map_err(|_| Fault::new(9005, format!("no object {obj}")))?;
-            p.delete(obj)
+            let o = obj.to_string();
+            self.serving(async move { p.delete(&o).await })
                 .await
                 .map_err(|e| Fault::new(9002, format!("provider refused: {e}")))?;
         }
@@ -763,7 +995,124 @@ impl Engine {
     }
 
     /// Answers one control-socket request.
-    pub async fn handle_ctl(&mut self, req: Value) -> Value {
+    /// Answers one control request: at once, or (when providers must be asked) from a task
+    /// of the engine, so the engine never waits for a provider here.
+    pub fn handle_ctl(&mut self, req: Value, reply: oneshot::Sender<Value>) {
+        let mut slot = Some(reply);
+        let v = self.ctl_answer(req, &mut slot);
+        if let Some(r) = slot {
+            let _ = r.send(v);
+        }
+    }
+
+    /// Starts a control request's provider IO; [`Self::ctl_done`] answers it.
+    fn ctl_task(
+        &mut self,
+        reply: oneshot::Sender<Value>,
+        fut: impl std::future::Future<Output = CtlOp> + 'static,
+    ) {
+        self.tasks.push(Box::pin(async move {
+            Done::Ctl {
+                reply,
+                op: fut.await,
+            }
+        }));
+    }
+
+    /// The second half of a control request whose provider IO ended.
+    fn ctl_done(&mut self, reply: oneshot::Sender<Value>, op: CtlOp) {
+        let v = match op {
+            CtlOp::Get { names, results } => match self.apply_fetched(results) {
+                Ok(()) => self.ctl_get_answer(&names),
+                Err(f) => fault_json(&f),
+            },
+            CtlOp::Set { list, result } => match result {
+                Ok(()) => {
+                    let undo = self.set_prepare(&list, Origin::Local).map(|p| p.undo());
+                    match self.set_commit(&list, Origin::Local) {
+                        Ok(changed) => json!({"ok": true, "changed": changed}),
+                        Err(e) => {
+                            if let Ok(u) = undo {
+                                self.push_undo(u);
+                            }
+                            set_error_json(&e)
+                        }
+                    }
+                }
+                Err(e) => set_error_json(&e),
+            },
+            CtlOp::Add {
+                table,
+                instance,
+                result,
+            } => match result {
+                Ok(()) => match self.add_commit(&table, instance) {
+                    Ok(n) => json!({"ok": true, "instance": n}),
+                    Err(f) => fault_json(&f),
+                },
+                Err(e) => {
+                    let _ = self
+                        .store
+                        .delete_object(&format!("{table}{instance}."), Origin::Internal);
+                    fault_json(&Fault::new(9002, format!("provider refused: {e}")))
+                }
+            },
+            CtlOp::Delete { object, result } => match result {
+                Ok(()) => self.delete_commit(&object),
+                Err(e) => fault_json(&Fault::new(9002, format!("provider refused: {e}"))),
+            },
+        };
+        let _ = reply.send(v);
+        self.refresh_cr();
+    }
+
+    fn ctl_get_answer(&mut self, names: &[String]) -> Value {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        match self.store.get_values(&refs) {
+            Ok(vals) => json!({"ok": true, "values": vals.iter().map(|e| json!({
+                "name": e.name, "value": e.value, "type": e.xsi_type})).collect::<Vec<_>>()}),
+            Err(f) => fault_json(&f),
+        }
+    }
+
+    fn delete_commit(&mut self, obj: &str) -> Value {
+        match self.store.delete_object(obj, Origin::Local) {
+            Ok(()) => match self.persist() {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => fault_json(&Fault::new(9002, e)),
+            },
+            Err(f) => fault_json(&f),
+        }
+    }
+
+    /// The device side (control socket) may write what the ACS may write, and read-only
+    /// values that describe the device's own state and have no other source. Never: what the
+    /// agent computes itself (status values, counters, live values), what a provider owns,
+    /// and the device's identity (docs/CONTROL.md).
+    fn device_write_refused(&self, name: &str) -> Option<Fault> {
+        use crate::model::store::Source;
+        let id = self
+            .store
+            .schema()
+            .param(&crate::model::schema::generic_path(name))?;
+        if self.store.schema().params[id].writable() {
+            return None;
+        }
+        let why = match self.store.source(name) {
+            Some(Source::Live(_)) => Some("computed by the device"),
+            Some(Source::External(_)) => Some("owned by its provider (it pushes the value)"),
+            _ if DEVICE_OWN.contains(&name)
+                || name.ends_with("NumberOfEntries")
+                || self.status_cache.contains_key(name) =>
+            {
+                Some("the agent's own status or the device's identity")
+            }
+            _ => None,
+        }?;
+        Some(Fault::new(9008, format!("{name} is read-only: {why}")))
+    }
+
+    fn ctl_answer(&mut self, req: Value, reply: &mut Option<oneshot::Sender<Value>>) -> Value {
         let op = req.get("op").and_then(Value::as_str).unwrap_or("");
         match op {
             "get" => {
@@ -773,6 +1122,28 @@ impl Engine {
                 } else {
                     names
                 };
+                if names.len() > MAX_CTL_NAMES {
+                    return fault_json(&Fault::new(
+                        9004,
+                        format!("more than {MAX_CTL_NAMES} names in one request"),
+                    ));
+                }
+                // The same answer-size limit as GetParameterValues: counted before anything
+                // is built.
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                match self.store.count_values(&refs) {
+                    Ok(c) if c > crate::cwmp::rpc::MAX_RESPONSE_ENTRIES => {
+                        return fault_json(&Fault::new(
+                            9004,
+                            format!(
+                                "answer of {c} values exceeds {}",
+                                crate::cwmp::rpc::MAX_RESPONSE_ENTRIES
+                            ),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(f) => return fault_json(&f),
+                }
                 let mut paths = Vec::new();
                 for n in &names {
                     match self.store.expand(n) {
@@ -780,12 +1151,17 @@ impl Engine {
                         Err(f) => return fault_json(&f),
                     }
                 }
-                self.refresh_external(&paths).await;
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                match self.store.get_values(&refs) {
-                    Ok(vals) => json!({"ok": true, "values": vals.iter().map(|e| json!({
-                        "name": e.name, "value": e.value, "type": e.xsi_type})).collect::<Vec<_>>()}),
-                    Err(f) => fault_json(&f),
+                match self.external_reads(&paths) {
+                    Some(reads) => {
+                        self.ctl_task(reply.take().expect("reply"), async move {
+                            CtlOp::Get {
+                                names,
+                                results: fetch(reads).await,
+                            }
+                        });
+                        Value::Null
+                    }
+                    None => self.ctl_get_answer(&names),
                 }
             }
             "names" => {
@@ -811,26 +1187,69 @@ impl Engine {
                         return json!({"ok": false, "error": "set needs \"values\": {path: value}"});
                     }
                 };
-                match self.set_values(&list, Origin::Local).await {
-                    Ok(changed) => json!({"ok": true, "changed": changed}),
-                    Err(e) => {
-                        json!({"ok": false, "fault": {"code": e.fault.code, "message": e.fault.reason},
-                        "faults": e.per_param.iter().map(|(n, f)| json!({"name": n, "code": f.code, "message": f.reason})).collect::<Vec<_>>()})
+                if let Some(f) = list
+                    .iter()
+                    .find_map(|(n, _, _)| self.device_write_refused(n))
+                {
+                    return fault_json(&f);
+                }
+                match self.set_prepare(&list, Origin::Local) {
+                    Err(e) => set_error_json(&e),
+                    Ok(plan) if plan.is_empty() => match self.set_commit(&list, Origin::Local) {
+                        Ok(changed) => json!({"ok": true, "changed": changed}),
+                        Err(e) => set_error_json(&e),
+                    },
+                    Ok(plan) => {
+                        self.ctl_task(reply.take().expect("reply"), async move {
+                            CtlOp::Set {
+                                list,
+                                result: plan.apply().await,
+                            }
+                        });
+                        Value::Null
                     }
                 }
             }
             "add" => {
                 let obj = req.get("object").and_then(Value::as_str).unwrap_or("");
-                match self.add_object(obj, Origin::Local).await {
-                    Ok(n) => json!({"ok": true, "instance": n}),
-                    Err(f) => fault_json(&f),
+                let n = match self.store.add_object(obj, Origin::Local) {
+                    Ok(n) => n,
+                    Err(f) => return fault_json(&f),
+                };
+                match self.provider_for(obj) {
+                    Some(p) => {
+                        let table = obj.to_string();
+                        self.ctl_task(reply.take().expect("reply"), async move {
+                            let result = p.add(&table, n).await;
+                            CtlOp::Add {
+                                table,
+                                instance: n,
+                                result,
+                            }
+                        });
+                        Value::Null
+                    }
+                    None => match self.add_commit(obj, n) {
+                        Ok(n) => json!({"ok": true, "instance": n}),
+                        Err(f) => fault_json(&f),
+                    },
                 }
             }
             "delete" => {
                 let obj = req.get("object").and_then(Value::as_str).unwrap_or("");
-                match self.delete_object(obj, Origin::Local).await {
-                    Ok(()) => json!({"ok": true}),
-                    Err(f) => fault_json(&f),
+                match self.provider_for(obj) {
+                    Some(p) => {
+                        if self.store.get_names(obj, true).is_err() {
+                            return fault_json(&Fault::new(9005, format!("no object {obj}")));
+                        }
+                        let object = obj.to_string();
+                        self.ctl_task(reply.take().expect("reply"), async move {
+                            let result = p.delete(&object).await;
+                            CtlOp::Delete { object, result }
+                        });
+                        Value::Null
+                    }
+                    None => self.delete_commit(obj),
                 }
             }
             "getattr" => {
@@ -881,8 +1300,8 @@ impl Engine {
                 json!({"ok": true, "queued": ev})
             }
             "poll" => {
-                self.poll().await;
-                json!({"ok": true})
+                self.poll(reply.take());
+                Value::Null
             }
             "status" => json!({
                 "ok": true,
@@ -909,9 +1328,8 @@ impl Engine {
     pub async fn handle_command(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Ctl(req, reply) => {
-                let v = self.handle_ctl(req).await;
+                self.handle_ctl(req, reply);
                 self.refresh_cr();
-                let _ = reply.send(v);
             }
             Command::ProviderNotify(i, vals) => {
                 self.provider_notify(i, vals);
@@ -932,11 +1350,11 @@ impl Engine {
     }
 
     /// Runs until the command channel closes or a Shutdown arrives.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    pub async fn run(mut self, rx: mpsc::Receiver<Command>) {
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.cfg.agent.poll_interval.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut notify_rx = self.notify_rx.take();
+        self.rx = Some(rx);
         self.running = true;
         self.cwmp_boot(std::time::Instant::now());
         let mut xfer_rx = self.cwmp.xfer.rx.take();
@@ -945,7 +1363,7 @@ impl Engine {
             // Due now (a connection request just arrived): run it without going through the
             // timer, whose millisecond granularity would add up to 1 ms to every CR → Inform.
             if wake.is_some_and(|t| t <= std::time::Instant::now()) {
-                self.cwmp_tick(std::time::Instant::now(), &mut rx).await;
+                self.cwmp_tick(std::time::Instant::now()).await;
                 if self.shutdown_requested {
                     break;
                 }
@@ -960,7 +1378,7 @@ impl Engine {
             };
             tokio::select! {
                 biased;
-                cmd = rx.recv() => match cmd {
+                cmd = recv_opt(&mut self.rx) => match cmd {
                     Some(c) => {
                         if !self.handle_command(c).await {
                             break;
@@ -968,12 +1386,15 @@ impl Engine {
                     }
                     None => break,
                 },
-                Some((i, vals)) = async { match notify_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                Some((i, vals)) = recv_opt(&mut self.notify_rx) => {
                     self.provider_notify(i, vals);
                     self.refresh_cr();
                 }
+                Some(done) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.task_done(done, std::time::Instant::now());
+                }
                 _ = tick.tick() => {
-                    self.poll().await;
+                    self.poll(None);
                     // The route to the ACS (our address) may have changed: recompute the URL
                     // (no name lookup unless the last one failed).
                     if matches!(&self.acs_addrs, Some((_, a)) if a.is_empty()) {
@@ -982,13 +1403,10 @@ impl Engine {
                     self.cr_url_key = None;
                     self.refresh_cr();
                 }
-                Some(done) = self.tasks.next(), if !self.tasks.is_empty() => {
-                    self.task_done(done, std::time::Instant::now());
-                }
                 Some(m) = async { match xfer_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     self.transfer_msg(m, std::time::Instant::now());
                 }
-                _ = sleep => self.cwmp_tick(std::time::Instant::now(), &mut rx).await,
+                _ = sleep => self.cwmp_tick(std::time::Instant::now()).await,
             }
             if self.shutdown_requested {
                 break;
@@ -1071,6 +1489,33 @@ fn value_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Most names one control `get` may carry.
+const MAX_CTL_NAMES: usize = 4096;
+
+/// Read-only parameters the device side may not write (besides counters, live values,
+/// provider values and the transports' status values): the agent's own bookkeeping and the
+/// device's identity.
+const DEVICE_OWN: &[&str] = &[
+    "Device.ManagementServer.ConnectionRequestURL",
+    "Device.ManagementServer.ParameterKey",
+    "Device.ManagementServer.UDPConnectionRequestAddress",
+    "Device.ManagementServer.NATDetected",
+    "Device.ManagementServer.ConnReqJabberID",
+    "Device.ManagementServer.AliasBasedAddressing",
+    "Device.DeviceInfo.Manufacturer",
+    "Device.DeviceInfo.ManufacturerOUI",
+    "Device.DeviceInfo.ProductClass",
+    "Device.DeviceInfo.SerialNumber",
+    "Device.DeviceInfo.HardwareVersion",
+    "Device.DeviceInfo.SoftwareVersion",
+    "Device.RootDataModelVersion",
+];
+
+fn set_error_json(e: &SetError) -> Value {
+    json!({"ok": false, "fault": {"code": e.fault.code, "message": e.fault.reason},
+    "faults": e.per_param.iter().map(|(n, f)| json!({"name": n, "code": f.code, "message": f.reason})).collect::<Vec<_>>()})
 }
 
 fn fault_json(f: &Fault) -> Value {

@@ -933,3 +933,42 @@ fn set_attributes_on_a_partial_path_skips_forced_parameters() {
     assert_eq!(n(1), 1, "passive set below the partial path");
     assert_eq!(n(2), 2);
 }
+
+/// Issue #20: a value with active notification flapping as fast as the device side can set
+/// it starts a bounded number of sessions (the agent's floor: a burst of 4, then one per
+/// 10 s), and the last value still reaches the ACS.
+#[test]
+fn a_flapping_active_value_starts_a_bounded_number_of_sessions() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("sess-flap");
+    let a = Agent::start(&config_for(d.path(), &acs, ""));
+    acs.wait_sessions(1, WAIT);
+    let code = "Device.DeviceInfo.ProvisioningCode";
+    let t0 = std::time::Instant::now();
+    let mut n = 0u32;
+    while t0.elapsed() < Duration::from_secs(12) {
+        n += 1;
+        let r = a.set(code, &format!("flap{n}"));
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let after_flapping = acs.sessions().len() - 1;
+    // Burst 4 + one per 10 s over 12 s, plus the one that may be pending at the end.
+    assert!(
+        after_flapping <= 4 + 2 + 1,
+        "{after_flapping} sessions from {n} changes in 12 s"
+    );
+    // The final value is delivered (within the floor's period).
+    let last = format!("flap{n}");
+    let t1 = std::time::Instant::now();
+    loop {
+        let s = acs.sessions();
+        if s.iter()
+            .any(|x| inform_param(x, code).as_deref() == Some(last.as_str()))
+        {
+            break;
+        }
+        assert!(t1.elapsed() < WAIT, "the last value never reached the ACS");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("flapping: {n} changes in 12 s → {after_flapping} sessions");
+}

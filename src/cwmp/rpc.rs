@@ -115,7 +115,15 @@ impl Engine {
                     for n in names {
                         paths.extend(self.store.expand(n).unwrap_or_default());
                     }
-                    self.refresh_external(&paths).await;
+                    // A provider that is down or hung: a fault naming it, never stale values
+                    // passed off as current (docs/PROVIDERS.md).
+                    if let Err(f) = self.refresh_external(&paths).await {
+                        soap::emit_cpe(
+                            &fault_env(env, SoapFault::with_string(f.code, f.reason)),
+                            out,
+                        );
+                        return;
+                    }
                 }
                 // Reserve roughly what the answer needs, so the buffer is not grown by doubling.
                 out.reserve(count * 160);

@@ -16,10 +16,9 @@ use super::soap::{
     self, AcsMessage, CpeMessage, CwmpNs, DeviceId, Envelope, EventStruct, Inform, ParamValue,
     ParseError,
 };
-use crate::engine::{Command, Done, Engine};
+use crate::engine::{Done, Engine};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
 use crate::util::time::{current_time_or_unknown, now_unix, parse_datetime};
-use tokio::sync::mpsc;
 
 const MS: &str = "Device.ManagementServer.";
 /// Default of `[actions] reboot_grace`: how long no session is opened after a reboot or
@@ -73,7 +72,16 @@ pub struct CwmpState {
     effects: Vec<Effect>,
     /// When ManagementServer.DelayReboot asks for a reboot.
     delay_reboot: Option<Instant>,
+    /// The agent's floor under active notifications: a flapping value (or a fleet of them)
+    /// cannot start more than a bounded number of sessions per minute, whatever
+    /// DefaultActiveNotificationThrottle says.
+    notify_bucket: Option<crate::connreq::backoff::RateLimiter>,
 }
+
+/// Active-notification sessions allowed at once by the agent's floor.
+pub const NOTIFY_BURST: u32 = 4;
+/// Then one per this period.
+pub const NOTIFY_PERIOD: Duration = Duration::from_secs(10);
 
 /// Why a session failed.
 #[derive(Debug)]
@@ -390,10 +398,23 @@ impl Engine {
         self.cwmp.active_seen = generation;
         let throttle =
             Duration::from_secs(self.ms_u32("DefaultActiveNotificationThrottle", 0) as u64);
-        let at = match self.cwmp.last_session_end {
+        let mut at = match self.cwmp.last_session_end {
             Some(end) if end + throttle > now => end + throttle,
             _ => now,
         };
+        let bucket = self.cwmp.notify_bucket.get_or_insert_with(|| {
+            crate::connreq::backoff::RateLimiter::new(
+                NOTIFY_BURST,
+                1.0 / NOTIFY_PERIOD.as_secs_f64(),
+            )
+        });
+        if !bucket.try_acquire(at) {
+            // Over the floor: the change waits (it is not lost) for the next token, which it
+            // takes now; changes meanwhile join that session.
+            at += NOTIFY_PERIOD;
+            let _ = bucket.try_acquire(at);
+            tracing::debug!("active notification deferred by the agent's rate floor");
+        }
         self.cwmp.next_session = Some(match self.cwmp.next_session {
             Some(t) if t < at => t,
             _ => at,
@@ -455,7 +476,7 @@ impl Engine {
     }
 
     /// Fires due timers and runs a session when one is due.
-    pub async fn cwmp_tick(&mut self, now: Instant, rx: &mut mpsc::Receiver<Command>) {
+    pub async fn cwmp_tick(&mut self, now: Instant) {
         if let Some(p) = self.cwmp.next_periodic
             && p <= now
         {
@@ -498,17 +519,17 @@ impl Engine {
         }
         if matches!(self.cwmp.next_session, Some(t) if t <= now) {
             self.cwmp.next_session = None;
-            self.session_cycle(rx).await;
+            self.session_cycle().await;
         }
         // Transfers start only outside sessions (after the one that requested them).
         self.transfer_tick(Instant::now());
     }
 
     /// One session attempt with its aftermath (retry scheduling, effects).
-    pub async fn session_cycle(&mut self, rx: &mut mpsc::Receiver<Command>) {
+    pub async fn session_cycle(&mut self) {
         let started = Instant::now();
         self.cwmp.in_session = true;
-        let result = self.run_session(rx).await;
+        let result = self.run_session().await;
         self.cwmp.in_session = false;
         let effects = std::mem::take(&mut self.cwmp.effects);
         let end = Instant::now();
@@ -772,16 +793,12 @@ impl Engine {
         &mut self,
         client: &mut AcsClient,
         body: Vec<u8>,
-        rx: &mut mpsc::Receiver<Command>,
     ) -> Result<crate::net::acs::AcsResponse, AcsError> {
-        self.serving(client.post(body), rx).await
+        self.serving(client.post(body)).await
     }
 
     /// Runs one session. Effects of the requests it served are left in `cwmp.effects`.
-    pub async fn run_session(
-        &mut self,
-        rx: &mut mpsc::Receiver<Command>,
-    ) -> Result<(), SessionError> {
+    pub async fn run_session(&mut self) -> Result<(), SessionError> {
         if !self.cwmp_enabled() {
             return Err(SessionError::Disabled);
         }
@@ -799,7 +816,7 @@ impl Engine {
         let mut client = AcsClient::new(&url, &user, &pass, &self.tls_settings(), timeout)
             .map_err(SessionError::Transport)?;
         // The Inform carries ConnectionRequestURL: the route to the ACS must be known.
-        self.ensure_acs_route(rx).await;
+        self.ensure_acs_route().await;
         // A completed transfer not yet acknowledged: its events go (again) into this Inform.
         if self.ensure_transfer_events() {
             self.save_events();
@@ -813,7 +830,7 @@ impl Engine {
         let env = Envelope::new(CpeMessage::Inform(inform)).with_id(self.next_id());
         soap::emit_cpe(&env, &mut out);
         let resp = self
-            .post_serving(&mut client, std::mem::take(&mut out), rx)
+            .post_serving(&mut client, std::mem::take(&mut out))
             .await
             .map_err(SessionError::Transport)?;
         if resp.status != 200 {
@@ -853,7 +870,7 @@ impl Engine {
         if hold {
             tracing::info!("the ACS holds requests (HoldRequests): TransferComplete deferred");
         } else {
-            self.send_transfer_completes(&mut client, ns, rx).await?;
+            self.send_transfer_completes(&mut client, ns).await?;
             requests_sent = true;
         }
 
@@ -861,7 +878,7 @@ impl Engine {
         let mut body = Vec::new();
         for _ in 0..MAX_EXCHANGES {
             let resp = self
-                .post_serving(&mut client, std::mem::take(&mut body), rx)
+                .post_serving(&mut client, std::mem::take(&mut body))
                 .await
                 .map_err(SessionError::Transport)?;
             if resp.status == 204 || (resp.status == 200 && soap::is_empty_body(&resp.body)) {
@@ -870,7 +887,7 @@ impl Engine {
                 // (TR-069 §3.7.1.4: the session ends when neither side has requests left).
                 if !requests_sent && !self.pending_transfer_completes().is_empty() {
                     requests_sent = true;
-                    self.send_transfer_completes(&mut client, ns, rx).await?;
+                    self.send_transfer_completes(&mut client, ns).await?;
                     continue;
                 }
                 return Ok(());
@@ -944,7 +961,6 @@ impl Engine {
         &mut self,
         client: &mut AcsClient,
         ns: CwmpNs,
-        rx: &mut mpsc::Receiver<Command>,
     ) -> Result<(), SessionError> {
         for (id, tc) in self.pending_transfer_completes() {
             let mut tries = 0;
@@ -961,7 +977,7 @@ impl Engine {
                     tc.fault.code
                 );
                 let resp = self
-                    .post_serving(client, out, rx)
+                    .post_serving(client, out)
                     .await
                     .map_err(SessionError::Transport)?;
                 if resp.status != 200 {
