@@ -411,7 +411,13 @@ async fn start_udp_cr(
         events: etx,
         status: stx,
     };
-    tokio::task::spawn_local(udp::serve(sock, engine.settings(), limiter, out));
+    tokio::task::spawn_local(udp::serve(
+        sock,
+        engine.settings(),
+        limiter,
+        out,
+        cfg.agent.state_dir.clone(),
+    ));
     tokio::task::spawn_local(async move {
         loop {
             let cmd = tokio::select! {

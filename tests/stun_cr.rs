@@ -325,7 +325,7 @@ fn loopback_binding_lifetime_discovery() {
     let d = TempDir::new("stun-disc");
     let sport = free_udp_port();
     let api_addr = format!("127.0.0.1:{}", free_tcp_port());
-    let srv = stun_server(d.path(), &format!("127.0.0.1:{sport}"), &api_addr, &[]);
+    let _srv = stun_server(d.path(), &format!("127.0.0.1:{sport}"), &api_addr, &[]);
     let uport = free_udp_port();
     let a = Agent::start(&agent_config(
         d.path(),
@@ -346,9 +346,8 @@ fn loopback_binding_lifetime_discovery() {
     println!("{line} (after {:?})", t0.elapsed());
     assert!(line.contains("alive after Some(4)"), "{line}");
     assert!(line.contains("keep-alive every 3.6 s"), "{line}");
-    // The probes asked for the answer on the primary socket; the binding table kept it.
-    let want = format!("response_to=127.0.0.1:{uport}");
-    assert!(srv.text().contains(&want), "{}", srv.text());
+    // The discovery requests came from secondary sockets without CONNECTION-REQUEST-BINDING:
+    // the server's binding table holds the CR socket only.
     let b = api(&api_addr, "GET", "/bindings");
     assert_eq!(b["bindings"].as_array().unwrap().len(), 1, "{b}");
     assert_eq!(
@@ -629,6 +628,11 @@ fn build_rig(tag: &str, nat: bool) -> Result<Rig, String> {
 
 fn netns_prereqs() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
+        // In CI the rig must run: a skipped root test there is a failure.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root: the network-namespace tests cannot run"
+        );
         return Some("not root".into());
     }
     for (t, a) in [
@@ -1010,4 +1014,535 @@ fn netns_binding_lifetime_discovery_behind_nat() {
         line.contains("every 1.8 s") || line.contains("every 2.7 s"),
         "{line}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A STUN server run by the test itself, for observing what the agent sends
+// ---------------------------------------------------------------------------------------------
+
+/// One Binding Request as the test's STUN server saw it.
+#[derive(Clone, Debug)]
+struct SeenRequest {
+    at: Instant,
+    from: SocketAddr,
+    /// CONNECTION-REQUEST-BINDING present: the request came from the UDP CR socket.
+    crb: bool,
+    /// RESPONSE-ADDRESS, if any.
+    response_to: Option<SocketAddr>,
+}
+
+/// A UDP CR the server sends, once, from its own socket to the last CONNECTION-REQUEST-BINDING
+/// source, as soon as a request carrying RESPONSE-ADDRESS names an address that has sent
+/// nothing for `idle` (i.e. while a binding-lifetime probe after `idle` seconds is going on).
+struct CrOnIdleProbe {
+    idle: Duration,
+    user: String,
+    password: String,
+    /// When and where it was sent.
+    sent: Option<(Instant, SocketAddr)>,
+}
+
+#[derive(Default)]
+struct StunSeen {
+    requests: Vec<SeenRequest>,
+    trigger: Option<CrOnIdleProbe>,
+}
+
+/// A minimal STUN server on a thread (optionally inside a network namespace): answers every
+/// Binding Request (at RESPONSE-ADDRESS when it names the requester's own IP, as the project's
+/// server does) and records them all.
+struct TestStun {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<StunSeen>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestStun {
+    fn start(bind: &str, netns: Option<&str>) -> TestStun {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering};
+        let seen = Arc::new(Mutex::new(StunSeen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (bind, netns) = (bind.to_string(), netns.map(str::to_string));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            if let Some(ns) = netns {
+                let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
+            let sock = UdpSocket::bind(&bind).expect("bind the test STUN server");
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            ready_tx.send(sock.local_addr().unwrap()).unwrap();
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(req) = cwmpd::connreq::stun::parse_binding_request(&buf[..n]) else {
+                    continue;
+                };
+                let at = Instant::now();
+                let mut guard = seen2.lock().unwrap();
+                let s = &mut *guard;
+                // Fire the armed CR before answering (the probe's answer must not refresh
+                // anything first).
+                if let (Some(r), Some(tr)) = (req.response_address, s.trigger.as_mut())
+                    && tr.sent.is_none()
+                {
+                    let last_from_target =
+                        s.requests.iter().rev().find(|q| q.from == r).map(|q| q.at);
+                    let primary = s.requests.iter().rev().find(|q| q.crb).map(|q| q.from);
+                    if let (Some(last), Some(primary)) = (last_from_target, primary)
+                        && at.duration_since(last) >= tr.idle
+                    {
+                        let ts = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs();
+                        let host = primary.to_string();
+                        let d =
+                            build_udp_cr(&host, ts, 777_001, &tr.user, "idleprobe", &tr.password);
+                        for _ in 0..3 {
+                            let _ = sock.send_to(&d, primary);
+                        }
+                        tr.sent = Some((at, primary));
+                    }
+                }
+                s.requests.push(SeenRequest {
+                    at,
+                    from,
+                    crb: req.connection_request_binding,
+                    response_to: req.response_address,
+                });
+                drop(guard);
+                let to = match req.response_address {
+                    Some(r) if r.ip() == from.ip() => r,
+                    _ => from,
+                };
+                if let Ok(reply) = cwmpd::connreq::stun::binding_success(&req.txid, from, None) {
+                    let _ = sock.send_to(&reply, to);
+                }
+            }
+        });
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("test STUN server did not start");
+        TestStun {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn arm_cr_on_idle_probe(&self, idle: Duration) {
+        self.seen.lock().unwrap().trigger = Some(CrOnIdleProbe {
+            idle,
+            user: USER.into(),
+            password: PASS.into(),
+            sent: None,
+        });
+    }
+
+    fn cr_sent(&self) -> Option<(Instant, SocketAddr)> {
+        self.seen.lock().unwrap().trigger.as_ref()?.sent
+    }
+
+    fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().requests.clone()
+    }
+}
+
+impl Drop for TestStun {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Checks what the server saw up to `until`: every request from the CR socket (CONNECTION-
+/// REQUEST-BINDING) came from one address, `primary`, with gaps of at most `max_gap`; no probe
+/// asked for its answer at `primary` (the binding put to the test is a secondary one); and at
+/// least `min_probes` probes were sent. Returns a description for failure messages.
+fn check_primary_kept_alive(
+    reqs: &[SeenRequest],
+    until: Instant,
+    primary: SocketAddr,
+    max_gap: Duration,
+    min_probes: usize,
+) -> Result<String, String> {
+    let t0 = reqs.first().map(|r| r.at).unwrap_or(until);
+    let desc: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.at <= until)
+        .map(|r| {
+            format!(
+                "{:.2}s {} crb={} response_to={:?}",
+                r.at.duration_since(t0).as_secs_f64(),
+                r.from,
+                r.crb,
+                r.response_to
+            )
+        })
+        .collect();
+    let desc = desc.join("\n");
+    let crb: Vec<&SeenRequest> = reqs.iter().filter(|r| r.crb && r.at <= until).collect();
+    if let Some(r) = crb.iter().find(|r| r.from != primary) {
+        return Err(format!(
+            "the CR binding moved ({} instead of {primary}):\n{desc}",
+            r.from
+        ));
+    }
+    let gaps: Vec<Duration> = crb
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .chain(crb.last().map(|r| until.duration_since(r.at)))
+        .collect();
+    if let Some(g) = gaps.iter().max().filter(|g| **g > max_gap) {
+        return Err(format!(
+            "the CR socket was silent for {g:?} (keep-alive period exceeded):\n{desc}"
+        ));
+    }
+    let probes: Vec<&SeenRequest> = reqs
+        .iter()
+        .filter(|r| r.response_to.is_some() && r.at <= until)
+        .collect();
+    if probes.iter().any(|r| r.response_to == Some(primary)) {
+        return Err(format!(
+            "a probe asked for its answer on the CR binding:\n{desc}"
+        ));
+    }
+    if probes.len() < min_probes {
+        return Err(format!("only {} probes:\n{desc}", probes.len()));
+    }
+    Ok(desc)
+}
+
+#[test]
+fn loopback_discovery_keeps_the_cr_binding_alive() {
+    // STUNMaximumKeepAlivePeriod = -1 (the factory value): discovery tests 1, 2, 4 … s. While it
+    // runs, the CR socket keeps its keep-alives every STUNMinimumKeepAlivePeriod (1 s) and a UDP
+    // CR sent to it in the middle of a 4 s probe is accepted.
+    let d = TempDir::new("stun-disc-ka");
+    let acs = spawn_in_thread(AcsOptions::default());
+    let srv = TestStun::start("127.0.0.1:0", None);
+    srv.arm_cr_on_idle_probe(Duration::from_millis(3500));
+    let uport = free_udp_port();
+    let primary: SocketAddr = format!("127.0.0.1:{uport}").parse().unwrap();
+    let a = Agent::start(&agent_config(
+        d.path(),
+        &primary.to_string(),
+        &acs.url(),
+        Some(&srv.addr.to_string()),
+        "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"-1\"\n",
+    ));
+    assert!(
+        acs.wait_sessions(1, WAIT)
+            .first()
+            .is_some_and(|s| s.succeeded()),
+        "no boot session: {}",
+        a.log_text()
+    );
+    let sent = {
+        let t0 = Instant::now();
+        while srv.cr_sent().is_none() && t0.elapsed() < Duration::from_secs(40) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        srv.cr_sent()
+    };
+    let (at, to) = sent.unwrap_or_else(|| {
+        panic!(
+            "no probe after 3.5 s idle: {:?}\n{}",
+            srv.requests(),
+            a.log_text()
+        )
+    });
+    assert_eq!(to, primary);
+    // The CR sent during the probe: accepted, a session with 6 CONNECTION REQUEST.
+    assert!(
+        wait_until(WAIT, || cr_count(&a) == 1),
+        "UDP CR during discovery not accepted: {}",
+        a.log_text()
+    );
+    wait_session_with(&acs, 1, "6 CONNECTION REQUEST");
+    let seen =
+        check_primary_kept_alive(&srv.requests(), at, primary, Duration::from_millis(2500), 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+    println!("{seen}");
+}
+
+#[test]
+fn netns_discovery_keeps_the_cr_binding_alive_behind_nat() {
+    // Behind a NAT whose UDP bindings live 3 s, with STUNMaximumKeepAlivePeriod = -1: the probe
+    // after 4 idle seconds finds its binding gone, but the CR binding is never left idle, so it
+    // neither expires nor moves, and a UDP CR sent to it during that probe gets through.
+    if let Some(why) = netns_prereqs() {
+        println!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let mut rig = build_rig("k", true).expect("rig");
+    let (acs_ns, gw_ns, cpe_ns) = (rig.ns("acs"), rig.ns("gw"), rig.ns("cpe"));
+    for k in [
+        "nf_conntrack_udp_timeout",
+        "nf_conntrack_udp_timeout_stream",
+    ] {
+        nsx(&gw_ns, &["sysctl", "-qw", &format!("net.netfilter.{k}=3")]).expect("sysctl");
+    }
+    let d = TempDir::new("ns-disc-ka");
+    let srv = TestStun::start("10.77.2.2:3482", Some(&acs_ns));
+    srv.arm_cr_on_idle_probe(Duration::from_millis(3500));
+    let acs = acs_in_ns(&acs_ns, "10.77.2.2:0");
+    let cfg = agent_config(
+        d.path(),
+        "10.77.1.2:7547",
+        &acs.url(),
+        Some("10.77.2.2:3482"),
+        "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"-1\"\n",
+    );
+    let ag = agent_in_ns(&cpe_ns, &cfg);
+    rig.procs.push(ag);
+    let sock = d.path().join("ctl.sock");
+    assert!(
+        wait_until(WAIT, || acs.sessions().iter().any(|s| s.ended)),
+        "no boot session: {}",
+        rig.procs[0].text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || srv.cr_sent().is_some()),
+        "no probe after 3.5 s idle: {:?}\n{}",
+        srv.requests(),
+        rig.procs[0].text()
+    );
+    let (at, to) = srv.cr_sent().unwrap();
+    let primary = srv
+        .requests()
+        .iter()
+        .find(|r| r.crb)
+        .map(|r| r.from)
+        .unwrap();
+    assert!(to.to_string().starts_with("10.77.2.1:"), "{to}");
+    assert!(
+        wait_until(WAIT, || ctl_count(&sock) == 1),
+        "UDP CR to {to} during discovery not accepted: {:?}\n{}",
+        srv.requests(),
+        rig.procs[0].text()
+    );
+    assert!(
+        wait_until(WAIT, || acs.sessions().iter().any(
+            |s| s.ended && events(s).contains(&"6 CONNECTION REQUEST".to_string())
+        )),
+        "{:?}",
+        acs.sessions().iter().map(events).collect::<Vec<_>>()
+    );
+    let seen =
+        check_primary_kept_alive(&srv.requests(), at, primary, Duration::from_millis(2500), 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+    println!("{seen}");
+    acs.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// UDP CR replay protection across restarts, and the clock window
+// ---------------------------------------------------------------------------------------------
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until a session after the first `from` has ended with `event` in its Inform.
+fn wait_session_with(acs: &cwmpd::testacs::TestAcsHandle, from: usize, event: &str) {
+    let found = wait_until(WAIT, || {
+        acs.sessions()
+            .iter()
+            .skip(from)
+            .any(|s| s.ended && events(s).iter().any(|e| e == event))
+    });
+    assert!(
+        found,
+        "no session with {event} after session {from}: {:?}",
+        acs.sessions().iter().map(events).collect::<Vec<_>>()
+    );
+}
+
+/// Sends `datagrams` (three copies each, in order) from one socket, then waits until a session
+/// with 6 CONNECTION REQUEST has ended. The last datagram is a valid one, and the agent handles
+/// datagrams in order, back to back: by the time such a session has ended it has handled them
+/// all, so the connection-request counter tells how many were accepted.
+fn deliver_and_wait_session(
+    acs: &cwmpd::testacs::TestAcsHandle,
+    to: SocketAddr,
+    datagrams: &[&[u8]],
+) {
+    let n0 = acs.sessions().len();
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for d in datagrams {
+        for _ in 0..3 {
+            s.send_to(d, to).unwrap();
+        }
+    }
+    wait_session_with(acs, n0, "6 CONNECTION REQUEST");
+}
+
+fn udp_cr_agent(d: &Path, acs: &cwmpd::testacs::TestAcsHandle, uport: u16) -> (PathBuf, Agent) {
+    let cfg = agent_config(d, &format!("127.0.0.1:{uport}"), &acs.url(), None, "");
+    let a = Agent::start(&cfg);
+    (cfg, a)
+}
+
+#[test]
+fn loopback_udp_cr_replay_refused_after_restart() {
+    let d = TempDir::new("udpcr-replay");
+    let acs = spawn_in_thread(AcsOptions::default());
+    let uport = free_udp_port();
+    let to: SocketAddr = format!("127.0.0.1:{uport}").parse().unwrap();
+    let host = to.to_string();
+    let (cfg, a) = udp_cr_agent(d.path(), &acs, uport);
+    wait_session_with(&acs, 0, "1 BOOT");
+    // A valid datagram, captured: accepted once.
+    let captured = build_udp_cr(&host, unix_now(), 90_001, USER, "cafe01", PASS);
+    deliver_and_wait_session(&acs, to, &[&captured]);
+    assert_eq!(cr_count(&a), 1);
+    a.stop();
+
+    // Restarted on the same state: the captured datagram is refused, a fresh one accepted.
+    let n0 = acs.sessions().len();
+    let a = Agent::start(&cfg);
+    wait_session_with(&acs, n0, "1 BOOT");
+    let fresh = build_udp_cr(&host, unix_now(), 90_002, USER, "cafe02", PASS);
+    deliver_and_wait_session(&acs, to, &[&captured, &fresh]);
+    assert_eq!(cr_count(&a), 1, "the replayed datagram was accepted again");
+
+    // And after a power cut (kill -9), once the replay state has been written (it is, within
+    // REPLAY_SAVE_DELAY of the acceptance).
+    std::thread::sleep(Duration::from_millis(1000));
+    a.kill9();
+    let n0 = acs.sessions().len();
+    let a = Agent::start(&cfg);
+    wait_session_with(&acs, n0, "1 BOOT");
+    let fresh2 = build_udp_cr(&host, unix_now(), 90_003, USER, "cafe03", PASS);
+    deliver_and_wait_session(&acs, to, &[&captured, &fresh, &fresh2]);
+    assert_eq!(cr_count(&a), 1, "a replayed datagram was accepted again");
+
+    // The state directory holds only private files (0600).
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(d.path().join("state")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", e.path().display());
+        }
+    }
+}
+
+#[test]
+fn loopback_udp_cr_outside_the_clock_window_refused() {
+    // The clock of this machine is synchronised (after 2020): a signed CR whose ts is an hour
+    // away from it is refused, in the past (a late replay on a fresh state) or in the future
+    // (which would otherwise block every CR until then).
+    let d = TempDir::new("udpcr-window");
+    let acs = spawn_in_thread(AcsOptions::default());
+    let uport = free_udp_port();
+    let to: SocketAddr = format!("127.0.0.1:{uport}").parse().unwrap();
+    let host = to.to_string();
+    let (_cfg, a) = udp_cr_agent(d.path(), &acs, uport);
+    wait_session_with(&acs, 0, "1 BOOT");
+    let now = unix_now();
+    let past = build_udp_cr(&host, now - 3600, 1, USER, "old", PASS);
+    let good = build_udp_cr(&host, now, 2, USER, "good", PASS);
+    deliver_and_wait_session(&acs, to, &[&past, &good]);
+    assert_eq!(cr_count(&a), 1, "a CR an hour old was accepted");
+    let future = build_udp_cr(&host, now + 3600, 3, USER, "future", PASS);
+    let good2 = build_udp_cr(&host, unix_now(), 4, USER, "good2", PASS);
+    deliver_and_wait_session(&acs, to, &[&future, &good2]);
+    assert_eq!(
+        cr_count(&a),
+        2,
+        "a CR an hour ahead was accepted (and a CR of now refused)"
+    );
+}
+
+/// For each probe (a request with RESPONSE-ADDRESS) seen: how long the address it names had
+/// been silent.
+fn probe_idle_times(reqs: &[SeenRequest]) -> Vec<Duration> {
+    reqs.iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let r = p.response_to?;
+            let last = reqs[..i].iter().rev().find(|q| q.from == r)?;
+            Some(p.at.duration_since(last.at))
+        })
+        .collect()
+}
+
+#[test]
+fn loopback_discovery_idles_a_secondary_binding_and_settles() {
+    // No NAT on loopback: the binding never expires, so with a maximum of 4 s the search tests
+    // 1, 2 and 4 idle seconds on a secondary binding and the keep-alive period becomes 90 % of
+    // 4 s. Until then the CR socket sends a keep-alive every minimum period (1 s).
+    let d = TempDir::new("stun-disc-2");
+    let srv = TestStun::start("127.0.0.1:0", None);
+    let uport = free_udp_port();
+    let primary: SocketAddr = format!("127.0.0.1:{uport}").parse().unwrap();
+    let a = Agent::start(&agent_config(
+        d.path(),
+        &primary.to_string(),
+        "",
+        Some(&srv.addr.to_string()),
+        "\"Device.ManagementServer.STUNMaximumKeepAlivePeriod\" = \"4\"\n",
+    ));
+    let crb_gaps = |reqs: &[SeenRequest]| -> Vec<(Instant, Duration)> {
+        let crb: Vec<&SeenRequest> = reqs.iter().filter(|r| r.crb).collect();
+        crb.windows(2)
+            .map(|w| (w[1].at, w[1].at.duration_since(w[0].at)))
+            .collect()
+    };
+    let long = Duration::from_millis(2500);
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            crb_gaps(&srv.requests())
+                .iter()
+                .filter(|(_, g)| *g > long)
+                .count()
+                >= 2
+        }),
+        "the keep-alive period did not grow: {:?}\n{}",
+        srv.requests(),
+        a.log_text()
+    );
+    let reqs = srv.requests();
+    let gaps = crb_gaps(&reqs);
+    let first_long = gaps.iter().position(|(_, g)| *g > long).unwrap();
+    let settled_at = gaps[first_long].0 - gaps[first_long].1;
+    // While discovering: keep-alives every second from the CR socket, which no probe names.
+    let every_second = Duration::from_millis(1800);
+    let seen = check_primary_kept_alive(&reqs, settled_at, primary, every_second, 3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{seen}");
+    // The secondary binding was probed after 1, 2 and 4 idle seconds, and then no more.
+    let idle: Vec<f64> = probe_idle_times(&reqs)
+        .iter()
+        .map(|d| d.as_secs_f64())
+        .collect();
+    assert_eq!(idle.len(), 3, "{idle:?}");
+    for (got, want) in idle.iter().zip([1.0, 2.0, 4.0]) {
+        assert!(
+            (got - want).abs() < 0.5,
+            "probe after {got} s idle, want {want}: {idle:?}"
+        );
+    }
+    // Then keep-alives every 3.6 s.
+    for (_, g) in &gaps[first_long..first_long + 2] {
+        let g = g.as_secs_f64();
+        assert!(
+            (3.2..=4.3).contains(&g),
+            "keep-alive gap {g} s, want 3.6: {gaps:?}"
+        );
+    }
 }

@@ -21,17 +21,25 @@
 //!   final wait of 16 RTO; a transaction gives up after 39.5 s and the next one follows the same
 //!   bounded backoff.
 //! * Keep-alive period: between `STUNMinimumKeepAlivePeriod` (at least 1 s) and
-//!   `STUNMaximumKeepAlivePeriod` (-1: no maximum; a maximum below the minimum wins), found by
-//!   binding-lifetime discovery (SPEC-NOTES §c.5 step 7, the Orange agent's method) unless the
-//!   two are equal: after a keep-alive the primary socket stays idle for T seconds, then a
-//!   Binding Request from a secondary socket asks (RESPONSE-ADDRESS) for the answer to be sent
-//!   to the primary mapping. An answer on the primary socket means the binding survived T idle
-//!   seconds; none means it had expired (a keep-alive at once re-creates it, with BINDING-CHANGE
-//!   if the mapping moved); an answer on the secondary socket means the server ignores
-//!   RESPONSE-ADDRESS (coturn does), and the minimum is used. T doubles from the minimum up to
-//!   the maximum (at most [`DISCOVERY_CAP`] without one), then bisects between the longest
-//!   interval survived and the shortest not survived; the period is 90 % of the longest
-//!   interval survived, within the bounds. A mapping change after that restarts the discovery.
+//!   `STUNMaximumKeepAlivePeriod` (-1: no maximum; a maximum below the minimum wins). Until the
+//!   binding lifetime is known, and whenever it cannot be found, the CR socket sends its
+//!   keep-alives every minimum period.
+//! * Binding-lifetime discovery (SPEC-NOTES §c.5 step 7; the method of RFC 5780 §4.6), unless
+//!   the two bounds are equal. It never touches the CR socket's binding, which keeps its
+//!   keep-alives every minimum period all along, so UDP connection requests keep arriving and
+//!   the mapping does not move. Two secondary sockets are used instead. The *idle* socket
+//!   sends a Binding Request (which creates or refreshes its own NAT binding and tells its
+//!   mapped address), then stays silent for T seconds; then the *prober* socket sends a Binding
+//!   Request with RESPONSE-ADDRESS = the idle socket's mapped address. An answer on the idle
+//!   socket means its binding survived T idle seconds; none (after retransmissions) means it
+//!   had expired, which is believed only once the idle socket hears from the server again (so a
+//!   server that went away is not taken for a short binding lifetime); an answer on the prober
+//!   socket means the server ignores RESPONSE-ADDRESS (coturn does), and the minimum is used.
+//!   The secondary requests carry no CONNECTION-REQUEST-BINDING, so a TR-111 server does not
+//!   take them for the CR binding. T doubles from the minimum up to the maximum (at most
+//!   [`DISCOVERY_CAP`] without one), then bisects between the longest interval survived and the
+//!   shortest not survived; the period is 90 % of the longest interval survived, within the
+//!   bounds. A mapping change after that restarts the discovery.
 //! * Reports `UDPConnectionRequestAddress` (mapped `host:port`; the local address when STUN is
 //!   off) and `NATDetected` (mapped ≠ the local source address/port; false when STUN is off).
 //!
@@ -40,9 +48,20 @@
 //! changes only after full validation, so the three copies an ACS sends start one session), then
 //! the shared rate limiter; accepted requests go to the engine as a [`CrEvent`] with mechanism
 //! `"udp"`. The time from the datagram's arrival to the trigger is logged (debug, `latency_us`).
+//! While the wall clock is taken as synchronised (after 2020), `ts` must also lie within
+//! [`udpcr::CLOCK_WINDOW_S`] of it.
+//!
+//! The replay state (the latest accepted `ts` and every id accepted at it) is kept in
+//! `state_dir/`[`REPLAY_FILE`] (0600, written atomically: temp file, fsync, rename, fsync of the
+//! directory) and loaded at start, so a captured datagram is not accepted again after a
+//! restart ([`serve`]). It is written [`REPLAY_SAVE_DELAY`] after an acceptance,
+//! off the path from the datagram to the session (an fsync costs milliseconds on flash), and at
+//! shutdown; several acceptances within that delay make one write. A power cut within that
+//! delay can lose the last acceptance, which the clock window then still bounds.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -66,8 +85,16 @@ pub const FIRST_FAILURE_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_FAILURE_WAIT: Duration = Duration::from_secs(600);
 /// Upper bound of binding-lifetime discovery when `STUNMaximumKeepAlivePeriod` is -1.
 pub const DISCOVERY_CAP: Duration = Duration::from_secs(1800);
-/// Sends of one discovery probe (RTO [`INITIAL_RTO`] doubling, then a final wait of 4 RTO).
+/// Sends of one discovery request (RTO [`INITIAL_RTO`] doubling, then a final wait of 2 RTO).
 const PROBE_SENDS: u32 = 3;
+/// Refreshes of the idle socket's binding left unanswered in a row before discovery gives up.
+const MAX_REFRESH_FAILURES: u32 = 3;
+/// The file in the state directory that keeps the UDP connection-request replay state.
+pub const REPLAY_FILE: &str = "udpcr-replay";
+/// How long after an accepted UDP connection request its replay state is written.
+pub const REPLAY_SAVE_DELAY: Duration = Duration::from_millis(100);
+/// At most one warning per this long about requests refused for the clock window.
+const WINDOW_WARN_EVERY: Duration = Duration::from_secs(600);
 /// Default `STUNServerPort`.
 pub const DEFAULT_STUN_PORT: u16 = 3478;
 /// Dropped datagrams logged per [`DROP_LOG_WINDOW`] (the rest are counted).
@@ -224,6 +251,45 @@ struct Transaction {
     binding_change: bool,
 }
 
+/// A binding-lifetime discovery request in flight (from the idle or the prober socket).
+#[derive(Debug)]
+struct DiscoveryTx {
+    id: TxId,
+    bytes: Vec<u8>,
+    sends: u32,
+    rto: Duration,
+    deadline: Instant,
+}
+
+impl DiscoveryTx {
+    fn new(id: TxId, bytes: Vec<u8>, now: Instant) -> Self {
+        DiscoveryTx {
+            id,
+            bytes,
+            sends: 1,
+            rto: INITIAL_RTO,
+            deadline: now + INITIAL_RTO,
+        }
+    }
+
+    /// Time for the next retransmission: `Some(bytes)` to send again, `None` when the request
+    /// has had all its sends and final wait.
+    fn retransmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.sends >= PROBE_SENDS {
+            return None;
+        }
+        self.sends += 1;
+        self.rto *= 2;
+        self.deadline = now
+            + if self.sends >= PROBE_SENDS {
+                self.rto * 2
+            } else {
+                self.rto
+            };
+        Some(self.bytes.clone())
+    }
+}
+
 /// Where binding-lifetime discovery stands.
 #[derive(Debug, Default)]
 enum Phase {
@@ -232,21 +298,18 @@ enum Phase {
     Off,
     /// Minimum == maximum: nothing to discover.
     NotNeeded,
-    /// Idle until this instant, then probe.
+    /// A Binding Request from the idle socket: (re)creates its binding, learns its mapping.
+    Refresh(DiscoveryTx),
+    /// The idle socket's binding is left alone until this instant, then probed.
     Wait(Instant),
-    /// A probe is in flight.
-    Probe {
-        id: TxId,
-        bytes: Vec<u8>,
-        sends: u32,
-        rto: Duration,
-        deadline: Instant,
-    },
-    /// A probe result is in; the next keep-alive schedules the next probe.
-    Next,
+    /// A Binding Request from the prober socket asks for the answer at the idle mapping.
+    Probe(DiscoveryTx),
+    /// The idle socket got no answer: refresh again at this instant.
+    Pause(Instant),
     /// Finished: the keep-alive period is known.
     Done,
-    /// The server answers to the source, not to RESPONSE-ADDRESS: the minimum is used.
+    /// Not possible (the server ignores RESPONSE-ADDRESS, refuses the secondary requests, or
+    /// does not answer them): the minimum is used.
     Unsupported,
 }
 
@@ -262,15 +325,27 @@ struct Discovery {
     dead: Option<u32>,
     /// The discovered keep-alive period.
     period: Option<Duration>,
-    /// The secondary socket (only while discovering).
-    sock: Option<UdpSocket>,
+    /// The STUN server the discovery talks to (the one that answered the CR socket when it
+    /// started; the CR socket's re-resolutions after failures do not disturb it).
+    server: Option<SocketAddr>,
+    /// The socket whose binding is left idle and tested (only while discovering).
+    idle: Option<UdpSocket>,
+    /// The socket that asks the server to answer to the idle binding (only while discovering).
+    prober: Option<UdpSocket>,
+    /// The idle socket's mapped address, from its last refresh.
+    idle_mapped: Option<SocketAddr>,
+    /// The last probe went unanswered; counted as "gone after `t`" once the idle socket hears
+    /// from the server again.
+    unconfirmed_dead: bool,
+    /// Refreshes of the idle binding left unanswered in a row.
+    refresh_failures: u32,
 }
 
 impl Discovery {
     fn deadline(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Wait(t) => Some(*t),
-            Phase::Probe { deadline, .. } => Some(*deadline),
+            Phase::Wait(t) | Phase::Pause(t) => Some(*t),
+            Phase::Refresh(tx) | Phase::Probe(tx) => Some(tx.deadline),
             _ => None,
         }
     }
@@ -283,6 +358,14 @@ impl Discovery {
             (None, Some(_)) => None,
             (Some(a), Some(d)) => (d.saturating_sub(a) > (a / 8).max(1)).then(|| a + (d - a) / 2),
         }
+    }
+
+    /// Drops the secondary sockets and ends in `phase`.
+    fn stop(&mut self, phase: Phase) {
+        self.idle = None;
+        self.prober = None;
+        self.idle_mapped = None;
+        self.phase = phase;
     }
 }
 
@@ -348,6 +431,119 @@ struct Task {
     failures: u32,
     reported: Option<(String, bool)>,
     disc: Discovery,
+    replay: ReplayStore,
+    /// When a request refused for the clock window was last logged as a warning.
+    window_warned: Option<Instant>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // Shutdown (the runtime drops its tasks): a pending replay state is written now.
+        if self.replay.save_at.is_some() {
+            self.replay.save(&self.validator);
+        }
+    }
+}
+
+/// Where the UDP connection-request replay state is persisted (see the module documentation).
+#[derive(Debug, Default)]
+struct ReplayStore {
+    /// `state_dir/REPLAY_FILE`; `None`: kept in memory only.
+    path: Option<PathBuf>,
+    /// A changed state waits to be written at this instant.
+    save_at: Option<Instant>,
+    /// The last write failed (logged once until a write succeeds).
+    failing: bool,
+}
+
+impl ReplayStore {
+    /// Loads the persisted state. A missing file is a fresh start; an unreadable or invalid one
+    /// is logged and replaced at the next acceptance (the clock window still applies).
+    fn load(&self, now_unix: u64) -> Validator {
+        let Some(path) = &self.path else {
+            return Validator::new();
+        };
+        let read = std::fs::File::open(path).and_then(|f| {
+            use std::io::Read;
+            let mut data = Vec::new();
+            // Bounded: one byte more than the largest valid state tells it is too large.
+            f.take(udpcr::MAX_STATE_BYTES as u64 + 1)
+                .read_to_end(&mut data)?;
+            Ok(data)
+        });
+        let v = match read {
+            Ok(data) => match Validator::decode_state(&data) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(
+                        "UDP connection-request replay state {}: {e}; starting without it",
+                        path.display()
+                    );
+                    return Validator::new();
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Validator::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "UDP connection-request replay state {}: {e}; starting without it",
+                    path.display()
+                );
+                return Validator::new();
+            }
+        };
+        tracing::debug!(
+            last_ts = v.last_ts,
+            ids = v.last_ids.len(),
+            "UDP connection-request replay state loaded"
+        );
+        if udpcr::clock_synchronised(now_unix)
+            && v.last_ts > now_unix.saturating_add(udpcr::CLOCK_WINDOW_S)
+        {
+            tracing::warn!(
+                "the last accepted UDP connection request is stamped {} s ahead of the clock: \
+                 UDP connection requests stamped before it are refused",
+                v.last_ts - now_unix
+            );
+        }
+        v
+    }
+
+    /// Schedules a write of the state (after [`REPLAY_SAVE_DELAY`]; one write for a burst).
+    fn changed(&mut self, now: Instant) {
+        if self.path.is_some() && self.save_at.is_none() {
+            self.save_at = Some(now + REPLAY_SAVE_DELAY);
+        }
+    }
+
+    fn save(&mut self, v: &Validator) {
+        self.save_at = None;
+        let Some(path) = &self.path else { return };
+        match crate::util::fsutil::write_atomic(path, &v.encode_state(), false) {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!("UDP connection-request replay state written again");
+                }
+                self.failing = false;
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(
+                        "cannot write the UDP connection-request replay state {}: {e}; \
+                         a captured request may be accepted again after a restart",
+                        path.display()
+                    );
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn recv_opt(
@@ -360,13 +556,32 @@ async fn recv_opt(
     }
 }
 
-/// Serves the shared STUN / UDP connection-request socket until the process ends.
+/// Serves the shared STUN / UDP connection-request socket until the process ends, with the
+/// replay state persisted in `state_dir` (file [`REPLAY_FILE`]; the directory must exist).
 /// Must run on a tokio `LocalSet` (the rate limiter is shared through `Rc`).
 pub async fn serve(
+    sock: UdpSocket,
+    settings: watch::Receiver<crate::engine::Settings>,
+    limiter: Rc<RefCell<RateLimiter>>,
+    out: Outputs,
+    state_dir: PathBuf,
+) {
+    run(
+        sock,
+        settings,
+        limiter,
+        out,
+        Some(state_dir.join(REPLAY_FILE)),
+    )
+    .await
+}
+
+async fn run(
     sock: UdpSocket,
     mut settings: watch::Receiver<crate::engine::Settings>,
     limiter: Rc<RefCell<RateLimiter>>,
     out: Outputs,
+    replay_file: Option<PathBuf>,
 ) {
     let local = match sock.local_addr() {
         Ok(a) => a,
@@ -377,6 +592,11 @@ pub async fn serve(
     };
     let snapshot = settings.borrow_and_update().clone();
     let (stun, creds) = read_settings(&snapshot);
+    let replay = ReplayStore {
+        path: replay_file,
+        ..ReplayStore::default()
+    };
+    let validator = replay.load(unix_now());
     let mut t = Task {
         sock,
         local,
@@ -385,7 +605,7 @@ pub async fn serve(
         acs_host: url_host(ms(&snapshot, "URL")),
         limiter,
         out,
-        validator: Validator::new(),
+        validator,
         drops: DropLog::default(),
         server: None,
         source_ip: None,
@@ -402,11 +622,14 @@ pub async fn serve(
             truthy(ms(&snapshot, "NATDetected")),
         )),
         disc: Discovery::default(),
+        replay,
+        window_warned: None,
     };
     t.reconfigure(stun).await;
     let mut watching = true;
     let mut buf = vec![0u8; 2048];
     let mut buf2 = vec![0u8; 2048];
+    let mut buf3 = vec![0u8; 2048];
     loop {
         let deadline = t.deadline();
         let timer = async {
@@ -441,9 +664,14 @@ pub async fn serve(
                     t.reconfigure(stun).await;
                 }
             },
-            r = recv_opt(t.disc.sock.as_ref(), &mut buf2) => {
+            r = recv_opt(t.disc.idle.as_ref(), &mut buf2) => {
                 if let Ok((n, peer)) = r {
-                    t.on_secondary(&buf2[..n], peer, Instant::now());
+                    t.on_idle_socket(&buf2[..n], peer, Instant::now()).await;
+                }
+            },
+            r = recv_opt(t.disc.prober.as_ref(), &mut buf3) => {
+                if let Ok((n, peer)) = r {
+                    t.on_prober_socket(&buf3[..n], peer, Instant::now());
                 }
             },
             _ = timer => t.on_timer(Instant::now()).await,
@@ -457,10 +685,10 @@ impl Task {
             Some(tx) => Some(tx.deadline),
             None => self.next_send,
         };
-        match (main, self.disc.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [main, self.disc.deadline(), self.replay.save_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The keep-alive period in force.
@@ -477,54 +705,127 @@ impl Task {
             .max(self.stun.min_s)
     }
 
-    /// After a successful keep-alive: schedule the next keep-alive, or the next probe.
-    fn after_keepalive(&mut self, now: Instant) {
-        if matches!(self.disc.phase, Phase::Off) {
-            if self.discovery_cap() <= self.stun.min_s {
-                self.disc.phase = Phase::NotNeeded;
-            } else {
-                let any: IpAddr = if self.local.is_ipv4() {
-                    Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    Ipv6Addr::UNSPECIFIED.into()
-                };
-                let ip = self.source_ip.unwrap_or(any);
-                match std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
-                    .and_then(|s| s.set_nonblocking(true).map(|_| s))
-                    .and_then(UdpSocket::from_std)
-                {
-                    Ok(s) => {
-                        tracing::info!(
-                            "STUN binding-lifetime discovery between {} and {} s",
-                            self.stun.min_s,
-                            self.discovery_cap()
-                        );
-                        self.disc.sock = Some(s);
-                        self.disc.phase = Phase::Next;
-                    }
-                    Err(e) => {
-                        tracing::warn!("binding-lifetime discovery: no secondary socket: {e}");
-                        self.disc.phase = Phase::Unsupported;
-                    }
-                }
-            }
-        }
-        if matches!(self.disc.phase, Phase::Next) {
-            match self
-                .disc
-                .next_interval(self.stun.min_s, self.discovery_cap())
-            {
-                Some(t) => {
-                    self.disc.t = t;
-                    self.disc.phase = Phase::Wait(now + Duration::from_secs(u64::from(t)));
-                    self.next_send = None;
-                    tracing::debug!("binding-lifetime discovery: probing after {t} s idle");
-                    return;
-                }
-                None => self.finish_discovery(),
-            }
-        }
+    /// Whether requests are sent with USERNAME and MESSAGE-INTEGRITY.
+    fn authenticated(&self) -> bool {
+        self.send_credentials && !self.stun.username.is_empty()
+    }
+
+    /// A secondary socket for discovery, on the CR socket's source address.
+    fn secondary_socket(&self) -> std::io::Result<UdpSocket> {
+        let any: IpAddr = if self.local.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            Ipv6Addr::UNSPECIFIED.into()
+        };
+        let ip = self.source_ip.unwrap_or(any);
+        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    }
+
+    /// After a successful keep-alive: schedules the next one (every minimum period until the
+    /// binding lifetime is known) and starts binding-lifetime discovery if it has not run yet.
+    async fn after_keepalive(&mut self, now: Instant) {
         self.next_send = Some(now + self.period());
+        if !matches!(self.disc.phase, Phase::Off) {
+            return;
+        }
+        if self.discovery_cap() <= self.stun.min_s {
+            self.disc.phase = Phase::NotNeeded;
+            return;
+        }
+        match self.secondary_socket().and_then(|idle| {
+            let prober = self.secondary_socket()?;
+            Ok((idle, prober))
+        }) {
+            Ok((idle, prober)) => {
+                tracing::info!(
+                    "STUN binding-lifetime discovery between {} and {} s (secondary bindings; \
+                     keep-alives every {} s meanwhile)",
+                    self.stun.min_s,
+                    self.discovery_cap(),
+                    self.period().as_secs_f64()
+                );
+                self.disc.server = self.server;
+                self.disc.idle = Some(idle);
+                self.disc.prober = Some(prober);
+                self.refresh_idle(now).await;
+            }
+            Err(e) => {
+                tracing::warn!("binding-lifetime discovery: no secondary socket: {e}");
+                self.disc.stop(Phase::Unsupported);
+            }
+        }
+    }
+
+    /// A discovery request (no CONNECTION-REQUEST-BINDING: not the CR binding).
+    fn discovery_request(&self, response_address: Option<SocketAddr>) -> Option<(TxId, Vec<u8>)> {
+        let id = classic_txid();
+        let authenticated = self.authenticated();
+        let req = BindingRequest {
+            username: authenticated.then_some(self.stun.username.as_str()),
+            password: authenticated.then_some(self.stun.password.as_str()),
+            connection_request_binding: false,
+            response_address,
+            ..BindingRequest::new(id)
+        };
+        req.encode().ok().map(|b| (id, b))
+    }
+
+    /// Sends a Binding Request from the idle socket: creates (or refreshes) its binding and
+    /// learns its mapped address.
+    async fn refresh_idle(&mut self, now: Instant) {
+        let (Some(server), Some((id, bytes))) = (self.disc.server, self.discovery_request(None))
+        else {
+            self.disc.stop(Phase::Unsupported);
+            return;
+        };
+        if let Some(s) = &self.disc.idle {
+            let _ = s.send_to(&bytes, server).await;
+        }
+        self.disc.phase = Phase::Refresh(DiscoveryTx::new(id, bytes, now));
+    }
+
+    /// After `t` idle seconds: asks the server, from the prober socket, to answer at the idle
+    /// socket's mapped address.
+    async fn send_probe(&mut self, now: Instant) {
+        let (Some(server), Some(mapped)) = (self.disc.server, self.disc.idle_mapped) else {
+            self.disc.stop(Phase::Unsupported);
+            return;
+        };
+        let Some((id, bytes)) = self.discovery_request(Some(mapped)) else {
+            self.disc.stop(Phase::Unsupported);
+            return;
+        };
+        tracing::debug!(
+            "binding-lifetime discovery: probing {mapped} after {} s idle",
+            self.disc.t
+        );
+        if let Some(s) = &self.disc.prober {
+            let _ = s.send_to(&bytes, server).await;
+        }
+        self.disc.phase = Phase::Probe(DiscoveryTx::new(id, bytes, now));
+    }
+
+    /// The idle socket's binding is known to be fresh: count a pending "gone" verdict, then
+    /// leave the binding idle for the next interval, or finish.
+    fn idle_refreshed(&mut self, now: Instant) {
+        self.disc.refresh_failures = 0;
+        if std::mem::take(&mut self.disc.unconfirmed_dead) {
+            let t = self.disc.t;
+            tracing::debug!("binding-lifetime discovery: binding gone after {t} s idle");
+            self.disc.dead = Some(self.disc.dead.map_or(t, |d| d.min(t)));
+        }
+        match self
+            .disc
+            .next_interval(self.stun.min_s, self.discovery_cap())
+        {
+            Some(t) => {
+                self.disc.t = t;
+                self.disc.phase = Phase::Wait(now + Duration::from_secs(u64::from(t)));
+            }
+            None => self.finish_discovery(),
+        }
     }
 
     fn finish_discovery(&mut self) {
@@ -547,106 +848,132 @@ impl Task {
             p.as_secs_f64()
         );
         self.disc.period = Some(p);
-        self.disc.sock = None;
-        self.disc.phase = Phase::Done;
-    }
-
-    /// A probe result: the binding survived `self.disc.t` idle seconds, or not.
-    fn probe_result(&mut self, now: Instant, alive: bool) {
-        let t = self.disc.t;
-        tracing::debug!(
-            "binding-lifetime discovery: binding {} after {t} s idle",
-            if alive { "alive" } else { "gone" }
-        );
-        if alive {
-            self.disc.alive = Some(self.disc.alive.map_or(t, |a| a.max(t)));
-        } else {
-            self.disc.dead = Some(self.disc.dead.map_or(t, |d| d.min(t)));
-        }
-        self.disc.phase = Phase::Next;
-        // A keep-alive at once: refreshes (or re-creates) the binding before the next probe.
-        self.next_send = Some(now);
-    }
-
-    async fn send_probe(&mut self, now: Instant) {
-        let (Some(server), Some(mapped), Some(sock)) =
-            (self.server, self.mapped, self.disc.sock.as_ref())
-        else {
-            self.disc.phase = Phase::Next;
-            self.next_send = Some(now);
-            return;
-        };
-        let id = classic_txid();
-        let authenticated = self.send_credentials && !self.stun.username.is_empty();
-        let req = BindingRequest {
-            username: authenticated.then_some(self.stun.username.as_str()),
-            password: authenticated.then_some(self.stun.password.as_str()),
-            connection_request_binding: false,
-            response_address: Some(mapped),
-            ..BindingRequest::new(id)
-        };
-        let Ok(bytes) = req.encode() else {
-            self.disc.phase = Phase::Unsupported;
-            self.next_send = Some(now);
-            return;
-        };
-        let _ = sock.send_to(&bytes, server).await;
-        self.disc.phase = Phase::Probe {
-            id,
-            bytes,
-            sends: 1,
-            rto: INITIAL_RTO,
-            deadline: now + INITIAL_RTO,
-        };
+        self.disc.stop(Phase::Done);
     }
 
     async fn on_discovery_timer(&mut self, now: Instant) {
+        let server = self.disc.server;
         match &mut self.disc.phase {
             Phase::Wait(at) if now >= *at => self.send_probe(now).await,
-            Phase::Probe {
-                bytes,
-                sends,
-                rto,
-                deadline,
-                ..
-            } if now >= *deadline => {
-                if *sends >= PROBE_SENDS {
-                    self.probe_result(now, false);
+            Phase::Pause(at) if now >= *at => self.refresh_idle(now).await,
+            Phase::Refresh(tx) if now >= tx.deadline => match tx.retransmit(now) {
+                Some(bytes) => {
+                    if let (Some(s), Some(server)) = (&self.disc.idle, server) {
+                        let _ = s.send_to(&bytes, server).await;
+                    }
+                }
+                None => {
+                    // The server did not answer the idle socket: no verdict on the last probe.
+                    self.disc.unconfirmed_dead = false;
+                    self.disc.refresh_failures += 1;
+                    if self.disc.refresh_failures >= MAX_REFRESH_FAILURES {
+                        tracing::warn!(
+                            "binding-lifetime discovery: no STUN answer on the secondary socket; \
+                             keep-alive every {} s",
+                            self.stun.period_s
+                        );
+                        self.disc.stop(Phase::Unsupported);
+                    } else {
+                        self.disc.phase = Phase::Pause(now + self.period());
+                    }
+                }
+            },
+            Phase::Probe(tx) if now >= tx.deadline => match tx.retransmit(now) {
+                Some(bytes) => {
+                    if let (Some(s), Some(server)) = (&self.disc.prober, server) {
+                        let _ = s.send_to(&bytes, server).await;
+                    }
+                }
+                None => {
+                    // No answer at the idle mapping: gone, unless the server is gone (the
+                    // refresh tells).
+                    self.disc.unconfirmed_dead = true;
+                    self.refresh_idle(now).await;
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// Parses a discovery answer from the STUN server to request `id`.
+    fn discovery_answer(
+        &self,
+        data: &[u8],
+        peer: SocketAddr,
+        id: &TxId,
+    ) -> Option<stun::StunResponse> {
+        if Some(peer) != self.disc.server {
+            return None;
+        }
+        let resp = stun::parse_response(data, id).ok()?;
+        if self.authenticated()
+            && resp.has_integrity
+            && stun::check_integrity(data, self.stun.password.as_bytes()) == Integrity::Invalid
+        {
+            return None;
+        }
+        Some(resp)
+    }
+
+    /// A datagram on the idle socket: the answer to its refresh (its mapped address), or the
+    /// answer to a probe (its binding survived the idle interval).
+    async fn on_idle_socket(&mut self, data: &[u8], peer: SocketAddr, now: Instant) {
+        match &self.disc.phase {
+            Phase::Refresh(tx) => {
+                let Some(resp) = self.discovery_answer(data, peer, &tx.id) else {
+                    return;
+                };
+                match (resp.error, resp.mapped) {
+                    (None, Some(mapped)) => {
+                        self.disc.idle_mapped = Some(mapped);
+                        self.idle_refreshed(now);
+                    }
+                    (e, _) => {
+                        tracing::warn!(
+                            "binding-lifetime discovery: STUN server {peer} refused the secondary \
+                             socket's request ({e:?}); keep-alive every {} s",
+                            self.stun.period_s
+                        );
+                        self.disc.stop(Phase::Unsupported);
+                    }
+                }
+            }
+            Phase::Probe(tx) => {
+                if self.discovery_answer(data, peer, &tx.id).is_none() {
                     return;
                 }
-                *sends += 1;
-                *rto *= 2;
-                *deadline = now
-                    + if *sends >= PROBE_SENDS {
-                        *rto * 2
-                    } else {
-                        *rto
-                    };
-                let bytes = bytes.clone();
-                if let (Some(s), Some(server)) = (self.disc.sock.as_ref(), self.server) {
-                    let _ = s.send_to(&bytes, server).await;
+                let t = self.disc.t;
+                tracing::debug!("binding-lifetime discovery: binding alive after {t} s idle");
+                self.disc.alive = Some(self.disc.alive.map_or(t, |a| a.max(t)));
+                if self
+                    .disc
+                    .next_interval(self.stun.min_s, self.discovery_cap())
+                    .is_none()
+                {
+                    self.finish_discovery();
+                } else {
+                    // A refresh re-learns the mapping before the next interval.
+                    self.refresh_idle(now).await;
                 }
             }
             _ => {}
         }
     }
 
-    /// A datagram on the secondary socket: the answer to a probe came back to its source, so
-    /// the server ignores RESPONSE-ADDRESS.
-    fn on_secondary(&mut self, data: &[u8], peer: SocketAddr, now: Instant) {
-        let Phase::Probe { id, .. } = &self.disc.phase else {
+    /// A datagram on the prober socket: the answer to a probe came back to its source, so the
+    /// server ignores RESPONSE-ADDRESS.
+    fn on_prober_socket(&mut self, data: &[u8], peer: SocketAddr, _now: Instant) {
+        let Phase::Probe(tx) = &self.disc.phase else {
             return;
         };
-        if Some(peer) != self.server || stun::parse_response(data, id).is_err() {
+        if self.discovery_answer(data, peer, &tx.id).is_none() {
             return;
         }
         tracing::info!(
             "STUN server {peer} ignores RESPONSE-ADDRESS: no binding-lifetime discovery, keep-alive every {} s",
             self.stun.period_s
         );
-        self.disc.sock = None;
-        self.disc.phase = Phase::Unsupported;
-        self.next_send = Some(now);
+        self.disc.stop(Phase::Unsupported);
     }
 
     async fn reconfigure(&mut self, stun: StunConfig) {
@@ -729,6 +1056,9 @@ impl Task {
     }
 
     async fn on_timer(&mut self, now: Instant) {
+        if self.replay.save_at.is_some_and(|t| now >= t) {
+            self.replay.save(&self.validator);
+        }
         if self.disc.deadline().is_some_and(|d| now >= d) {
             self.on_discovery_timer(now).await;
         }
@@ -846,14 +1176,6 @@ impl Task {
     }
 
     async fn on_stun(&mut self, data: &[u8], peer: SocketAddr, now: Instant) {
-        if let Phase::Probe { id, .. } = &self.disc.phase
-            && Some(peer) == self.server
-            && stun::parse_response(data, id).is_ok()
-        {
-            // The answer to a probe reached the primary binding: it is alive.
-            self.probe_result(now, true);
-            return;
-        }
         let Some(tx) = &self.tx else {
             self.drops
                 .drop(now, peer, &"STUN message without a pending request");
@@ -927,7 +1249,7 @@ impl Task {
             if binding_change {
                 self.pending_change = false;
             }
-            self.after_keepalive(now);
+            self.after_keepalive(now).await;
         }
         let local = self
             .source_ip
@@ -954,15 +1276,34 @@ impl Task {
                 return;
             }
         };
-        if let Err(r) = self
-            .validator
-            .check(&cr, &self.creds.username, &self.creds.password)
+        let now_unix = unix_now();
+        if let Err(r) =
+            self.validator
+                .check_at(&cr, &self.creds.username, &self.creds.password, now_unix)
         {
+            if r == udpcr::Reject::OutsideClockWindow
+                && self
+                    .window_warned
+                    .is_none_or(|t| at.duration_since(t) >= WINDOW_WARN_EVERY)
+            {
+                // Correctly signed but stamped far from our clock: one of the two clocks is
+                // wrong (or it is an old capture); worth a warning now and then.
+                self.window_warned = Some(at);
+                tracing::warn!(
+                    %peer,
+                    "UDP connection request refused: ts {} is {} s from the local clock \
+                     (more than {} s; is either clock unsynchronised?)",
+                    cr.ts,
+                    cr.ts.abs_diff(now_unix),
+                    udpcr::CLOCK_WINDOW_S
+                );
+            }
             self.drops
                 .drop(at, peer, &format_args!("UDP connection request: {r}"));
             return;
         }
         self.validator.accept(&cr);
+        self.replay.changed(at);
         if !self.limiter.borrow_mut().try_acquire(at) {
             tracing::warn!(%peer, "UDP connection request dropped: rate limit exceeded");
             return;
@@ -1040,6 +1381,84 @@ mod tests {
         assert_eq!(keepalive_period("30", "0"), 30);
         assert_eq!(keepalive_period("x", ""), 30);
         assert_eq!(keepalive_period("5", "60"), 5);
+    }
+
+    #[test]
+    fn replay_state_persisted_privately_and_bad_files_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cwmpd-udp-replay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(REPLAY_FILE);
+        let mut store = ReplayStore {
+            path: Some(path.clone()),
+            ..ReplayStore::default()
+        };
+        let now = 1_700_000_000;
+        assert_eq!(store.load(now), Validator::new(), "missing file: fresh");
+        let v = Validator::restore(now, vec!["1".into(), "2".into()]);
+        let t0 = Instant::now();
+        store.changed(t0);
+        store.changed(t0 + Duration::from_millis(50));
+        assert_eq!(
+            store.save_at,
+            Some(t0 + REPLAY_SAVE_DELAY),
+            "one write per burst"
+        );
+        store.save(&v);
+        assert_eq!(store.save_at, None);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(store.load(now), v);
+        // Corrupt, truncated or oversized: ignored (logged), the agent starts without it.
+        let data = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &data[..data.len() / 2]).unwrap();
+        assert_eq!(store.load(now), Validator::new());
+        std::fs::write(&path, vec![b' '; udpcr::MAX_STATE_BYTES + 10]).unwrap();
+        assert_eq!(store.load(now), Validator::new());
+        // Without a path nothing is written.
+        let mut mem = ReplayStore::default();
+        mem.changed(t0);
+        assert_eq!(mem.save_at, None);
+        // An unwritable place: the failure is remembered (and logged once), nothing panics.
+        let mut bad = ReplayStore {
+            path: Some(dir.join("missing-dir").join(REPLAY_FILE)),
+            ..ReplayStore::default()
+        };
+        bad.save(&v);
+        assert!(bad.failing);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn discovery_intervals_and_retransmissions() {
+        let mut d = Discovery::default();
+        assert_eq!(d.next_interval(1, 1800), Some(1));
+        d.alive = Some(1);
+        assert_eq!(d.next_interval(1, 1800), Some(2));
+        d.alive = Some(1024);
+        assert_eq!(d.next_interval(1, 1800), Some(1800));
+        d.alive = Some(1800);
+        assert_eq!(d.next_interval(1, 1800), None);
+        d.alive = Some(2);
+        d.dead = Some(4);
+        assert_eq!(d.next_interval(1, 1800), Some(3));
+        d.alive = Some(3);
+        assert_eq!(d.next_interval(1, 1800), None);
+        d.alive = None;
+        assert_eq!(d.next_interval(1, 1800), None);
+        let t0 = Instant::now();
+        let mut tx = DiscoveryTx::new(classic_txid(), vec![1], t0);
+        assert_eq!(tx.deadline, t0 + INITIAL_RTO);
+        let mut now = tx.deadline;
+        let mut sends = 1;
+        while tx.retransmit(now).is_some() {
+            sends += 1;
+            now = tx.deadline;
+        }
+        assert_eq!(sends, PROBE_SENDS);
+        // 0.5 + 1 + 2 × 2 s from the first send to the verdict.
+        assert_eq!(now - t0, Duration::from_millis(5500));
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! ```
 //!
 //! `sig` = hex(HMAC-SHA1(key = ConnectionRequestPassword, ts ‖ id ‖ un ‖ cn)).
+//!
+//! Replay protection (SPEC-NOTES §c.3, with its correction): a request is accepted only if its
+//! `ts` is not older than the latest accepted `ts` and its `id` was not accepted at that `ts`
+//! (every id accepted at the latest `ts` is remembered, not only the last one, so an older id
+//! cannot be replayed within the same second). The state is small ([`Validator::encode_state`])
+//! and meant to be persisted, so that a captured datagram is not accepted again after a restart.
+//! When the local clock is synchronised ([`clock_synchronised`]), `ts` must also lie within
+//! [`CLOCK_WINDOW_S`] of it ([`Validator::check_at`]).
 
 use crate::util::codec::{ct_eq, hex_val, to_hex};
 use std::fmt;
@@ -23,6 +31,32 @@ use sha1::Sha1;
 pub const MAX_DATAGRAM: usize = 1024;
 /// How many distinct ids accepted within the same second are remembered.
 pub const MAX_IDS_PER_SECOND: usize = 16;
+/// Largest `|ts - now|`, in seconds, accepted while the local clock is synchronised.
+///
+/// Five minutes: an ACS stamps `ts` when it sends the request (GenieACS sends it three times at
+/// once), so with both clocks on NTP the difference is the network delay plus the clock error,
+/// well below a second. The window is a second line of defence behind the persisted replay
+/// state: after that state is lost (a new device, a corrupt file) a captured datagram is useless
+/// five minutes after it was made, and a genuine request stamped in the future (an ACS clock
+/// ahead) can block later requests for at most that long. Clocks kept only by an RTC drift by
+/// seconds a day, so months pass before five minutes are reached.
+pub const CLOCK_WINDOW_S: u64 = 300;
+/// The clock rule shared with the Inform's CurrentTime (`util::time::PLAUSIBLE_SINCE`): a wall
+/// clock at or after 2020-01-01 is taken as synchronised. A heuristic: a box without a
+/// battery-backed clock boots in 1970 and only gets a plausible date from NTP, but one whose
+/// clock starts at a firmware build date (systemd does this) looks synchronised before it is.
+pub const CLOCK_SYNCED_AFTER: u64 = crate::util::time::PLAUSIBLE_SINCE as u64;
+
+/// Whether a wall clock reading `now_unix` is taken as synchronised.
+pub fn clock_synchronised(now_unix: u64) -> bool {
+    crate::util::time::clock_synchronised(now_unix.min(i64::MAX as u64) as i64)
+}
+
+/// Version of the persisted replay state ([`Validator::encode_state`]).
+const STATE_VERSION: u32 = 1;
+/// Largest persisted replay state accepted: [`MAX_IDS_PER_SECOND`] ids of at most a datagram each,
+/// JSON-escaped (up to 6 bytes a byte), and some room.
+pub const MAX_STATE_BYTES: usize = MAX_IDS_PER_SECOND * (MAX_DATAGRAM * 6 + 8) + 256;
 
 /// Why a datagram is not a well-formed UDP connection request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,7 +101,8 @@ pub enum Reject {
     DuplicateId,
     /// `ts` is older than the last accepted request's.
     StaleTimestamp,
-    /// `ts` is too far from the local clock (only with [`Validator::check_with_clock`]).
+    /// `ts` is too far from the local clock (only with [`Validator::check_with_clock`] or
+    /// [`Validator::check_at`] on a synchronised clock).
     OutsideClockWindow,
     /// More than [`MAX_IDS_PER_SECOND`] requests accepted within one second.
     TooManyInOneSecond,
@@ -317,7 +352,8 @@ pub fn parse(datagram: &[u8]) -> Result<UdpCr, UdpCrError> {
 /// [`check`](Self::check) never changes the state; only
 /// [`accept`](Self::accept) (or [`check_and_accept`](Self::check_and_accept)
 /// after a successful check) does, so a forged datagram cannot block a
-/// genuine one. Persist `last_ts` and `last_ids` to survive restarts.
+/// genuine one. Persist `last_ts` and `last_ids` ([`encode_state`](Self::encode_state),
+/// [`decode_state`](Self::decode_state)) to survive restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Validator {
     /// `ts` of the most recently accepted request (0: none yet).
@@ -339,6 +375,66 @@ impl Validator {
             last_ts,
             last_ids: last_id.into_iter().collect(),
         }
+    }
+
+    /// Restores persisted state: the latest accepted `ts` and every id accepted at it (oldest
+    /// first; only the last [`MAX_IDS_PER_SECOND`] are kept).
+    pub fn restore(last_ts: u64, mut ids: Vec<String>) -> Self {
+        if ids.len() > MAX_IDS_PER_SECOND {
+            ids.drain(..ids.len() - MAX_IDS_PER_SECOND);
+        }
+        Validator {
+            last_ts,
+            last_ids: ids,
+        }
+    }
+
+    /// The replay state as a small JSON document, for persisting.
+    pub fn encode_state(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "version": STATE_VERSION,
+            "last_ts": self.last_ts,
+            "ids": self.last_ids,
+        });
+        let mut out = v.to_string().into_bytes();
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses what [`encode_state`](Self::encode_state) wrote. Refuses anything larger than
+    /// [`MAX_STATE_BYTES`], another version, more than [`MAX_IDS_PER_SECOND`] ids or an id
+    /// longer than a datagram.
+    pub fn decode_state(data: &[u8]) -> Result<Validator, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Persisted {
+            version: u32,
+            last_ts: u64,
+            ids: Vec<String>,
+        }
+        if data.len() > MAX_STATE_BYTES {
+            return Err(format!("larger than {MAX_STATE_BYTES} bytes"));
+        }
+        let p: Persisted = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        if p.version != STATE_VERSION {
+            return Err(format!("unknown version {}", p.version));
+        }
+        if p.ids.len() > MAX_IDS_PER_SECOND {
+            return Err(format!(
+                "{} ids (at most {MAX_IDS_PER_SECOND})",
+                p.ids.len()
+            ));
+        }
+        if p.ids
+            .iter()
+            .any(|id| id.is_empty() || id.len() > MAX_DATAGRAM)
+        {
+            return Err("an empty or oversized id".into());
+        }
+        if p.last_ts == 0 && !p.ids.is_empty() {
+            return Err("ids without a timestamp".into());
+        }
+        Ok(Validator::restore(p.last_ts, p.ids))
     }
 
     /// The most recently accepted id.
@@ -401,6 +497,23 @@ impl Validator {
             return Err(Reject::OutsideClockWindow);
         }
         Ok(())
+    }
+
+    /// [`check`](Self::check) against the wall clock `now_unix`: when the clock is synchronised
+    /// ([`clock_synchronised`]) `ts` must also lie within [`CLOCK_WINDOW_S`] of it; otherwise
+    /// only the replay state guards against replays.
+    pub fn check_at(
+        &self,
+        cr: &UdpCr,
+        expected_user: &str,
+        password: &str,
+        now_unix: u64,
+    ) -> Result<(), Reject> {
+        if clock_synchronised(now_unix) {
+            self.check_with_clock(cr, expected_user, password, now_unix, CLOCK_WINDOW_S)
+        } else {
+            self.check(cr, expected_user, password)
+        }
     }
 
     /// Records `cr` as accepted. Call only after a successful check.
@@ -596,6 +709,106 @@ mod tests {
         // Persisted last id blocks its own retransmission after a restart.
         let same = parse(&build_udp_cr("h:1", 1_700_000_000, 1, "u", "c", "p")).unwrap();
         assert_eq!(v.check(&same, "u", "p"), Err(Reject::DuplicateId));
+    }
+
+    #[test]
+    fn persisted_state_round_trip_blocks_every_id_at_the_latest_ts() {
+        let mut v = Validator::new();
+        let a = parse(&build_udp_cr("h:1", 1_700_000_000, 1, "u", "c1", "p")).unwrap();
+        let b = parse(&build_udp_cr("h:1", 1_700_000_000, 2, "u", "c2", "p")).unwrap();
+        assert_eq!(v.check_and_accept(&a, "u", "p"), Ok(()));
+        assert_eq!(v.check_and_accept(&b, "u", "p"), Ok(()));
+        let data = v.encode_state();
+        let r = Validator::decode_state(&data).unwrap();
+        assert_eq!(r, v);
+        // After a "restart": both ids are refused (not only the last one), a new one passes.
+        assert_eq!(r.check(&a, "u", "p"), Err(Reject::DuplicateId));
+        assert_eq!(r.check(&b, "u", "p"), Err(Reject::DuplicateId));
+        let c = parse(&build_udp_cr("h:1", 1_700_000_000, 3, "u", "c3", "p")).unwrap();
+        assert_eq!(r.check(&c, "u", "p"), Ok(()));
+        // Ids needing JSON escapes survive.
+        let odd = Validator::restore(5, vec!["a\"b\\\n\u{7f}é".into()]);
+        assert_eq!(Validator::decode_state(&odd.encode_state()).unwrap(), odd);
+        assert_eq!(
+            Validator::decode_state(&Validator::new().encode_state()).unwrap(),
+            Validator::new()
+        );
+    }
+
+    #[test]
+    fn persisted_state_refuses_bad_input() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"{}",
+            b"not json",
+            br#"{"version":2,"last_ts":1,"ids":[]}"#,
+            br#"{"version":1,"last_ts":-1,"ids":[]}"#,
+            br#"{"version":1,"last_ts":0,"ids":["1"]}"#,
+            br#"{"version":1,"last_ts":1,"ids":[""]}"#,
+            br#"{"version":1,"last_ts":1,"ids":[1]}"#,
+            br#"{"version":1,"last_ts":1,"ids":[],"x":1}"#,
+        ];
+        for d in bad {
+            assert!(
+                Validator::decode_state(d).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(d)
+            );
+        }
+        let many: Vec<String> = (0..=MAX_IDS_PER_SECOND).map(|i| i.to_string()).collect();
+        let d = serde_json::json!({"version": 1, "last_ts": 1, "ids": many}).to_string();
+        assert!(Validator::decode_state(d.as_bytes()).is_err());
+        let long = "x".repeat(MAX_DATAGRAM + 1);
+        let d = serde_json::json!({"version": 1, "last_ts": 1, "ids": [long]}).to_string();
+        assert!(Validator::decode_state(d.as_bytes()).is_err());
+        let huge = vec![b' '; MAX_STATE_BYTES + 1];
+        assert!(Validator::decode_state(&huge).is_err());
+        // The largest legitimate state fits.
+        let ids: Vec<String> = (0..MAX_IDS_PER_SECOND)
+            .map(|_| "\u{1}".repeat(MAX_DATAGRAM))
+            .collect();
+        let v = Validator::restore(u64::MAX, ids);
+        let data = v.encode_state();
+        assert!(data.len() <= MAX_STATE_BYTES, "{}", data.len());
+        assert_eq!(Validator::decode_state(&data).unwrap(), v);
+        // restore keeps the newest ids only.
+        let ids: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        let v = Validator::restore(7, ids);
+        assert_eq!(v.last_ids.len(), MAX_IDS_PER_SECOND);
+        assert_eq!(v.last_id(), Some("39"));
+    }
+
+    #[test]
+    fn clock_window_only_on_a_synchronised_clock() {
+        let v = Validator::new();
+        let now = 1_700_000_000;
+        let at = |ts: u64| parse(&build_udp_cr("h:1", ts, 9, "u", "c", "p")).unwrap();
+        assert!(clock_synchronised(now));
+        assert!(clock_synchronised(CLOCK_SYNCED_AFTER));
+        assert!(!clock_synchronised(CLOCK_SYNCED_AFTER - 1));
+        for ts in [now, now - CLOCK_WINDOW_S, now + CLOCK_WINDOW_S] {
+            assert_eq!(v.check_at(&at(ts), "u", "p", now), Ok(()), "{ts}");
+        }
+        for ts in [
+            now - CLOCK_WINDOW_S - 1,
+            now + CLOCK_WINDOW_S + 1,
+            1,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                v.check_at(&at(ts), "u", "p", now),
+                Err(Reject::OutsideClockWindow),
+                "{ts}"
+            );
+        }
+        // A clock in 1970 (not synchronised): no window, the replay state alone decides.
+        assert_eq!(v.check_at(&at(now - 86_400), "u", "p", 1000), Ok(()));
+        // The signature is checked first: a forged request is not reported as a window problem.
+        let forged = parse(&build_udp_cr("h:1", 1, 9, "u", "c", "wrong")).unwrap();
+        assert_eq!(
+            v.check_at(&forged, "u", "p", now),
+            Err(Reject::BadSignature)
+        );
     }
 
     #[test]
