@@ -1,6 +1,7 @@
 //! CWMP: the SOAP codec and, on top of it, the session.
 
 pub mod events;
+pub mod exchange;
 pub mod rpc;
 pub mod session;
 pub mod soap;

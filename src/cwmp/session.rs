@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::events::{Event, EventQueue};
+use super::exchange::{Exchange, ExchangeError, Step};
 use super::rpc::Effect;
-use super::soap::{
-    self, AcsMessage, CpeMessage, CwmpNs, DeviceId, Envelope, EventStruct, Inform, ParamValue,
-    ParseError,
-};
+use super::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
 use crate::engine::{Done, Engine};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
 use crate::util::time::{current_time_or_unknown, now_unix, parse_datetime};
@@ -35,8 +33,6 @@ const BOOT_ID: &str = "boot_id";
 const DELAY_REBOOT_AT: &str = "delay_reboot_at";
 /// Persisted: the armed ScheduleReboot time (Unix seconds).
 const SCHEDULE_REBOOT_AT: &str = "schedule_reboot_at";
-/// Upper bound on messages in one session (a runaway ACS cannot keep the agent forever).
-const MAX_EXCHANGES: usize = 10_000;
 
 /// Session bookkeeping kept by the engine.
 #[derive(Debug, Default)]
@@ -678,11 +674,6 @@ impl Engine {
         }
     }
 
-    fn next_id(&mut self) -> String {
-        self.cwmp.id_counter += 1;
-        format!("cwmpd-{}", self.cwmp.id_counter)
-    }
-
     /// Values the ACS asked for in every Inform whose events match (InformParameter table).
     fn inform_parameter_values(&mut self, events: &[Event]) -> Vec<ParamValue> {
         let base = format!("{MS}InformParameter.");
@@ -797,7 +788,9 @@ impl Engine {
         self.serving(client.post(body)).await
     }
 
-    /// Runs one session. Effects of the requests it served are left in `cwmp.effects`.
+    /// Runs one session: the message flow is [`Exchange`]'s; this drives it — the ACS
+    /// connection, serving requests against the store, and what delivery means for the
+    /// engine's state. Effects of the requests it served are left in `cwmp.effects`.
     pub async fn run_session(&mut self) -> Result<(), SessionError> {
         if !self.cwmp_enabled() {
             return Err(SessionError::Disabled);
@@ -826,194 +819,49 @@ impl Engine {
         let (inform, sent, changed) = self.build_inform();
         let codes: Vec<&str> = sent.iter().map(|e| e.code.as_str()).collect();
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
-        let mut out = Vec::with_capacity(4096);
-        let env = Envelope::new(CpeMessage::Inform(inform)).with_id(self.next_id());
-        soap::emit_cpe(&env, &mut out);
-        let resp = self
-            .post_serving(&mut client, std::mem::take(&mut out))
-            .await
-            .map_err(SessionError::Transport)?;
-        if resp.status != 200 {
-            return Err(SessionError::Status(resp.status));
-        }
-        let (ns, hold) = match soap::parse_acs_message(&resp.body) {
-            Ok(env) => match env.body {
-                AcsMessage::InformResponse { .. } => (env.ns, env.hold_requests == Some(true)),
-                AcsMessage::Fault(f) => {
-                    return Err(SessionError::Protocol(format!(
-                        "ACS answered the Inform with fault {} {}",
-                        f.code, f.string
-                    )));
+        let mut x = Exchange::new(
+            Envelope::new(CpeMessage::Inform(inform)),
+            self.pending_transfer_completes(),
+            self.cwmp.id_counter,
+        );
+        let result = loop {
+            match x.poll() {
+                Step::Post(body) => match self.post_serving(&mut client, body).await {
+                    Ok(resp) => x.on_response(resp.status, &resp.body),
+                    Err(e) => break Err(SessionError::Transport(e)),
+                },
+                Step::InformDelivered { .. } => {
+                    // The Inform was delivered: its events and changes are done with.
+                    self.cwmp.queue.delivered(&sent);
+                    self.store.clear_changes(&changed);
+                    self.cwmp.retry_count = 0;
+                    if sent.iter().any(|e| e.code == "0 BOOTSTRAP") {
+                        self.agent_state
+                            .insert("bootstrapped_url".into(), json!(url));
+                    }
+                    self.save_events();
                 }
-                other => {
-                    return Err(SessionError::Protocol(format!(
-                        "expected InformResponse, got {}",
-                        other.method_name()
-                    )));
+                Step::TransferDelivered(id) => self.transfer_delivered(id),
+                Step::Serve(env) => {
+                    tracing::debug!("ACS request {}", env.body.method_name());
+                    let mut out = Vec::new();
+                    self.serve_rpc(&env, &mut out).await;
+                    if out.len() > 256 * 1024 {
+                        self.cwmp.big_session = true;
+                    }
+                    x.served(out);
                 }
-            },
-            Err(e) => return Err(SessionError::Protocol(format!("InformResponse: {e}"))),
+                Step::Done => break Ok(()),
+                Step::Failed(e) => {
+                    break Err(match e {
+                        ExchangeError::Status(s) => SessionError::Status(s),
+                        ExchangeError::Protocol(m) => SessionError::Protocol(m),
+                    });
+                }
+            }
         };
-        // The Inform was delivered: its events and changes are done with.
-        self.cwmp.queue.delivered(&sent);
-        self.store.clear_changes(&changed);
-        self.cwmp.retry_count = 0;
-        if sent.iter().any(|e| e.code == "0 BOOTSTRAP") {
-            self.agent_state
-                .insert("bootstrapped_url".into(), json!(url));
-        }
-        self.save_events();
-
-        // Our own requests: one TransferComplete per completed transfer, before the empty POST,
-        // unless the ACS holds them (then: once a message of the ACS no longer holds them).
-        let mut requests_sent = false;
-        if hold {
-            tracing::info!("the ACS holds requests (HoldRequests): TransferComplete deferred");
-        } else {
-            self.send_transfer_completes(&mut client, ns).await?;
-            requests_sent = true;
-        }
-
-        // The empty POST, then the ACS's requests until it ends the session.
-        let mut body = Vec::new();
-        for _ in 0..MAX_EXCHANGES {
-            let resp = self
-                .post_serving(&mut client, std::mem::take(&mut body))
-                .await
-                .map_err(SessionError::Transport)?;
-            if resp.status == 204 || (resp.status == 200 && soap::is_empty_body(&resp.body)) {
-                // The ACS has no more requests and no longer holds ours (an empty response
-                // carries no HoldRequests): requests held back go now, then a new empty POST
-                // (TR-069 §3.7.1.4: the session ends when neither side has requests left).
-                if !requests_sent && !self.pending_transfer_completes().is_empty() {
-                    requests_sent = true;
-                    self.send_transfer_completes(&mut client, ns).await?;
-                    continue;
-                }
-                return Ok(());
-            }
-            if resp.status != 200 {
-                return Err(SessionError::Status(resp.status));
-            }
-            match soap::parse_acs_message(&resp.body) {
-                Ok(env) => match env.body {
-                    AcsMessage::Request(req) => {
-                        let env = Envelope {
-                            id: env.id,
-                            hold_requests: None,
-                            session_timeout: None,
-                            supported_cwmp_versions: None,
-                            use_cwmp_version: None,
-                            ns: if env.ns == CwmpNs::Cwmp12 { ns } else { env.ns },
-                            body: req,
-                        };
-                        tracing::debug!("ACS request {}", env.body.method_name());
-                        if env.ns.has_cpe_method(env.body.method_name()) {
-                            self.serve_rpc(&env, &mut out).await;
-                        } else {
-                            tracing::info!(
-                                "{} does not exist in {}: 9000",
-                                env.body.method_name(),
-                                env.ns.uri()
-                            );
-                            let fe = env.header().map(|_| {
-                                CpeMessage::Fault(soap::Fault::new(
-                                    soap::cpe_fault::METHOD_NOT_SUPPORTED,
-                                ))
-                            });
-                            soap::emit_cpe(&fe, &mut out);
-                        }
-                        if out.len() > 256 * 1024 {
-                            self.cwmp.big_session = true;
-                        }
-                        body = std::mem::take(&mut out);
-                    }
-                    other => {
-                        tracing::warn!("unexpected {} from the ACS; ignored", other.method_name());
-                    }
-                },
-                Err(ParseError::MustUnderstand { id, header }) => {
-                    // SOAP 1.1 §4.2.3: not processed, answered with a MustUnderstand fault.
-                    tracing::info!("ACS message with a mandatory header {header} refused");
-                    let mut h = Envelope::new(()).with_ns(ns);
-                    h.id = id;
-                    soap::emit_must_understand(&h, &header, &mut out);
-                    body = std::mem::take(&mut out);
-                }
-                Err(e) => match e.cpe_fault() {
-                    Some(f) => {
-                        tracing::info!("ACS request refused: {e}");
-                        let mut fe = Envelope::new(CpeMessage::Fault(f)).with_ns(ns);
-                        fe.id = e.id().map(str::to_string);
-                        soap::emit_cpe(&fe, &mut out);
-                        body = std::mem::take(&mut out);
-                    }
-                    None => return Err(SessionError::Protocol(format!("{e}"))),
-                },
-            }
-        }
-        Err(SessionError::Protocol("session too long".into()))
-    }
-
-    /// Sends the pending TransferCompletes, each answered by a TransferCompleteResponse (8005
-    /// makes it retry, up to 4 times); a transfer is forgotten only once acknowledged.
-    async fn send_transfer_completes(
-        &mut self,
-        client: &mut AcsClient,
-        ns: CwmpNs,
-    ) -> Result<(), SessionError> {
-        for (id, tc) in self.pending_transfer_completes() {
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let mut out = Vec::with_capacity(1024);
-                let env = Envelope::new(CpeMessage::TransferComplete(tc.clone()))
-                    .with_id(self.next_id())
-                    .with_ns(ns);
-                soap::emit_cpe(&env, &mut out);
-                tracing::info!(
-                    "TransferComplete for {:?} (fault {})",
-                    tc.command_key,
-                    tc.fault.code
-                );
-                let resp = self
-                    .post_serving(client, out)
-                    .await
-                    .map_err(SessionError::Transport)?;
-                if resp.status != 200 {
-                    return Err(SessionError::Status(resp.status));
-                }
-                match soap::parse_acs_message(&resp.body).map(|e| e.body) {
-                    // Matched by name; one ACS is known to answer with the autonomous variant.
-                    Ok(AcsMessage::TransferCompleteResponse)
-                    | Ok(AcsMessage::AutonomousTransferCompleteResponse) => {
-                        self.transfer_delivered(id);
-                        break;
-                    }
-                    Ok(AcsMessage::Fault(f)) if f.code == 8005 && tries < 5 => {
-                        tracing::info!("ACS asked to retry the TransferComplete (8005)");
-                    }
-                    Ok(AcsMessage::Fault(f)) => {
-                        return Err(SessionError::Protocol(format!(
-                            "ACS answered TransferComplete with fault {} {}",
-                            f.code, f.string
-                        )));
-                    }
-                    Ok(other) => {
-                        return Err(SessionError::Protocol(format!(
-                            "expected TransferCompleteResponse, got {}",
-                            other.method_name()
-                        )));
-                    }
-                    Err(e) => {
-                        return Err(SessionError::Protocol(format!(
-                            "TransferCompleteResponse: {e}"
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.cwmp.id_counter = x.id_counter();
+        result
     }
 
     /// Carries out a Reboot or FactoryReset after the session that acknowledged it.

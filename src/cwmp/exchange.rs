@@ -1,0 +1,543 @@
+//! One CWMP session's message flow (TR-069 §3.7.1) as a state machine without IO.
+//!
+//! The driver (the engine) POSTs what [`Exchange::poll`] returns, feeds every ACS answer back
+//! with [`Exchange::on_response`], and serves the ACS's requests against the store, handing
+//! the response envelope back with [`Exchange::served`]. Everything about the flow is decided
+//! here: the Inform and its response, the CPE's own requests (TransferComplete, held back while
+//! the ACS sets HoldRequests and sent once it stops), the empty POST, the ACS's requests until
+//! its empty answer, faults for requests that cannot be served (unknown method, a method the
+//! negotiated CWMP version lacks, invalid arguments, an unknown mandatory header), and when the
+//! session has failed (an HTTP error, a malformed or unexpected message, a fault to one of our
+//! requests). No socket, no clock, no store: the tests drive it with bytes.
+
+use std::collections::VecDeque;
+
+use super::soap::{
+    self, AcsMessage, AcsRequest, CpeMessage, CwmpNs, Envelope, Fault, ParseError,
+    TransferComplete, cpe_fault,
+};
+
+/// Upper bound on messages in one session (a runaway ACS cannot keep the agent forever).
+pub const MAX_EXCHANGES: usize = 10_000;
+/// Tries of one TransferComplete the ACS answers with 8005 (retry request).
+const TC_TRIES: u32 = 5;
+
+/// Why a session failed, as far as the message flow can tell (transport errors are the
+/// driver's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeError {
+    /// The ACS answered with an HTTP status other than 200 / 204.
+    Status(u16),
+    /// A malformed, unexpected or refused message.
+    Protocol(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Status(s) => write!(f, "ACS answered HTTP {s}"),
+            ExchangeError::Protocol(m) => write!(f, "protocol error: {m}"),
+        }
+    }
+}
+
+/// What the driver does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// POST this body (empty: the empty POST) and pass the answer to
+    /// [`Exchange::on_response`].
+    Post(Vec<u8>),
+    /// The ACS answered the Inform: the events and changes it carried are delivered. `ns` is
+    /// the CWMP version the ACS speaks.
+    InformDelivered { ns: CwmpNs },
+    /// The ACS acknowledged the TransferComplete of transfer `id`.
+    TransferDelivered(u64),
+    /// Serve this request and pass the response envelope to [`Exchange::served`].
+    Serve(Box<Envelope<AcsRequest>>),
+    /// The session ended cleanly.
+    Done,
+    /// The session failed.
+    Failed(ExchangeError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The Inform was posted; waiting for the InformResponse.
+    Inform,
+    /// A TransferComplete was posted (its index in `pending`, tries so far).
+    TransferComplete { tries: u32 },
+    /// The empty POST or a response was posted; waiting for the ACS's next request.
+    Requests,
+    /// A request is being served by the driver.
+    Serving,
+    /// Finished (Done or Failed was returned).
+    Over,
+}
+
+/// The message flow of one session.
+#[derive(Debug)]
+pub struct Exchange {
+    state: State,
+    /// The CWMP version of the ACS (from the InformResponse).
+    ns: CwmpNs,
+    /// TransferCompletes to deliver: (transfer id, message).
+    pending: VecDeque<(u64, TransferComplete)>,
+    /// The CPE's requests were held back by HoldRequests on the InformResponse.
+    held: bool,
+    exchanges: usize,
+    id_counter: u64,
+    out: VecDeque<Step>,
+}
+
+impl Exchange {
+    /// Starts a session with `inform` (its cwmp:ID is set here) and the TransferCompletes
+    /// waiting for delivery. `id_counter` numbers the CPE's messages (`cwmpd-N`); read it back
+    /// with [`Self::id_counter`].
+    pub fn new(
+        inform: Envelope<CpeMessage>,
+        transfer_completes: Vec<(u64, TransferComplete)>,
+        id_counter: u64,
+    ) -> Exchange {
+        let mut x = Exchange {
+            state: State::Inform,
+            ns: CwmpNs::default(),
+            pending: transfer_completes.into(),
+            held: false,
+            exchanges: 0,
+            id_counter,
+            out: VecDeque::new(),
+        };
+        let id = x.next_id();
+        let mut body = Vec::with_capacity(4096);
+        soap::emit_cpe(&inform.with_id(id), &mut body);
+        x.out.push_back(Step::Post(body));
+        x
+    }
+
+    /// The message counter after this session's messages.
+    pub fn id_counter(&self) -> u64 {
+        self.id_counter
+    }
+
+    /// The ACS's CWMP version (valid once the Inform was answered).
+    pub fn ns(&self) -> CwmpNs {
+        self.ns
+    }
+
+    fn next_id(&mut self) -> String {
+        self.id_counter += 1;
+        format!("cwmpd-{}", self.id_counter)
+    }
+
+    /// The next thing to do. After `Post` and `Serve` the driver must answer (with
+    /// [`Self::on_response`] / [`Self::served`]) before polling again; `Done`/`Failed` end it.
+    pub fn poll(&mut self) -> Step {
+        match self.out.pop_front() {
+            Some(s) => s,
+            // Waiting for the driver: nothing new (a driver bug if it polls here).
+            None => Step::Failed(ExchangeError::Protocol("no step pending".into())),
+        }
+    }
+
+    fn fail(&mut self, e: ExchangeError) {
+        self.state = State::Over;
+        self.out.push_back(Step::Failed(e));
+    }
+
+    fn done(&mut self) {
+        self.state = State::Over;
+        self.out.push_back(Step::Done);
+    }
+
+    /// Posts the next TransferComplete, or the empty POST when none is left.
+    fn next_request_or_empty(&mut self) {
+        if self.held {
+            self.post(Vec::new());
+            self.state = State::Requests;
+            return;
+        }
+        match self.pending.front().cloned() {
+            Some((_, tc)) => self.post_tc(tc, 1),
+            None => {
+                self.post(Vec::new());
+                self.state = State::Requests;
+            }
+        }
+    }
+
+    fn post_tc(&mut self, tc: TransferComplete, tries: u32) {
+        let id = self.next_id();
+        let env = Envelope::new(CpeMessage::TransferComplete(tc))
+            .with_id(id)
+            .with_ns(self.ns);
+        let mut body = Vec::with_capacity(1024);
+        soap::emit_cpe(&env, &mut body);
+        self.post(body);
+        self.state = State::TransferComplete { tries };
+    }
+
+    fn post(&mut self, body: Vec<u8>) {
+        self.exchanges += 1;
+        if self.exchanges > MAX_EXCHANGES {
+            self.fail(ExchangeError::Protocol("session too long".into()));
+        } else {
+            self.out.push_back(Step::Post(body));
+        }
+    }
+
+    /// The ACS's answer to the last POST.
+    pub fn on_response(&mut self, status: u16, body: &[u8]) {
+        let empty = status == 204 || (status == 200 && soap::is_empty_body(body));
+        match self.state {
+            State::Inform => {
+                if status != 200 {
+                    return self.fail(ExchangeError::Status(status));
+                }
+                match soap::parse_acs_message(body) {
+                    Ok(env) => match env.body {
+                        AcsMessage::InformResponse { .. } => {
+                            self.ns = env.ns;
+                            self.held = env.hold_requests == Some(true);
+                            self.out.push_back(Step::InformDelivered { ns: env.ns });
+                            self.next_request_or_empty();
+                        }
+                        AcsMessage::Fault(f) => self.fail(ExchangeError::Protocol(format!(
+                            "ACS answered the Inform with fault {} {}",
+                            f.code, f.string
+                        ))),
+                        other => self.fail(ExchangeError::Protocol(format!(
+                            "expected InformResponse, got {}",
+                            other.method_name()
+                        ))),
+                    },
+                    Err(e) => self.fail(ExchangeError::Protocol(format!("InformResponse: {e}"))),
+                }
+            }
+            State::TransferComplete { tries } => {
+                if status != 200 {
+                    return self.fail(ExchangeError::Status(status));
+                }
+                match soap::parse_acs_message(body).map(|e| e.body) {
+                    // Matched by name; one ACS is known to answer with the autonomous variant.
+                    Ok(AcsMessage::TransferCompleteResponse)
+                    | Ok(AcsMessage::AutonomousTransferCompleteResponse) => {
+                        if let Some((id, _)) = self.pending.pop_front() {
+                            self.out.push_back(Step::TransferDelivered(id));
+                        }
+                        self.next_request_or_empty();
+                    }
+                    Ok(AcsMessage::Fault(f)) if f.code == 8005 && tries < TC_TRIES => {
+                        if let Some((_, tc)) = self.pending.front().cloned() {
+                            self.post_tc(tc, tries + 1);
+                        }
+                    }
+                    Ok(AcsMessage::Fault(f)) => self.fail(ExchangeError::Protocol(format!(
+                        "ACS answered TransferComplete with fault {} {}",
+                        f.code, f.string
+                    ))),
+                    Ok(other) => self.fail(ExchangeError::Protocol(format!(
+                        "expected TransferCompleteResponse, got {}",
+                        other.method_name()
+                    ))),
+                    Err(e) => self.fail(ExchangeError::Protocol(format!(
+                        "TransferCompleteResponse: {e}"
+                    ))),
+                }
+            }
+            State::Requests => {
+                if empty {
+                    // The ACS has no more requests and no longer holds ours (an empty answer
+                    // carries no HoldRequests): requests held back go now, then a new empty
+                    // POST (§3.7.1.4: the session ends when neither side has requests left).
+                    if self.held && !self.pending.is_empty() {
+                        self.held = false;
+                        return self.next_request_or_empty();
+                    }
+                    return self.done();
+                }
+                if status != 200 {
+                    return self.fail(ExchangeError::Status(status));
+                }
+                self.on_request(body);
+            }
+            State::Serving | State::Over => {}
+        }
+    }
+
+    /// An ACS message in answer to the empty POST or to a response of ours.
+    fn on_request(&mut self, body: &[u8]) {
+        match soap::parse_acs_message(body) {
+            Ok(env) => match env.body {
+                AcsMessage::Request(req) => {
+                    let env = Envelope {
+                        id: env.id,
+                        hold_requests: None,
+                        session_timeout: None,
+                        supported_cwmp_versions: None,
+                        use_cwmp_version: None,
+                        // A request without a namespace of its own is read in the session's.
+                        ns: if env.ns == CwmpNs::Cwmp12 {
+                            self.ns
+                        } else {
+                            env.ns
+                        },
+                        body: req,
+                    };
+                    if env.ns.has_cpe_method(env.body.method_name()) {
+                        self.state = State::Serving;
+                        self.out.push_back(Step::Serve(Box::new(env)));
+                    } else {
+                        let fe = env.header().map(|_| {
+                            CpeMessage::Fault(Fault::new(cpe_fault::METHOD_NOT_SUPPORTED))
+                        });
+                        let mut out = Vec::new();
+                        soap::emit_cpe(&fe, &mut out);
+                        self.post(out);
+                    }
+                }
+                // A response or fault where a request was due: ignored, as the ACS's empty
+                // answer would be awaited anyway (the next POST is empty).
+                _ => self.post(Vec::new()),
+            },
+            Err(ParseError::MustUnderstand { id, header }) => {
+                // SOAP 1.1 §4.2.3: not processed, answered with a MustUnderstand fault.
+                let mut h = Envelope::new(()).with_ns(self.ns);
+                h.id = id;
+                let mut out = Vec::new();
+                soap::emit_must_understand(&h, &header, &mut out);
+                self.post(out);
+            }
+            Err(e) => match e.cpe_fault() {
+                Some(f) => {
+                    let mut fe = Envelope::new(CpeMessage::Fault(f)).with_ns(self.ns);
+                    fe.id = e.id().map(str::to_string);
+                    let mut out = Vec::new();
+                    soap::emit_cpe(&fe, &mut out);
+                    self.post(out);
+                }
+                None => self.fail(ExchangeError::Protocol(format!("{e}"))),
+            },
+        }
+    }
+
+    /// The response envelope to the request of the last [`Step::Serve`].
+    pub fn served(&mut self, response: Vec<u8>) {
+        if self.state == State::Serving {
+            self.state = State::Requests;
+            self.post(response);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cwmp::soap::{DeviceId, Inform, TransferFault};
+
+    fn inform() -> Envelope<CpeMessage> {
+        Envelope::new(CpeMessage::Inform(Inform {
+            device_id: DeviceId {
+                manufacturer: "M".into(),
+                oui: "00D09E".into(),
+                product_class: "STB".into(),
+                serial_number: "1".into(),
+            },
+            events: vec![],
+            max_envelopes: 1,
+            current_time: "2026-01-01T00:00:00Z".into(),
+            retry_count: 0,
+            params: vec![],
+        }))
+    }
+
+    fn tc(key: &str) -> TransferComplete {
+        TransferComplete {
+            command_key: key.into(),
+            fault: TransferFault {
+                code: 0,
+                string: String::new(),
+            },
+            start_time: "2026-01-01T00:00:00Z".into(),
+            complete_time: "2026-01-01T00:00:01Z".into(),
+        }
+    }
+
+    /// An ACS message in namespace `ns` with optional HoldRequests.
+    fn acs(body: AcsMessage, ns: CwmpNs, hold: Option<bool>) -> Vec<u8> {
+        let mut env = Envelope::new(body).with_id("acs-1").with_ns(ns);
+        env.hold_requests = hold;
+        let mut out = Vec::new();
+        soap::emit_acs(&env, &mut out);
+        out
+    }
+
+    fn inform_response(hold: Option<bool>) -> Vec<u8> {
+        acs(
+            AcsMessage::InformResponse { max_envelopes: 1 },
+            CwmpNs::Cwmp12,
+            hold,
+        )
+    }
+
+    fn post(x: &mut Exchange) -> Vec<u8> {
+        match x.poll() {
+            Step::Post(b) => b,
+            other => panic!("expected a POST, got {other:?}"),
+        }
+    }
+
+    fn method(body: &[u8]) -> String {
+        match soap::parse_cpe_message(body) {
+            Ok(e) => e.body.method_name().to_string(),
+            Err(e) => panic!("CPE message does not parse: {e}"),
+        }
+    }
+
+    /// TR-069 §3.7.1: Inform, InformResponse, TransferComplete, empty POST, 204.
+    #[test]
+    fn inform_transfer_complete_empty_post_end() {
+        let mut x = Exchange::new(inform(), vec![(7, tc("fw"))], 0);
+        assert_eq!(method(&post(&mut x)), "Inform");
+        x.on_response(200, &inform_response(None));
+        assert_eq!(x.poll(), Step::InformDelivered { ns: CwmpNs::Cwmp12 });
+        assert_eq!(method(&post(&mut x)), "TransferComplete");
+        x.on_response(
+            200,
+            &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp12, None),
+        );
+        assert_eq!(x.poll(), Step::TransferDelivered(7));
+        assert!(post(&mut x).is_empty(), "the empty POST");
+        x.on_response(204, b"");
+        assert_eq!(x.poll(), Step::Done);
+        assert_eq!(x.id_counter(), 2);
+    }
+
+    /// §3.7.1.4 HoldRequests: no CPE request while held; held requests go once the ACS's
+    /// empty answer no longer holds them, then a new empty POST ends the session.
+    #[test]
+    fn hold_requests_defers_transfer_complete_until_released() {
+        let mut x = Exchange::new(inform(), vec![(1, tc("a"))], 0);
+        post(&mut x);
+        x.on_response(200, &inform_response(Some(true)));
+        assert!(matches!(x.poll(), Step::InformDelivered { .. }));
+        assert!(post(&mut x).is_empty(), "held: the empty POST instead");
+        // The ACS sends a request (still holding) and gets its response.
+        x.on_response(
+            200,
+            &acs(
+                AcsMessage::Request(AcsRequest::GetRPCMethods),
+                CwmpNs::Cwmp12,
+                Some(true),
+            ),
+        );
+        let Step::Serve(env) = x.poll() else {
+            panic!("expected Serve")
+        };
+        assert_eq!(env.body, AcsRequest::GetRPCMethods);
+        x.served(b"<response/>".to_vec());
+        assert_eq!(post(&mut x), b"<response/>");
+        x.on_response(204, b"");
+        assert_eq!(method(&post(&mut x)), "TransferComplete");
+        x.on_response(
+            200,
+            &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp12, None),
+        );
+        assert_eq!(x.poll(), Step::TransferDelivered(1));
+        assert!(post(&mut x).is_empty());
+        x.on_response(204, b"");
+        assert_eq!(x.poll(), Step::Done);
+    }
+
+    /// A.3.3.2: 8005 asks for the TransferComplete again (bounded); another fault fails.
+    #[test]
+    fn transfer_complete_retry_and_fault() {
+        let mut x = Exchange::new(inform(), vec![(3, tc("a"))], 0);
+        post(&mut x);
+        x.on_response(200, &inform_response(None));
+        x.poll();
+        let retry = acs(AcsMessage::Fault(Fault::new(8005)), CwmpNs::Cwmp12, None);
+        for _ in 1..TC_TRIES {
+            assert_eq!(method(&post(&mut x)), "TransferComplete");
+            x.on_response(200, &retry);
+        }
+        assert_eq!(method(&post(&mut x)), "TransferComplete");
+        x.on_response(200, &retry);
+        assert!(matches!(x.poll(), Step::Failed(ExchangeError::Protocol(_))));
+    }
+
+    /// §3.7.1.4: an HTTP error or a malformed answer fails the session.
+    #[test]
+    fn http_errors_and_garbage_fail_the_session() {
+        let mut x = Exchange::new(inform(), vec![], 0);
+        post(&mut x);
+        x.on_response(503, b"");
+        assert_eq!(x.poll(), Step::Failed(ExchangeError::Status(503)));
+        let mut x = Exchange::new(inform(), vec![], 0);
+        post(&mut x);
+        x.on_response(200, b"<not-soap/>");
+        assert!(matches!(x.poll(), Step::Failed(ExchangeError::Protocol(_))));
+    }
+
+    /// A method the ACS's version lacks gets 9000 (cwmp-1-0 has no ScheduleDownload); an
+    /// unknown mandatory header a MustUnderstand fault; bad arguments 9003 — each echoing the
+    /// request's cwmp:ID, and the session goes on.
+    #[test]
+    fn requests_that_cannot_be_served_get_faults() {
+        let mut x = Exchange::new(inform(), vec![], 0);
+        post(&mut x);
+        x.on_response(
+            200,
+            &acs(
+                AcsMessage::InformResponse { max_envelopes: 1 },
+                CwmpNs::Cwmp10,
+                None,
+            ),
+        );
+        assert_eq!(x.poll(), Step::InformDelivered { ns: CwmpNs::Cwmp10 });
+        post(&mut x);
+        let sd = AcsRequest::ScheduleDownload(Default::default());
+        x.on_response(200, &acs(AcsMessage::Request(sd), CwmpNs::Cwmp10, None));
+        let f = post(&mut x);
+        let env = soap::parse_cpe_message(&f).unwrap();
+        assert_eq!(env.id.as_deref(), Some("acs-1"));
+        assert!(matches!(env.body, CpeMessage::Fault(ref f) if f.code == 9000));
+        let mu = br#"<soap-env:Envelope xmlns:soap-env="http://schemas.xmlsoap.org/soap/envelope/" xmlns:cwmp="urn:dslforum-org:cwmp-1-0"><soap-env:Header><cwmp:ID soap-env:mustUnderstand="1">m1</cwmp:ID><x:Y xmlns:x="urn:x" soap-env:mustUnderstand="1"/></soap-env:Header><soap-env:Body><cwmp:GetRPCMethods/></soap-env:Body></soap-env:Envelope>"#;
+        x.on_response(200, mu);
+        let f = String::from_utf8(post(&mut x)).unwrap();
+        assert!(f.contains("MustUnderstand") && f.contains(">m1<"), "{f}");
+        let bad = br#"<soap-env:Envelope xmlns:soap-env="http://schemas.xmlsoap.org/soap/envelope/" xmlns:cwmp="urn:dslforum-org:cwmp-1-0"><soap-env:Header><cwmp:ID soap-env:mustUnderstand="1">b1</cwmp:ID></soap-env:Header><soap-env:Body><cwmp:Reboot><CommandKey>kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk</CommandKey></cwmp:Reboot></soap-env:Body></soap-env:Envelope>"#;
+        x.on_response(200, bad);
+        let env = soap::parse_cpe_message(&post(&mut x)).unwrap();
+        assert!(matches!(env.body, CpeMessage::Fault(ref f) if f.code == 9003));
+        x.on_response(200, b"");
+        assert_eq!(x.poll(), Step::Done);
+    }
+
+    /// A runaway ACS cannot keep the session forever.
+    #[test]
+    fn session_length_is_bounded() {
+        let mut x = Exchange::new(inform(), vec![], 0);
+        post(&mut x);
+        x.on_response(200, &inform_response(None));
+        x.poll();
+        let req = acs(
+            AcsMessage::Request(AcsRequest::GetRPCMethods),
+            CwmpNs::Cwmp12,
+            None,
+        );
+        let mut n = 0;
+        loop {
+            match x.poll() {
+                Step::Post(_) => x.on_response(200, &req),
+                Step::Serve(_) => x.served(b"r".to_vec()),
+                Step::Failed(e) => {
+                    assert_eq!(e, ExchangeError::Protocol("session too long".into()));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            n += 1;
+            assert!(n < 3 * MAX_EXCHANGES, "not bounded");
+        }
+    }
+}
