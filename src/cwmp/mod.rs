@@ -3,6 +3,7 @@
 pub mod events;
 pub mod exchange;
 pub mod rpc;
+pub mod schedule;
 pub mod session;
 pub mod soap;
 pub mod transfer;

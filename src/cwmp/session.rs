@@ -13,6 +13,7 @@ use serde_json::json;
 use super::events::{Event, EventQueue};
 use super::exchange::{Exchange, ExchangeError, Step};
 use super::rpc::Effect;
+use super::schedule::{Outcome, Scheduler, SessionParams};
 use super::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
 use crate::engine::{Done, Engine};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
@@ -37,47 +38,19 @@ const SCHEDULE_REBOOT_AT: &str = "schedule_reboot_at";
 /// Session bookkeeping kept by the engine.
 #[derive(Debug, Default)]
 pub struct CwmpState {
-    pub queue: EventQueue,
-    pub retry_count: u32,
-    /// When the next session should start (None: nothing pending).
-    pub next_session: Option<Instant>,
-    pub next_periodic: Option<Instant>,
-    /// ScheduleInform timers: (when, CommandKey).
-    pub scheduled: Vec<(Instant, String)>,
-    pub last_session_end: Option<Instant>,
-    pub sessions_ok: u64,
-    pub sessions_failed: u64,
-    /// The (PeriodicInformEnable, Interval, Time) the periodic timer was computed from.
-    periodic_key: Option<(bool, u32, String)>,
+    /// When to open sessions, and the event queue (sans-IO: [`super::schedule`]).
+    pub sched: Scheduler,
     id_counter: u64,
-    /// A session is running: events raised now are kept aside and queued after it, so they
-    /// neither merge into the Inform already sent nor get lost.
-    pub in_session: bool,
-    deferred: Vec<(String, String)>,
-    /// The store's active-change generation a session was last asked for.
-    active_seen: u64,
     /// This session sent a large message (worth trimming the heap afterwards).
     big_session: bool,
     /// ACS-requested file transfers (see [`super::transfer`]).
     pub xfer: super::transfer::Transfers,
-    /// No session before this: a reboot or factory-reset command was started and the box is
-    /// expected to go down (TR-069: `M Reboot` goes out with `1 BOOT` after the reboot).
-    pub hold_until: Option<Instant>,
     /// What the requests served in the running session asked for, carried out after it
     /// whether it ended cleanly or not (the ACS was told they succeeded).
     effects: Vec<Effect>,
     /// When ManagementServer.DelayReboot asks for a reboot.
     delay_reboot: Option<Instant>,
-    /// The agent's floor under active notifications: a flapping value (or a fleet of them)
-    /// cannot start more than a bounded number of sessions per minute, whatever
-    /// DefaultActiveNotificationThrottle says.
-    notify_bucket: Option<crate::connreq::backoff::RateLimiter>,
 }
-
-/// Active-notification sessions allowed at once by the agent's floor.
-pub const NOTIFY_BURST: u32 = 4;
-/// Then one per this period.
-pub const NOTIFY_PERIOD: Duration = Duration::from_secs(10);
 
 /// Why a session failed.
 #[derive(Debug)]
@@ -117,11 +90,10 @@ impl Engine {
     /// Called once at start: restores undelivered events, adds BOOT (and BOOTSTRAP on first
     /// contact or when the ACS URL changed), and asks for a session.
     pub fn cwmp_boot(&mut self, now: Instant) {
-        if let Some(v) = self.agent_state.get("events")
-            && let Ok(q) = serde_json::from_value::<EventQueue>(v.clone())
-        {
-            self.cwmp.queue = q;
-        }
+        let restored = self
+            .agent_state
+            .get("events")
+            .and_then(|v| serde_json::from_value::<EventQueue>(v.clone()).ok());
         let boot_id = read_boot_id();
         let rebooted = self
             .agent_state
@@ -141,13 +113,26 @@ impl Engine {
         {
             self.agent_state.remove(SCHEDULE_REBOOT_AT);
         }
+        let bootstrap = self.needs_bootstrap();
+        self.cwmp.sched.boot(now, restored, bootstrap);
         self.transfers_boot();
-        self.check_bootstrap();
-        self.cwmp.queue.push("1 BOOT", "");
         self.save_events();
-        self.cwmp.next_session = Some(now);
         self.update_periodic(now);
         self.resume_pending_action(rebooted, now);
+    }
+
+    /// The schedule's settings, read from ManagementServer.
+    fn session_params(&mut self) -> SessionParams {
+        SessionParams {
+            enabled: self.cwmp_enabled(),
+            has_url: !self.ms("URL").is_empty(),
+            periodic_enable: self.ms("PeriodicInformEnable") == "true",
+            periodic_interval: self.ms_u32("PeriodicInformInterval", 86400).max(1),
+            periodic_time: parse_datetime(&self.ms("PeriodicInformTime")),
+            retry_minimum: self.ms_u32("CWMPRetryMinimumWaitInterval", 5),
+            retry_multiplier: self.ms_u32("CWMPRetryIntervalMultiplier", 2000),
+            notification_throttle: self.ms_u32("DefaultActiveNotificationThrottle", 0),
+        }
     }
 
     /// A Reboot or FactoryReset acknowledged before the last stop: done if its command was
@@ -186,7 +171,7 @@ impl Engine {
         let unix = now_unix();
         for (at, key) in list {
             let delay = Duration::from_secs(at.saturating_sub(unix).max(0) as u64);
-            self.cwmp.scheduled.push((now + delay, key));
+            self.cwmp.sched.schedule_inform(now + delay, &key);
         }
     }
 
@@ -194,7 +179,8 @@ impl Engine {
         let unix = now_unix();
         let list: Vec<(i64, String)> = self
             .cwmp
-            .scheduled
+            .sched
+            .scheduled()
             .iter()
             .map(|(w, k)| {
                 (
@@ -214,10 +200,9 @@ impl Engine {
     /// A ScheduleInform the ACS requested: the timer runs from the call (A.3.2.9) and is
     /// persisted before the response goes out.
     pub(crate) fn schedule_inform(&mut self, delay_seconds: u32, command_key: &str, now: Instant) {
-        self.cwmp.scheduled.push((
-            now + Duration::from_secs(delay_seconds as u64),
-            command_key.to_string(),
-        ));
+        self.cwmp
+            .sched
+            .schedule_inform(now + Duration::from_secs(delay_seconds as u64), command_key);
         self.save_scheduled_informs(now);
         let _ = self.persist();
     }
@@ -245,7 +230,7 @@ impl Engine {
     pub(crate) fn record_effect(&mut self, e: Effect) {
         let what = match &e {
             Effect::Reboot { command_key } => {
-                self.cwmp.queue.push("M Reboot", command_key);
+                self.cwmp.sched.queue.push("M Reboot", command_key);
                 "reboot"
             }
             Effect::FactoryReset => "factory_reset",
@@ -279,7 +264,7 @@ impl Engine {
             }
             self.agent_state.remove(PENDING_ACTION);
             let _ = self.persist();
-            self.cwmp.next_session = Some(now);
+            self.cwmp.sched.request_session(now);
             return;
         }
         if let Some(p) = self.agent_state.get_mut(PENDING_ACTION) {
@@ -287,7 +272,7 @@ impl Engine {
         }
         let _ = self.persist();
         tracing::info!("{what}: {}", argv.join(" "));
-        self.cwmp.hold_until = Some(now + self.reboot_grace());
+        self.cwmp.sched.hold(Some(now + self.reboot_grace()));
         self.tasks.push(Box::pin(async move {
             let ok = run_action(&argv, None).await;
             Done::Action { what, ok }
@@ -302,26 +287,27 @@ impl Engine {
             return;
         }
         tracing::error!("{what} command failed: the box did not go down; resuming sessions");
-        self.cwmp.hold_until = None;
+        self.cwmp.sched.hold(None);
         self.agent_state.remove(PENDING_ACTION);
         let _ = self.persist();
-        self.cwmp.next_session = Some(now);
+        self.cwmp.sched.request_session(now);
     }
 
-    /// Pushes 0 BOOTSTRAP when the ACS URL differs from the one last bootstrapped with.
-    /// Returns true when it did.
-    pub fn check_bootstrap(&mut self) -> bool {
+    /// Whether the ACS URL differs from the one last bootstrapped with (a new ACS).
+    pub fn needs_bootstrap(&mut self) -> bool {
         let url = self.ms("URL");
         let known = self
             .agent_state
             .get("bootstrapped_url")
             .and_then(|v| v.as_str())
             .map(str::to_string);
-        if known.as_deref() != Some(url.as_str())
-            && !url.is_empty()
-            && !self.cwmp.queue.contains("0 BOOTSTRAP")
-        {
-            self.cwmp.queue.push("0 BOOTSTRAP", "");
+        known.as_deref() != Some(url.as_str()) && !url.is_empty()
+    }
+
+    /// Pushes 0 BOOTSTRAP when the ACS is new. Returns true when it did.
+    pub fn check_bootstrap(&mut self) -> bool {
+        if self.needs_bootstrap() && !self.cwmp.sched.queue.contains("0 BOOTSTRAP") {
+            self.cwmp.sched.queue.push("0 BOOTSTRAP", "");
             return true;
         }
         false
@@ -332,7 +318,7 @@ impl Engine {
     pub fn after_change(&mut self, now: Instant) {
         if self.check_bootstrap() {
             self.save_events();
-            self.cwmp.next_session = Some(now);
+            self.cwmp.sched.request_session(now);
         }
         self.check_active_changes(now);
         self.update_periodic(now);
@@ -345,7 +331,7 @@ impl Engine {
     /// (a connection-request session has none worth keeping: no fsync on its path) unless the
     /// store itself has unsaved changes.
     pub(crate) fn save_events(&mut self) {
-        let q = serde_json::to_value(self.cwmp.queue.to_persist()).unwrap_or_default();
+        let q = serde_json::to_value(self.cwmp.sched.queue.to_persist()).unwrap_or_default();
         if self.agent_state.get("events") == Some(&q) && !self.store.is_dirty() {
             return;
         }
@@ -355,13 +341,11 @@ impl Engine {
 
     /// Adds an event and asks for a session now.
     pub fn event_now(&mut self, code: &str, command_key: &str, now: Instant) {
-        if self.cwmp.in_session {
-            self.cwmp.deferred.push((code.into(), command_key.into()));
-            return;
+        let in_session = self.cwmp.sched.in_session();
+        self.cwmp.sched.event(code, command_key, now);
+        if !in_session {
+            self.save_events();
         }
-        self.cwmp.queue.push(code, command_key);
-        self.save_events();
-        self.cwmp.next_session = Some(now);
     }
 
     /// A connection request was accepted by one of the listeners.
@@ -370,214 +354,103 @@ impl Engine {
         if !self.cwmp_enabled() {
             return;
         }
-        if self.cwmp.in_session {
-            self.cwmp
-                .deferred
-                .push(("6 CONNECTION REQUEST".into(), String::new()));
-            return;
-        }
-        self.cwmp.queue.push("6 CONNECTION REQUEST", "");
-        self.cwmp.next_session = Some(now);
+        self.cwmp.sched.connection_request(now);
     }
 
     /// After store changes: an active notification opens a session (throttled).
     pub fn check_active_changes(&mut self, now: Instant) {
-        // Only a new change asks for a session; an undelivered old one waits for the retry.
         let generation = self.store.active_generation();
-        if generation == self.cwmp.active_seen
-            || !self.store.has_active_change()
-            || !self.cwmp_enabled()
-            || self.ms("URL").is_empty()
-        {
+        let pending = self.store.has_active_change();
+        if !pending {
             return;
         }
-        self.cwmp.active_seen = generation;
-        let throttle =
-            Duration::from_secs(self.ms_u32("DefaultActiveNotificationThrottle", 0) as u64);
-        let mut at = match self.cwmp.last_session_end {
-            Some(end) if end + throttle > now => end + throttle,
-            _ => now,
-        };
-        let bucket = self.cwmp.notify_bucket.get_or_insert_with(|| {
-            crate::connreq::backoff::RateLimiter::new(
-                NOTIFY_BURST,
-                1.0 / NOTIFY_PERIOD.as_secs_f64(),
-            )
-        });
-        if !bucket.try_acquire(at) {
-            // Over the floor: the change waits (it is not lost) for the next token, which it
-            // takes now; changes meanwhile join that session.
-            at += NOTIFY_PERIOD;
-            let _ = bucket.try_acquire(at);
+        let p = self.session_params();
+        if self.cwmp.sched.active_change(generation, pending, &p, now) {
             tracing::debug!("active notification deferred by the agent's rate floor");
         }
-        self.cwmp.next_session = Some(match self.cwmp.next_session {
-            Some(t) if t < at => t,
-            _ => at,
-        });
     }
 
     /// Recomputes the periodic-inform timer when its parameters changed.
     pub fn update_periodic(&mut self, now: Instant) {
-        let key = (
-            self.ms("PeriodicInformEnable") == "true",
-            self.ms_u32("PeriodicInformInterval", 86400).max(1),
-            self.ms("PeriodicInformTime"),
-        );
-        if self.cwmp.periodic_key.as_ref() == Some(&key) && self.cwmp.next_periodic.is_some() {
-            return;
-        }
-        let (enabled, interval, time) = key.clone();
-        self.cwmp.periodic_key = Some(key);
-        if !enabled {
-            self.cwmp.next_periodic = None;
-            return;
-        }
-        let interval = interval as i64;
-        // Phase: informs happen at PeriodicInformTime + k·interval; unknown time → from now.
-        let delay = match parse_datetime(&time) {
-            Some(t) if t > 0 => {
-                let now_s = now_unix();
-                let d = (t - now_s).rem_euclid(interval);
-                if d == 0 { interval } else { d }
-            }
-            _ => interval,
-        };
-        self.cwmp.next_periodic = Some(now + Duration::from_secs(delay as u64));
+        let p = self.session_params();
+        self.cwmp.sched.set_params(&p, now, now_unix());
     }
 
     /// The earliest time the engine must wake for the CWMP side.
     pub fn cwmp_next_wakeup(&self) -> Option<Instant> {
-        // While a reboot is awaited, a due session waits for the end of the grace period.
-        let session = match (self.cwmp.next_session, self.cwmp.hold_until) {
-            (Some(s), Some(h)) => Some(s.max(h)),
-            (s, _) => s,
-        };
-        let mut t = [
-            session,
-            self.cwmp.next_periodic,
+        [
+            self.cwmp.sched.poll_timeout(),
             self.cwmp.delay_reboot,
             self.schedule_reboot_at(),
+            self.transfer_wakeup(),
         ]
         .into_iter()
         .flatten()
-        .min();
-        for (w, _) in &self.cwmp.scheduled {
-            t = Some(t.map_or(*w, |x| x.min(*w)));
-        }
-        if let Some(w) = self.transfer_wakeup() {
-            t = Some(t.map_or(w, |x| x.min(w)));
-        }
-        t
+        .min()
     }
 
     /// Fires due timers and runs a session when one is due.
     pub async fn cwmp_tick(&mut self, now: Instant) {
-        if let Some(p) = self.cwmp.next_periodic
-            && p <= now
-        {
-            self.cwmp.queue.push("2 PERIODIC", "");
-            self.cwmp.next_periodic = None;
-            self.cwmp.periodic_key = None;
-            self.update_periodic(now);
-            self.save_events();
-            self.cwmp.next_session = Some(now);
-        }
-        let due: Vec<String> = self
-            .cwmp
-            .scheduled
-            .iter()
-            .filter(|(w, _)| *w <= now)
-            .map(|(_, k)| k.clone())
-            .collect();
-        if !due.is_empty() {
-            self.cwmp.scheduled.retain(|(w, _)| *w > now);
-            for k in due {
-                self.cwmp.queue.push("3 SCHEDULED", "");
-                self.cwmp.queue.push("M ScheduleInform", &k);
-            }
+        let p = self.session_params();
+        if self.cwmp.sched.handle_timeout(now, &p, now_unix()) {
             self.save_scheduled_informs(now);
             self.save_events();
-            self.cwmp.next_session = Some(now);
         }
         self.reboot_timers(now);
-        if let Some(h) = self.cwmp.hold_until {
-            if h > now {
-                return;
-            }
+        if self.cwmp.sched.hold_expired(now) {
             tracing::warn!(
                 "still running {} s after the reboot / factory-reset command: resuming sessions",
                 self.reboot_grace().as_secs()
             );
-            self.cwmp.hold_until = None;
             self.agent_state.remove(PENDING_ACTION);
             let _ = self.persist();
         }
-        if matches!(self.cwmp.next_session, Some(t) if t <= now) {
-            self.cwmp.next_session = None;
+        if self.cwmp.sched.held() {
+            // The box is going down: no session, no transfer.
+            return;
+        }
+        if self.cwmp.sched.session_due(now) {
             self.session_cycle().await;
         }
         // Transfers start only outside sessions (after the one that requested them).
         self.transfer_tick(Instant::now());
     }
 
-    /// One session attempt with its aftermath (retry scheduling, effects).
+    /// One session attempt (the scheduler marked it started) with its aftermath.
     pub async fn session_cycle(&mut self) {
         let started = Instant::now();
-        self.cwmp.in_session = true;
         let result = self.run_session().await;
-        self.cwmp.in_session = false;
         let effects = std::mem::take(&mut self.cwmp.effects);
         let end = Instant::now();
-        self.cwmp.last_session_end = Some(end);
         if std::mem::take(&mut self.cwmp.big_session) {
             // Give a large answer's memory back (glibc keeps it otherwise); small sessions skip
             // the heap walk.
             crate::util::trim_heap();
         }
-        // Requests that arrived during the session: exactly one follow-up session.
-        let deferred = std::mem::take(&mut self.cwmp.deferred);
-        if !deferred.is_empty() {
-            for (c, k) in deferred {
-                self.cwmp.queue.push(&c, &k);
-            }
-            self.cwmp.next_session = Some(end);
-        }
+        let p = self.session_params();
+        let outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(SessionError::NoUrl) | Err(SessionError::Disabled) => Outcome::Skipped,
+            Err(_) => Outcome::Failed,
+        };
+        let wait =
+            self.cwmp
+                .sched
+                .session_ended(outcome, &p, end, crate::util::codec::random_u32());
         match result {
-            Ok(()) => {
-                self.cwmp.sessions_ok += 1;
-                tracing::info!(
-                    "session ended after {:.1} ms",
-                    started.elapsed().as_secs_f64() * 1000.0
-                );
-                // Events that arrived meanwhile need another session (not opened while a
-                // reboot is awaited: see hold_until).
-                if !self.cwmp.queue.is_empty() {
-                    self.cwmp.next_session = Some(end);
-                }
-            }
+            Ok(()) => tracing::info!(
+                "session ended after {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
             Err(SessionError::NoUrl) | Err(SessionError::Disabled) => {
                 tracing::debug!("no session: {}", self.last_skip_reason());
-                self.cwmp.queue.session_failed();
             }
             Err(e) => {
-                self.cwmp.sessions_failed += 1;
-                self.cwmp.queue.session_failed();
-                self.cwmp.retry_count = self.cwmp.retry_count.saturating_add(1);
-                let m = self.ms_u32("CWMPRetryMinimumWaitInterval", 5);
-                let k = self.ms_u32("CWMPRetryIntervalMultiplier", 2000);
-                let wait = crate::connreq::backoff::cwmp_retry_wait(
-                    self.cwmp.retry_count,
-                    m,
-                    k,
-                    crate::util::codec::random_u32(),
-                );
                 tracing::warn!(
                     "session failed: {e}; retry {} in {:.1} s",
-                    self.cwmp.retry_count,
-                    wait.as_secs_f64()
+                    self.cwmp.sched.retry_count,
+                    wait.unwrap_or_default().as_secs_f64()
                 );
-                self.cwmp.next_session = Some(end + wait);
                 self.save_events();
             }
         }
@@ -726,9 +599,9 @@ impl Engine {
     fn build_inform(&mut self) -> (Inform, Vec<Event>, Vec<String>) {
         let changes = self.store.pending_changes();
         if !changes.is_empty() {
-            self.cwmp.queue.push("4 VALUE CHANGE", "");
+            self.cwmp.sched.queue.push("4 VALUE CHANGE", "");
         }
-        let events = self.cwmp.queue.events.clone();
+        let events = self.cwmp.sched.queue.events.clone();
         let mut params: Vec<ParamValue> = self
             .store
             .forced_inform()
@@ -764,7 +637,7 @@ impl Engine {
                 .collect(),
             max_envelopes: 1,
             current_time: current_time_or_unknown(now_unix()),
-            retry_count: self.cwmp.retry_count,
+            retry_count: self.cwmp.sched.retry_count,
             params,
         };
         (inform, events, changed_names)
@@ -832,9 +705,8 @@ impl Engine {
                 },
                 Step::InformDelivered { .. } => {
                     // The Inform was delivered: its events and changes are done with.
-                    self.cwmp.queue.delivered(&sent);
+                    self.cwmp.sched.delivered(&sent);
                     self.store.clear_changes(&changed);
-                    self.cwmp.retry_count = 0;
                     if sent.iter().any(|e| e.code == "0 BOOTSTRAP") {
                         self.agent_state
                             .insert("bootstrapped_url".into(), json!(url));
@@ -893,11 +765,11 @@ impl Engine {
         let keep = ["cr_path", "cr_secret", BOOT_ID];
         let pending = self.agent_state.get(PENDING_ACTION).cloned();
         self.agent_state.retain(|k, _| keep.contains(&k.as_str()));
-        self.cwmp.queue = EventQueue::default();
-        self.cwmp.scheduled.clear();
+        self.cwmp.sched.queue = EventQueue::default();
+        self.cwmp.sched.clear_scheduled();
         self.cwmp.delay_reboot = None;
-        self.cwmp.queue.push("0 BOOTSTRAP", "");
-        self.cwmp.queue.push("1 BOOT", "");
+        self.cwmp.sched.queue.push("0 BOOTSTRAP", "");
+        self.cwmp.sched.queue.push("1 BOOT", "");
         if let Some(p) = pending {
             self.agent_state.insert(PENDING_ACTION.into(), p);
         } else {

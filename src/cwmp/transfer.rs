@@ -491,19 +491,20 @@ impl Engine {
         if done.is_empty() {
             return false;
         }
-        if !self.cwmp.queue.contains("7 TRANSFER COMPLETE") {
-            self.cwmp.queue.push("7 TRANSFER COMPLETE", "");
+        if !self.cwmp.sched.queue.contains("7 TRANSFER COMPLETE") {
+            self.cwmp.sched.queue.push("7 TRANSFER COMPLETE", "");
             added = true;
         }
         for (code, key) in done {
             if !self
                 .cwmp
+                .sched
                 .queue
                 .events
                 .iter()
                 .any(|e| e.code == code && e.command_key == key)
             {
-                self.cwmp.queue.push(&code, &key);
+                self.cwmp.sched.queue.push(&code, &key);
                 added = true;
             }
         }
@@ -759,7 +760,7 @@ impl Engine {
 
     /// Starts the next due transfer (never during a session; one at a time).
     pub fn transfer_tick(&mut self, now: Instant) {
-        if self.cwmp.in_session || self.transfer_busy() {
+        if self.cwmp.sched.in_session() || self.transfer_busy() {
             return;
         }
         let t_now = now_unix();
@@ -980,7 +981,7 @@ impl Engine {
             serde_json::to_value(p).unwrap_or_default(),
         );
         self.save_events();
-        self.cwmp.next_session = Some(now);
+        self.cwmp.sched.request_session(now);
     }
 }
 
