@@ -296,7 +296,7 @@ impl Store {
         self.instantiate(node.def, inst, ObjKind::Instance);
         let next = self.next_instance.entry(table.to_string()).or_insert(1);
         if *next <= n {
-            *next = n + 1;
+            *next = n.saturating_add(1);
         }
         self.update_count(table, origin);
         Ok(())
@@ -485,19 +485,31 @@ impl Store {
 
     /// How many values a GetParameterValues of `names` returns (9005 for an unknown name).
     pub fn count_values(&self, names: &[&str]) -> Result<usize, Fault> {
-        let mut n = 0;
+        self.count_values_upto(names, usize::MAX)
+    }
+
+    /// [`Self::count_values`] that stops once the count passes `limit` (then returns a count
+    /// above it): a request naming a large subtree thousands of times costs no more than
+    /// `limit` steps to refuse.
+    pub fn count_values_upto(&self, names: &[&str], limit: usize) -> Result<usize, Fault> {
+        let mut n: usize = 0;
         for name in names {
             self.check_name(name)?;
-            n += if name.is_empty() {
+            let room = limit.saturating_sub(n).saturating_add(1);
+            n = n.saturating_add(if name.is_empty() {
                 self.params.len()
             } else if name.ends_with('.') {
                 self.params
                     .range(name.to_string()..)
                     .take_while(|(k, _)| k.starts_with(*name))
+                    .take(room)
                     .count()
             } else {
                 1
-            };
+            });
+            if n > limit {
+                break;
+            }
         }
         Ok(n)
     }
@@ -865,6 +877,10 @@ impl Store {
             self.changed.remove(&k);
         }
         self.next_instance.retain(|k, _| !k.starts_with(inst));
+        self.active_change = self
+            .changed
+            .iter()
+            .any(|n| self.params.get(n).is_some_and(|p| p.notification == 2));
         self.update_count(&table, origin);
         self.dirty = true;
         Ok(())
@@ -981,7 +997,7 @@ impl Store {
         let matches = |path: &str| {
             let got: Vec<&str> = path.split('.').collect();
             let n = if partial { want.len() - 1 } else { want.len() };
-            if got.len() < n || (!partial && got.len() != n) {
+            if got.len() < n || (partial && got.len() == n) || (!partial && got.len() != n) {
                 return false;
             }
             want[..n].iter().zip(&got).all(|(w, g)| {
@@ -1088,15 +1104,14 @@ impl Store {
         }
         for (path, node) in &self.params {
             let def = &self.schema.params[node.def];
-            if self.sources[node.def] != Source::Stored {
-                continue;
-            }
-            let persist = def.writable()
-                || def.forced_inform
-                || matches!(
-                    def.active_notify,
-                    ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled
-                );
+            // Live and provider values are not kept here (their attributes are).
+            let persist = self.sources[node.def] == Source::Stored
+                && (def.writable()
+                    || def.forced_inform
+                    || matches!(
+                        def.active_notify,
+                        ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled
+                    ));
             if persist && node.value != self.factory_value(path, node.def) {
                 snap.values.insert(path.clone(), node.value.clone());
             }
@@ -1135,9 +1150,15 @@ impl Store {
                 continue;
             }
             let have = self.instance_numbers(table);
+            // A deletion minEntries refuses now is retried once the persisted instances exist.
+            let mut refused = Vec::new();
             for n in &have {
-                if !live.contains(n) {
-                    let _ = self.delete_object(&format!("{table}{n}."), Origin::Internal);
+                if !live.contains(n)
+                    && self
+                        .delete_object(&format!("{table}{n}."), Origin::Internal)
+                        .is_err()
+                {
+                    refused.push(*n);
                 }
             }
             for n in live {
@@ -1145,6 +1166,11 @@ impl Store {
                     && let Err(f) = self.create_instance(table, *n, Origin::Internal)
                 {
                     warnings.push(format!("cannot restore {table}{n}.: {}", f.reason));
+                }
+            }
+            for n in refused {
+                if let Err(f) = self.delete_object(&format!("{table}{n}."), Origin::Internal) {
+                    warnings.push(format!("cannot remove {table}{n}.: {}", f.reason));
                 }
             }
             let e = self.next_instance.entry(table.clone()).or_insert(1);
@@ -1166,6 +1192,10 @@ impl Store {
             if let Some(node) = self.params.get_mut(path) {
                 node.notification = *n;
                 node.subscriber = al.iter().any(|e| e == "Subscriber");
+            } else {
+                warnings.push(format!(
+                    "state attributes of unknown parameter {path} skipped"
+                ));
             }
         }
         self.changed.clear();
@@ -1241,3 +1271,7 @@ impl LiveSource for ProcfsLive {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
