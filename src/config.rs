@@ -41,7 +41,8 @@ pub struct AgentSection {
     pub datamodel: Vec<PathBuf>,
     /// error, warn, info, debug, trace.
     pub log_level: String,
-    /// Unix socket of the local control interface (mode 0600); empty disables it.
+    /// Unix socket of the local control interface (mode 0600); empty disables it. Its
+    /// protocol, limits, timeouts and client policy: docs/CONTROL.md.
     pub control_socket: PathBuf,
     /// Seconds between polls of live and provider-backed parameters for notifications.
     pub poll_interval: u64,

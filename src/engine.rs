@@ -1098,6 +1098,16 @@ impl Engine {
         if self.store.schema().params[id].writable() {
             return None;
         }
+        let generic = crate::model::schema::generic_path(name);
+        if DEVICE_OWN_GENERIC
+            .iter()
+            .any(|p| generic == *p || (p.ends_with('.') && generic.starts_with(p)))
+        {
+            return Some(Fault::new(
+                9008,
+                format!("{name} is read-only: the agent's own status"),
+            ));
+        }
         let why = match self.store.source(name) {
             Some(Source::Live(_)) => Some("computed by the device"),
             Some(Source::External(_)) => Some("owned by its provider (it pushes the value)"),
@@ -1122,16 +1132,19 @@ impl Engine {
                 } else {
                     names
                 };
-                if names.len() > MAX_CTL_NAMES {
+                if names.len() > crate::ctl::MAX_NAMES {
                     return fault_json(&Fault::new(
                         9004,
-                        format!("more than {MAX_CTL_NAMES} names in one request"),
+                        format!("more than {} names in one request", crate::ctl::MAX_NAMES),
                     ));
                 }
                 // The same answer-size limit as GetParameterValues: counted before anything
                 // is built.
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                match self.store.count_values(&refs) {
+                match self
+                    .store
+                    .count_values_upto(&refs, crate::cwmp::rpc::MAX_RESPONSE_ENTRIES)
+                {
                     Ok(c) if c > crate::cwmp::rpc::MAX_RESPONSE_ENTRIES => {
                         return fault_json(&Fault::new(
                             9004,
@@ -1255,6 +1268,22 @@ impl Engine {
             "getattr" => {
                 let names = str_list(req.get("names"));
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                match self
+                    .store
+                    .count_values_upto(&refs, crate::cwmp::rpc::MAX_RESPONSE_ENTRIES)
+                {
+                    Ok(c) if c > crate::cwmp::rpc::MAX_RESPONSE_ENTRIES => {
+                        return fault_json(&Fault::new(
+                            9004,
+                            format!(
+                                "answer of more than {} entries",
+                                crate::cwmp::rpc::MAX_RESPONSE_ENTRIES
+                            ),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(f) => return fault_json(&f),
+                }
                 match self.store.get_attributes(&refs) {
                     Ok(v) => {
                         json!({"ok": true, "attributes": v.iter().map(|(n, no, al)| json!({"name": n, "notification": no, "access_list": al})).collect::<Vec<_>>()})
@@ -1280,7 +1309,7 @@ impl Engine {
                 }]) {
                     Ok(()) => match self.persist() {
                         Ok(()) => json!({"ok": true}),
-                        Err(e) => json!({"ok": false, "error": e}),
+                        Err(e) => fault_json(&Fault::new(9002, e)),
                     },
                     Err(f) => fault_json(&f),
                 }
@@ -1491,9 +1520,6 @@ fn value_text(v: &Value) -> String {
     }
 }
 
-/// Most names one control `get` may carry.
-const MAX_CTL_NAMES: usize = 4096;
-
 /// Read-only parameters the device side may not write (besides counters, live values,
 /// provider values and the transports' status values): the agent's own bookkeeping and the
 /// device's identity.
@@ -1511,6 +1537,23 @@ const DEVICE_OWN: &[&str] = &[
     "Device.DeviceInfo.HardwareVersion",
     "Device.DeviceInfo.SoftwareVersion",
     "Device.RootDataModelVersion",
+];
+
+/// Generic paths (a trailing `.`: the subtree) of status values the agent computes, refused to
+/// the device side whether or not a transport reported them yet.
+const DEVICE_OWN_GENERIC: &[&str] = &[
+    "Device.XMPP.Connection.{i}.JabberID",
+    "Device.XMPP.Connection.{i}.Status",
+    "Device.XMPP.Connection.{i}.LastChangeDate",
+    "Device.XMPP.Connection.{i}.TLSEstablished",
+    "Device.XMPP.Connection.{i}.Stats.",
+    "Device.XMPP.SupportedServerConnectAlgorithms",
+    "Device.ManagementServer.SupportedConnReqMethods",
+    "Device.ManagementServer.HTTPCompressionSupported",
+    "Device.ManagementServer.InstanceWildcardsSupported",
+    "Device.ManagementServer.KickURL",
+    "Device.ManagementServer.DownloadProgressURL",
+    "Device.DeviceInfo.SupportedDataModel.{i}.",
 ];
 
 fn set_error_json(e: &SetError) -> Value {

@@ -99,7 +99,7 @@ impl Engine {
             ),
             AcsRequest::GetParameterValues { names } => {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                let count = match self.store.count_values(&refs) {
+                let count = match self.store.count_values_upto(&refs, MAX_RESPONSE_ENTRIES) {
                     Ok(c) => c,
                     Err(f) => {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
@@ -195,7 +195,7 @@ impl Engine {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 if self
                     .store
-                    .count_values(&refs)
+                    .count_values_upto(&refs, MAX_RESPONSE_ENTRIES)
                     .is_ok_and(|c| c > MAX_RESPONSE_ENTRIES)
                 {
                     soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);

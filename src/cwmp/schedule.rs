@@ -18,6 +18,9 @@ pub const NOTIFY_BURST: u32 = 4;
 /// … then one per this period, whatever DefaultActiveNotificationThrottle says.
 pub const NOTIFY_PERIOD: Duration = Duration::from_secs(10);
 
+/// Distinct events kept aside during one session.
+const MAX_DEFERRED: usize = 64;
+
 /// The ManagementServer settings the schedule depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionParams {
@@ -141,7 +144,15 @@ impl Scheduler {
     /// An event that asks for a session now (kept aside while a session runs).
     pub fn event(&mut self, code: &str, command_key: &str, now: Instant) {
         if self.in_session {
-            self.deferred.push((code.into(), command_key.into()));
+            // Kept aside for the follow-up session; repeats of one event merge (a flood of
+            // `ctl inform` during a long session cannot grow this).
+            let known = self
+                .deferred
+                .iter()
+                .any(|(c, k)| c == code && (k == command_key || !c.starts_with("M ")));
+            if !known && self.deferred.len() < MAX_DEFERRED {
+                self.deferred.push((code.into(), command_key.into()));
+            }
             return;
         }
         self.queue.push(code, command_key);
