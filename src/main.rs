@@ -22,6 +22,8 @@ usage:
         names PATH [next]          parameter names (GetParameterNames)
         getattr NAME... | setattr NAME NOTIFICATION
         changes | poll | inform | status
+  cwmpd provider-check [--prefix P] [--get PATH]... [--set PATH=VALUE]... [--timeout MS] -- CMD [ARGS]
+                                   conformance test of a provider program (docs/PROVIDERS.md)
   cwmpd demo                       run a demo ACS and the agent on loopback
   cwmpd --version";
 
@@ -49,11 +51,13 @@ fn take_opt(args: &mut Vec<String>, short: &str, long: &str) -> Result<Option<St
 }
 
 fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
+    // Options after "--" belong to a command line (provider-check), not to cwmpd.
+    let own = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    if args[..own].iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     }
-    if args.iter().any(|a| a == "-V" || a == "--version") {
+    if args[..own].iter().any(|a| a == "-V" || a == "--version") {
         println!("cwmpd {}", env!("CARGO_PKG_VERSION"));
         return Ok(ExitCode::SUCCESS);
     }
@@ -124,8 +128,75 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         "ctl" => ctl(args),
+        "provider-check" => provider_check(args),
         "demo" => cwmpd::demo::run(args).map(|_| ExitCode::SUCCESS),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+/// `provider-check`: runs the conformance checks of cwmpd::provider::check and prints a report;
+/// exit status 1 when a check failed.
+fn provider_check(args: Vec<String>) -> Result<ExitCode, String> {
+    use cwmpd::provider::check::{self, Verdict};
+    let sep = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or_else(|| format!("provider-check needs -- CMD [ARGS]\n{USAGE}"))?;
+    let mut opts_args = args[..sep].to_vec();
+    let argv = args[sep + 1..].to_vec();
+    if argv.is_empty() {
+        return Err(format!("provider-check needs a command after --\n{USAGE}"));
+    }
+    let prefix = take_opt(&mut opts_args, "-p", "--prefix")?.unwrap_or_else(|| "Device.".into());
+    let mut opts = check::Options::new(argv, prefix);
+    while let Some(g) = take_opt(&mut opts_args, "-g", "--get")? {
+        opts.gets.push(g);
+    }
+    while let Some(s) = take_opt(&mut opts_args, "-s", "--set")? {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--set takes PATH=VALUE, not {s:?}"))?;
+        opts.sets.push((k.to_string(), v.to_string()));
+    }
+    if let Some(t) = take_opt(&mut opts_args, "-t", "--timeout")? {
+        let ms: u64 = t
+            .parse()
+            .map_err(|_| format!("--timeout takes milliseconds, not {t:?}"))?;
+        opts.timeout = std::time::Duration::from_millis(ms.max(1));
+    }
+    reject_extra(&opts_args)?;
+    println!(
+        "provider-check: {} (prefix {}, timeout {} ms)",
+        opts.argv.join(" "),
+        opts.prefix,
+        opts.timeout.as_millis()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let summary = rt.block_on(check::run(&opts, &mut |o| {
+        let v = match o.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        if o.check.chars().count() <= 34 {
+            println!("{v}  {:<34} {}", o.check, o.detail);
+        } else {
+            println!("{v}  {}\n      {:<34} {}", o.check, "", o.detail);
+        }
+    }));
+    let total = summary.passed + summary.warned + summary.failed;
+    if summary.failed > 0 {
+        println!(
+            "RESULT: FAIL ({} of {total} checks failed, {} warnings)",
+            summary.failed, summary.warned
+        );
+        Ok(ExitCode::from(1))
+    } else {
+        println!("RESULT: PASS ({total} checks, {} warnings)", summary.warned);
+        Ok(ExitCode::SUCCESS)
     }
 }
 
