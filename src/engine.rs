@@ -1339,6 +1339,8 @@ impl Engine {
                 "pending_changes": self.store.pending_changes().len(),
                 "state_file": self.state_file.path().display().to_string(),
                 "providers": self.providers.len(),
+                "provider_stats": self.providers.iter().map(|p| json!({
+                    "prefix": p.prefix, "stats": p.stats()})).collect::<Vec<_>>(),
                 "connection_requests": self.cr_count,
                 "last_cr_mechanism": self.last_cr.map(|(m, _)| m),
                 "last_cr_latency_us": self.last_cr.map(|(_, d)| d.as_micros() as u64),

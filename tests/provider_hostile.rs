@@ -579,10 +579,34 @@ fn agent_set_through_a_hung_provider_fails_and_is_never_applied() {
     // The first run takes 8 s to apply a set (the agent's timeout is 5 s).
     let (a, st) = agent_with(d.path(), "late:8000,good");
     assert_eq!(a.get(CHAN), "101");
+    // Meanwhile another control client keeps asking: the engine never waits for the provider.
+    let sock = a.sock.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let prober = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        let mut n = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && n < 10_000 {
+            let q = Instant::now();
+            let r = ctl(&sock, &json!({"op": "status"})).expect("status");
+            assert_eq!(r["ok"], true);
+            worst = worst.max(q.elapsed());
+            n += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (worst, n)
+    });
     let t = Instant::now();
     let v = a.set(CHAN, "555");
     let dt = t.elapsed();
-    eprintln!("agent: set through a hung provider answered after {dt:?}: {v}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (worst, n) = prober.join().unwrap();
+    eprintln!(
+        "agent: set through a hung provider answered after {dt:?}: {v}; meanwhile {n} status \
+         requests, worst {worst:?}"
+    );
+    assert!(n > 10, "{n} status requests");
+    assert!(worst < Duration::from_millis(500), "ctl status waited {worst:?}");
     assert_eq!(v["ok"], false, "{v}");
     assert!(dt < Duration::from_millis(6500), "{dt:?}");
     let first: u32 = read(&st, "pids").lines().next().unwrap().parse().unwrap();
@@ -674,4 +698,47 @@ fn provider_check_fails_a_bad_provider() {
     // A command that does not exist fails at the start.
     let (code, out, _) = cwmpd(&["provider-check", "--", "/nonexistent/provider"]);
     assert_eq!(code, 1, "{out}");
+}
+
+/// Issue #20: GetParameterValues of a subtree whose provider is down answers the ACS with a
+/// documented fault (9002 naming the provider, docs/PROVIDERS.md), not stale values; the rest
+/// of the model still answers.
+#[test]
+fn gpv_of_a_down_providers_subtree_is_a_9002_fault() {
+    use cwmpd::cwmp::soap::{AcsRequest, CpeMessage};
+    use cwmpd::testacs::{AcsOptions, spawn_in_thread};
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("ph-gpv-down");
+    let st = d.path().join("prov");
+    std::fs::create_dir_all(&st).unwrap();
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "[[provider]]\nprefix = \"Device.Services.STBService.1.Components.FrontEnd.\"\ncommand = [\"python3\", \"{}\", \"{}\", \"exit\"]\n[parameters]\n\"{CHAN}\" = \"\"\n\"Device.ManagementServer.URL\" = \"{}\"\n",
+            fixture().display(),
+            st.display(),
+            acs.url()
+        ),
+    );
+    acs.queue(vec![
+        AcsRequest::GetParameterValues {
+            names: vec![CHAN.into()],
+        },
+        AcsRequest::GetParameterValues {
+            names: vec!["Device.DeviceInfo.UpTime".into()],
+        },
+    ]);
+    let _a = Agent::start(&cfg);
+    let s = acs.wait_sessions(1, Duration::from_secs(20));
+    match &s[0].received[0] {
+        CpeMessage::Fault(f) => {
+            assert_eq!(f.code, 9002);
+            assert!(f.string.contains("provider"), "{}", f.string);
+        }
+        other => panic!("expected fault 9002, got {other:?}"),
+    }
+    assert!(matches!(
+        s[0].received[1],
+        CpeMessage::GetParameterValuesResponse { .. }
+    ));
 }
