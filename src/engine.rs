@@ -1325,7 +1325,11 @@ impl Engine {
                     .and_then(Value::as_str)
                     .unwrap_or("6 CONNECTION REQUEST")
                     .to_string();
-                self.event_now(&ev, "", std::time::Instant::now());
+                self.event_now(
+                    crate::cwmp::events::EventCode::parse(&ev),
+                    "",
+                    std::time::Instant::now(),
+                );
                 json!({"ok": true, "queued": ev})
             }
             "poll" => {
@@ -1347,7 +1351,7 @@ impl Engine {
                 "sessions_ok": self.cwmp.sched.sessions_ok,
                 "sessions_failed": self.cwmp.sched.sessions_failed,
                 "retry_count": self.cwmp.sched.retry_count,
-                "pending_events": self.cwmp.sched.queue.events.iter().map(|e| e.code.clone()).collect::<Vec<_>>(),
+                "pending_events": self.cwmp.sched.queue.events.iter().map(|e| e.code.to_string()).collect::<Vec<_>>(),
             }),
             "" => json!({"ok": false, "error": "request needs an \"op\""}),
             other => json!({"ok": false, "error": format!("unknown op {other:?}")}),

@@ -606,7 +606,10 @@ fn agent_set_through_a_hung_provider_fails_and_is_never_applied() {
          requests, worst {worst:?}"
     );
     assert!(n > 10, "{n} status requests");
-    assert!(worst < Duration::from_millis(500), "ctl status waited {worst:?}");
+    assert!(
+        worst < Duration::from_millis(500),
+        "ctl status waited {worst:?}"
+    );
     assert_eq!(v["ok"], false, "{v}");
     assert!(dt < Duration::from_millis(6500), "{dt:?}");
     let first: u32 = read(&st, "pids").lines().next().unwrap().parse().unwrap();

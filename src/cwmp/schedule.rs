@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::events::{Event, EventQueue};
+use super::events::{Event, EventCode, EventQueue};
 use crate::connreq::backoff::{RateLimiter, cwmp_retry_wait};
 
 /// Active-notification sessions the agent's floor allows at once …
@@ -86,7 +86,7 @@ pub struct Scheduler {
     hold_until: Option<Instant>,
     in_session: bool,
     /// Events raised during a session: queued after it (one follow-up session).
-    deferred: Vec<(String, String)>,
+    deferred: Vec<(EventCode, String)>,
     last_session_end: Option<Instant>,
     /// The store's active-change generation a session was last asked for.
     active_seen: u64,
@@ -121,10 +121,10 @@ impl Scheduler {
         if let Some(q) = restored {
             self.queue = q;
         }
-        if bootstrap && !self.queue.contains("0 BOOTSTRAP") {
-            self.queue.push("0 BOOTSTRAP", "");
+        if bootstrap && !self.queue.contains(&EventCode::Bootstrap) {
+            self.queue.push(EventCode::Bootstrap, "");
         }
-        self.queue.push("1 BOOT", "");
+        self.queue.push(EventCode::Boot, "");
         self.next_session = Some(now);
     }
 
@@ -142,16 +142,16 @@ impl Scheduler {
     }
 
     /// An event that asks for a session now (kept aside while a session runs).
-    pub fn event(&mut self, code: &str, command_key: &str, now: Instant) {
+    pub fn event(&mut self, code: EventCode, command_key: &str, now: Instant) {
         if self.in_session {
             // Kept aside for the follow-up session; repeats of one event merge (a flood of
             // `ctl inform` during a long session cannot grow this).
             let known = self
                 .deferred
                 .iter()
-                .any(|(c, k)| c == code && (k == command_key || !c.starts_with("M ")));
+                .any(|(c, k)| *c == code && (k == command_key || !c.is_multiple()));
             if !known && self.deferred.len() < MAX_DEFERRED {
-                self.deferred.push((code.into(), command_key.into()));
+                self.deferred.push((code, command_key.into()));
             }
             return;
         }
@@ -162,7 +162,7 @@ impl Scheduler {
     /// An authenticated connection request (however many arrive during a session: one
     /// follow-up session).
     pub fn connection_request(&mut self, now: Instant) {
-        self.event("6 CONNECTION REQUEST", "", now);
+        self.event(EventCode::ConnectionRequest, "", now);
     }
 
     /// The store's active-notification state: a *new* change (generation) asks for a
@@ -252,7 +252,7 @@ impl Scheduler {
     pub fn handle_timeout(&mut self, now: Instant, p: &SessionParams, wall: i64) -> bool {
         let mut added = false;
         if self.next_periodic.is_some_and(|t| t <= now) {
-            self.queue.push("2 PERIODIC", "");
+            self.queue.push(EventCode::Periodic, "");
             self.next_periodic = None;
             self.periodic_key = None;
             self.set_params(p, now, wall);
@@ -268,8 +268,8 @@ impl Scheduler {
         if !due.is_empty() {
             self.scheduled.retain(|(w, _)| *w > now);
             for k in due {
-                self.queue.push("3 SCHEDULED", "");
-                self.queue.push("M ScheduleInform", &k);
+                self.queue.push(EventCode::Scheduled, "");
+                self.queue.push(EventCode::MScheduleInform, &k);
             }
             self.next_session = Some(now);
             added = true;
@@ -321,7 +321,7 @@ impl Scheduler {
         let deferred = std::mem::take(&mut self.deferred);
         if !deferred.is_empty() {
             for (c, k) in deferred {
-                self.queue.push(&c, &k);
+                self.queue.push(c, &k);
             }
             self.request_session(end);
         }
@@ -497,7 +497,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Scheduler::default();
         s.hold(Some(t0 + Duration::from_secs(300)));
-        s.event("M Reboot", "k", t0);
+        s.event(EventCode::MReboot, "k", t0);
         assert!(!s.session_due(t0 + Duration::from_secs(299)));
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(300)));
         assert!(s.hold_expired(t0 + Duration::from_secs(300)));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::events::{Event, EventQueue};
+use super::events::{Event, EventCode, EventQueue};
 use super::exchange::{Exchange, ExchangeError, Step};
 use super::rpc::Effect;
 use super::schedule::{Outcome, Scheduler, SessionParams};
@@ -230,7 +230,7 @@ impl Engine {
     pub(crate) fn record_effect(&mut self, e: Effect) {
         let what = match &e {
             Effect::Reboot { command_key } => {
-                self.cwmp.sched.queue.push("M Reboot", command_key);
+                self.cwmp.sched.queue.push(EventCode::MReboot, command_key);
                 "reboot"
             }
             Effect::FactoryReset => "factory_reset",
@@ -306,8 +306,8 @@ impl Engine {
 
     /// Pushes 0 BOOTSTRAP when the ACS is new. Returns true when it did.
     pub fn check_bootstrap(&mut self) -> bool {
-        if self.needs_bootstrap() && !self.cwmp.sched.queue.contains("0 BOOTSTRAP") {
-            self.cwmp.sched.queue.push("0 BOOTSTRAP", "");
+        if self.needs_bootstrap() && !self.cwmp.sched.queue.contains(&EventCode::Bootstrap) {
+            self.cwmp.sched.queue.push(EventCode::Bootstrap, "");
             return true;
         }
         false
@@ -340,7 +340,7 @@ impl Engine {
     }
 
     /// Adds an event and asks for a session now.
-    pub fn event_now(&mut self, code: &str, command_key: &str, now: Instant) {
+    pub fn event_now(&mut self, code: EventCode, command_key: &str, now: Instant) {
         let in_session = self.cwmp.sched.in_session();
         self.cwmp.sched.event(code, command_key, now);
         if !in_session {
@@ -599,7 +599,7 @@ impl Engine {
     fn build_inform(&mut self) -> (Inform, Vec<Event>, Vec<String>) {
         let changes = self.store.pending_changes();
         if !changes.is_empty() {
-            self.cwmp.sched.queue.push("4 VALUE CHANGE", "");
+            self.cwmp.sched.queue.push(EventCode::ValueChange, "");
         }
         let events = self.cwmp.sched.queue.events.clone();
         let mut params: Vec<ParamValue> = self
@@ -633,7 +633,7 @@ impl Engine {
             },
             events: events
                 .iter()
-                .map(|e| EventStruct::new(e.code.clone(), e.command_key.clone()))
+                .map(|e| EventStruct::new(e.code.to_string(), e.command_key.clone()))
                 .collect(),
             max_envelopes: 1,
             current_time: current_time_or_unknown(now_unix()),
@@ -707,7 +707,7 @@ impl Engine {
                     // The Inform was delivered: its events and changes are done with.
                     self.cwmp.sched.delivered(&sent);
                     self.store.clear_changes(&changed);
-                    if sent.iter().any(|e| e.code == "0 BOOTSTRAP") {
+                    if sent.iter().any(|e| e.code == EventCode::Bootstrap) {
                         self.agent_state
                             .insert("bootstrapped_url".into(), json!(url));
                     }
@@ -768,8 +768,8 @@ impl Engine {
         self.cwmp.sched.queue = EventQueue::default();
         self.cwmp.sched.clear_scheduled();
         self.cwmp.delay_reboot = None;
-        self.cwmp.sched.queue.push("0 BOOTSTRAP", "");
-        self.cwmp.sched.queue.push("1 BOOT", "");
+        self.cwmp.sched.queue.push(EventCode::Bootstrap, "");
+        self.cwmp.sched.queue.push(EventCode::Boot, "");
         if let Some(p) = pending {
             self.agent_state.insert(PENDING_ACTION.into(), p);
         } else {

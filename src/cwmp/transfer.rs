@@ -73,6 +73,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::events::EventCode;
 use super::soap::{
     AllQueuedTransfer, Download, QueuedTransfer, ScheduleDownload, TransferComplete, TransferFault,
     Upload, cpe_fault,
@@ -491,8 +492,8 @@ impl Engine {
         if done.is_empty() {
             return false;
         }
-        if !self.cwmp.sched.queue.contains("7 TRANSFER COMPLETE") {
-            self.cwmp.sched.queue.push("7 TRANSFER COMPLETE", "");
+        if !self.cwmp.sched.queue.contains(&EventCode::TransferComplete) {
+            self.cwmp.sched.queue.push(EventCode::TransferComplete, "");
             added = true;
         }
         for (code, key) in done {
@@ -502,9 +503,9 @@ impl Engine {
                 .queue
                 .events
                 .iter()
-                .any(|e| e.code == code && e.command_key == key)
+                .any(|e| e.code.as_str() == code && e.command_key == key)
             {
-                self.cwmp.sched.queue.push(&code, &key);
+                self.cwmp.sched.queue.push(EventCode::parse(&code), &key);
                 added = true;
             }
         }
