@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, ConfigError};
 use crate::connreq::http::{CrEvent, CrSettings};
-use crate::model::persist::{Loaded, State, StateFile};
+use crate::model::persist::{AgentState, Loaded, State, StateFile};
 use crate::model::schema::Schema;
 use crate::model::store::{AttrSet, LiveSource, ProcfsLive, SetError};
 use crate::model::{Fault, Origin, Store};
@@ -102,7 +102,10 @@ pub enum Done {
         addrs: Vec<SocketAddr>,
     },
     /// A reboot or factory-reset command ended (`ok`: exit status 0).
-    Action { what: &'static str, ok: bool },
+    Action {
+        what: crate::model::persist::ActionKind,
+        ok: bool,
+    },
     /// Provider values fetched for a poll; `reply`: a control `poll` waiting for it.
     Polled {
         results: Fetched,
@@ -223,7 +226,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Engine {
     pub store: Store,
     pub state_file: StateFile,
-    pub agent_state: BTreeMap<String, Value>,
+    pub agent_state: AgentState,
     pub providers: Vec<Provider>,
     pub cfg: Config,
     /// CWMP session state (events, timers, retries).
@@ -311,27 +314,20 @@ impl Engine {
         }
         let mut agent_state = state.agent;
         let mut created = false;
-        let cr_path = match agent_state.get("cr_path").and_then(Value::as_str) {
+        let cr_path = match agent_state.cr_path.as_deref() {
             Some(p) if p.starts_with('/') && p.len() > 1 => p.to_string(),
             _ => {
                 let p = crate::connreq::http::random_path();
-                agent_state.insert("cr_path".into(), Value::String(p.clone()));
+                agent_state.cr_path = Some(p.clone());
                 created = true;
                 p
             }
         };
-        let cr_secret = match agent_state
-            .get("cr_secret")
-            .and_then(Value::as_str)
-            .and_then(parse_secret)
-        {
+        let cr_secret = match agent_state.cr_secret.as_deref().and_then(parse_secret) {
             Some(s) => s,
             None => {
                 let s = crate::connreq::http::random_secret();
-                agent_state.insert(
-                    "cr_secret".into(),
-                    Value::String(crate::util::codec::to_hex(&s)),
-                );
+                agent_state.cr_secret = Some(crate::util::codec::to_hex(&s));
                 created = true;
                 s
             }

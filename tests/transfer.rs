@@ -851,7 +851,7 @@ fn installing_state_without_a_recorded_version_is_reported_as_before() {
     // Make the state what an older agent wrote: no recorded SoftwareVersion.
     let mut sf = StateFile::new(&d.path().join("state"));
     let (mut st, _) = sf.load();
-    let t = &mut st.agent.get_mut("transfers").expect("transfers saved")["list"][0];
+    let t = &mut st.agent.transfers.as_mut().expect("transfers saved")["list"][0];
     assert_eq!(t["state"], "installing", "{t}");
     assert_eq!(t["sw_version_before"], "1.0", "{t}");
     t.as_object_mut().unwrap().remove("sw_version_before");

@@ -8,14 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::events::{Event, EventCode, EventQueue};
 use super::exchange::{Exchange, ExchangeError, Step};
 use super::rpc::Effect;
 use super::schedule::{Outcome, Scheduler, SessionParams};
 use super::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
 use crate::engine::{Done, Engine};
+use crate::model::persist::{ActionKind, AgentState, PendingAction};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
 use crate::util::time::{current_time_or_unknown, now_unix, parse_datetime};
 
@@ -23,17 +22,6 @@ const MS: &str = "Device.ManagementServer.";
 /// Default of `[actions] reboot_grace`: how long no session is opened after a reboot or
 /// factory-reset command was started.
 const DEFAULT_REBOOT_GRACE: Duration = Duration::from_secs(300);
-/// Persisted: a Reboot or FactoryReset the ACS was told succeeded and that is not carried out
-/// yet (`{"what": "reboot"|"factory_reset", "started": bool}`).
-const PENDING_ACTION: &str = "pending_action";
-/// Persisted: ScheduleInform timers as `[[unix_deadline, CommandKey], ...]`.
-const SCHEDULED_INFORMS: &str = "scheduled_informs";
-/// Persisted: the kernel boot id of the last start (tells a reboot from an agent restart).
-const BOOT_ID: &str = "boot_id";
-/// Persisted: the DelayReboot deadline (Unix seconds).
-const DELAY_REBOOT_AT: &str = "delay_reboot_at";
-/// Persisted: the armed ScheduleReboot time (Unix seconds).
-const SCHEDULE_REBOOT_AT: &str = "schedule_reboot_at";
 
 /// Session bookkeeping kept by the engine.
 #[derive(Debug, Default)]
@@ -90,28 +78,24 @@ impl Engine {
     /// Called once at start: restores undelivered events, adds BOOT (and BOOTSTRAP on first
     /// contact or when the ACS URL changed), and asks for a session.
     pub fn cwmp_boot(&mut self, now: Instant) {
-        let restored = self
-            .agent_state
-            .get("events")
-            .and_then(|v| serde_json::from_value::<EventQueue>(v.clone()).ok());
+        let restored = self.agent_state.events.clone();
         let boot_id = read_boot_id();
         let rebooted = self
             .agent_state
-            .get(BOOT_ID)
-            .and_then(|v| v.as_str())
+            .boot_id
+            .as_deref()
             .is_none_or(|old| boot_id.as_deref() != Some(old));
-        if let Some(id) = boot_id {
-            self.agent_state.insert(BOOT_ID.into(), json!(id));
+        if boot_id.is_some() {
+            self.agent_state.boot_id = boot_id;
         }
         self.restore_scheduled_informs(now);
         self.restore_delay_reboot(now, rebooted);
         if self
             .agent_state
-            .get(SCHEDULE_REBOOT_AT)
-            .and_then(|v| v.as_i64())
+            .schedule_reboot_at
             .is_some_and(|at| at <= now_unix())
         {
-            self.agent_state.remove(SCHEDULE_REBOOT_AT);
+            self.agent_state.schedule_reboot_at = None;
         }
         let bootstrap = self.needs_bootstrap();
         self.cwmp.sched.boot(now, restored, bootstrap);
@@ -138,22 +122,20 @@ impl Engine {
     /// A Reboot or FactoryReset acknowledged before the last stop: done if its command was
     /// started (or, for a reboot, if the box rebooted anyway); otherwise carried out now.
     fn resume_pending_action(&mut self, rebooted: bool, now: Instant) {
-        let Some(p) = self.agent_state.get(PENDING_ACTION).cloned() else {
+        let Some(p) = self.agent_state.pending_action else {
             return;
         };
-        let started = p.get("started").and_then(|v| v.as_bool()) == Some(true);
-        let what = p.get("what").and_then(|v| v.as_str()).unwrap_or("");
-        match what {
-            "reboot" if !started && !rebooted => {
+        match p.what {
+            ActionKind::Reboot if !p.started && !rebooted => {
                 tracing::warn!("a Reboot the ACS requested was not carried out: rebooting now");
-                self.start_action("reboot", now);
+                self.start_action(ActionKind::Reboot, now);
             }
-            "factory_reset" if !started => {
+            ActionKind::FactoryReset if !p.started => {
                 tracing::warn!("a FactoryReset the ACS requested was not carried out: now");
                 self.factory_reset(now);
             }
             _ => {
-                self.agent_state.remove(PENDING_ACTION);
+                self.agent_state.pending_action = None;
                 let _ = self.persist();
             }
         }
@@ -161,13 +143,7 @@ impl Engine {
 
     /// ScheduleInform timers survive a restart (they are wall-clock deadlines).
     fn restore_scheduled_informs(&mut self, now: Instant) {
-        let Some(list) = self
-            .agent_state
-            .get(SCHEDULED_INFORMS)
-            .and_then(|v| serde_json::from_value::<Vec<(i64, String)>>(v.clone()).ok())
-        else {
-            return;
-        };
+        let list = self.agent_state.scheduled_informs.clone();
         let unix = now_unix();
         for (at, key) in list {
             let delay = Duration::from_secs(at.saturating_sub(unix).max(0) as u64);
@@ -189,12 +165,7 @@ impl Engine {
                 )
             })
             .collect();
-        if list.is_empty() {
-            self.agent_state.remove(SCHEDULED_INFORMS);
-        } else {
-            self.agent_state
-                .insert(SCHEDULED_INFORMS.into(), json!(list));
-        }
+        self.agent_state.scheduled_informs = list;
     }
 
     /// A ScheduleInform the ACS requested: the timer runs from the call (A.3.2.9) and is
@@ -210,15 +181,12 @@ impl Engine {
     /// DelayReboot is reset to -1 whenever the CPE reboots (TR-181); after an agent restart
     /// without reboot its deadline still holds.
     fn restore_delay_reboot(&mut self, now: Instant, rebooted: bool) {
-        let at = self
-            .agent_state
-            .get(DELAY_REBOOT_AT)
-            .and_then(|v| v.as_i64());
+        let at = self.agent_state.delay_reboot_at;
         if rebooted {
             if self.ms("DelayReboot") != "-1" {
                 let _ = self.store.set_internal(&format!("{MS}DelayReboot"), "-1");
             }
-            self.agent_state.remove(DELAY_REBOOT_AT);
+            self.agent_state.delay_reboot_at = None;
         } else if let Some(at) = at {
             let d = at.saturating_sub(now_unix()).max(0) as u64;
             self.cwmp.delay_reboot = Some(now + Duration::from_secs(d));
@@ -231,14 +199,14 @@ impl Engine {
         let what = match &e {
             Effect::Reboot { command_key } => {
                 self.cwmp.sched.queue.push(EventCode::MReboot, command_key);
-                "reboot"
+                ActionKind::Reboot
             }
-            Effect::FactoryReset => "factory_reset",
+            Effect::FactoryReset => ActionKind::FactoryReset,
         };
-        self.agent_state.insert(
-            PENDING_ACTION.into(),
-            json!({"what": what, "started": false}),
-        );
+        self.agent_state.pending_action = Some(PendingAction {
+            what,
+            started: false,
+        });
         self.cwmp.effects.push(e);
         self.save_events();
     }
@@ -253,25 +221,25 @@ impl Engine {
 
     /// Starts the reboot or factory-reset command without waiting for it; no session is
     /// opened until it fails or the grace period ends.
-    pub(crate) fn start_action(&mut self, what: &'static str, now: Instant) {
+    pub(crate) fn start_action(&mut self, what: ActionKind, now: Instant) {
         let argv = match what {
-            "reboot" => self.cfg.actions.reboot.clone(),
-            _ => self.cfg.actions.factory_reset.clone(),
+            ActionKind::Reboot => self.cfg.actions.reboot.clone(),
+            ActionKind::FactoryReset => self.cfg.actions.factory_reset.clone(),
         };
         if argv.is_empty() {
-            if what == "reboot" {
+            if what == ActionKind::Reboot {
                 tracing::warn!("Reboot requested but [actions] reboot is not configured");
             }
-            self.agent_state.remove(PENDING_ACTION);
+            self.agent_state.pending_action = None;
             let _ = self.persist();
             self.cwmp.sched.request_session(now);
             return;
         }
-        if let Some(p) = self.agent_state.get_mut(PENDING_ACTION) {
-            p["started"] = json!(true);
+        if let Some(p) = &mut self.agent_state.pending_action {
+            p.started = true;
         }
         let _ = self.persist();
-        tracing::info!("{what}: {}", argv.join(" "));
+        tracing::info!("{}: {}", what.as_str(), argv.join(" "));
         self.cwmp.sched.hold(Some(now + self.reboot_grace()));
         self.tasks.push(Box::pin(async move {
             let ok = run_action(&argv, None).await;
@@ -281,14 +249,15 @@ impl Engine {
 
     /// A reboot or factory-reset command ended. Success: keep waiting for the box to go down.
     /// Failure: report in the next session (the pending `M Reboot` goes out).
-    pub(crate) fn action_done(&mut self, what: &'static str, ok: bool, now: Instant) {
+    pub(crate) fn action_done(&mut self, what: ActionKind, ok: bool, now: Instant) {
+        let what = what.as_str();
         if ok {
             tracing::debug!("{what} command returned; waiting for the box to go down");
             return;
         }
         tracing::error!("{what} command failed: the box did not go down; resuming sessions");
         self.cwmp.sched.hold(None);
-        self.agent_state.remove(PENDING_ACTION);
+        self.agent_state.pending_action = None;
         let _ = self.persist();
         self.cwmp.sched.request_session(now);
     }
@@ -296,12 +265,7 @@ impl Engine {
     /// Whether the ACS URL differs from the one last bootstrapped with (a new ACS).
     pub fn needs_bootstrap(&mut self) -> bool {
         let url = self.ms("URL");
-        let known = self
-            .agent_state
-            .get("bootstrapped_url")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        known.as_deref() != Some(url.as_str()) && !url.is_empty()
+        self.agent_state.bootstrapped_url.as_deref() != Some(url.as_str()) && !url.is_empty()
     }
 
     /// Pushes 0 BOOTSTRAP when the ACS is new. Returns true when it did.
@@ -331,11 +295,11 @@ impl Engine {
     /// (a connection-request session has none worth keeping: no fsync on its path) unless the
     /// store itself has unsaved changes.
     pub(crate) fn save_events(&mut self) {
-        let q = serde_json::to_value(self.cwmp.sched.queue.to_persist()).unwrap_or_default();
-        if self.agent_state.get("events") == Some(&q) && !self.store.is_dirty() {
+        let q = self.cwmp.sched.queue.to_persist();
+        if self.agent_state.events.as_ref() == Some(&q) && !self.store.is_dirty() {
             return;
         }
-        self.agent_state.insert("events".into(), q);
+        self.agent_state.events = Some(q);
         let _ = self.persist();
     }
 
@@ -402,7 +366,7 @@ impl Engine {
                 "still running {} s after the reboot / factory-reset command: resuming sessions",
                 self.reboot_grace().as_secs()
             );
-            self.agent_state.remove(PENDING_ACTION);
+            self.agent_state.pending_action = None;
             let _ = self.persist();
         }
         if self.cwmp.sched.held() {
@@ -471,14 +435,13 @@ impl Engine {
             return;
         }
         self.cwmp.delay_reboot = Some(end + Duration::from_secs(d as u64));
-        self.agent_state
-            .insert(DELAY_REBOOT_AT.into(), json!(now_unix() + d));
+        self.agent_state.delay_reboot_at = Some(now_unix() + d);
         let _ = self.persist();
     }
 
     /// The armed ScheduleReboot time as an instant.
     fn schedule_reboot_at(&self) -> Option<Instant> {
-        let at = self.agent_state.get(SCHEDULE_REBOOT_AT)?.as_i64()?;
+        let at = self.agent_state.schedule_reboot_at?;
         let d = at.saturating_sub(now_unix()).max(0) as u64;
         Some(Instant::now() + Duration::from_secs(d))
     }
@@ -490,19 +453,13 @@ impl Engine {
             .store
             .secret(&format!("{MS}ScheduleReboot"))
             .and_then(parse_datetime);
-        let armed = self
-            .agent_state
-            .get(SCHEDULE_REBOOT_AT)
-            .and_then(|v| v.as_i64());
+        let armed = self.agent_state.schedule_reboot_at;
         let now = now_unix();
         let want = at.filter(|t| *t > now && crate::util::time::clock_synchronised(*t));
         let keep = armed.filter(|a| Some(*a) == at && *a >= now);
         let new = want.or(keep);
         if new != armed {
-            match new {
-                Some(t) => self.agent_state.insert(SCHEDULE_REBOOT_AT.into(), json!(t)),
-                None => self.agent_state.remove(SCHEDULE_REBOOT_AT),
-            };
+            self.agent_state.schedule_reboot_at = new;
             let _ = self.persist();
         }
     }
@@ -515,27 +472,24 @@ impl Engine {
             && t <= now
         {
             self.cwmp.delay_reboot = None;
-            self.agent_state.remove(DELAY_REBOOT_AT);
+            self.agent_state.delay_reboot_at = None;
             let _ = self.store.set_internal(&format!("{MS}DelayReboot"), "-1");
             tracing::info!("DelayReboot expired: rebooting");
             due = true;
         }
-        if let Some(at) = self
-            .agent_state
-            .get(SCHEDULE_REBOOT_AT)
-            .and_then(|v| v.as_i64())
+        if let Some(at) = self.agent_state.schedule_reboot_at
             && at <= now_unix()
         {
-            self.agent_state.remove(SCHEDULE_REBOOT_AT);
+            self.agent_state.schedule_reboot_at = None;
             tracing::info!("ScheduleReboot time reached: rebooting");
             due = true;
         }
         if due {
-            self.agent_state.insert(
-                PENDING_ACTION.into(),
-                json!({"what": "reboot", "started": false}),
-            );
-            self.start_action("reboot", now);
+            self.agent_state.pending_action = Some(PendingAction {
+                what: ActionKind::Reboot,
+                started: false,
+            });
+            self.start_action(ActionKind::Reboot, now);
         }
     }
 
@@ -708,8 +662,7 @@ impl Engine {
                     self.cwmp.sched.delivered(&sent);
                     self.store.clear_changes(&changed);
                     if sent.iter().any(|e| e.code == EventCode::Bootstrap) {
-                        self.agent_state
-                            .insert("bootstrapped_url".into(), json!(url));
+                        self.agent_state.bootstrapped_url = Some(url.clone());
                     }
                     self.save_events();
                 }
@@ -739,7 +692,7 @@ impl Engine {
     /// Carries out a Reboot or FactoryReset after the session that acknowledged it.
     fn apply_effect(&mut self, e: Effect, now: Instant) {
         match e {
-            Effect::Reboot { .. } => self.start_action("reboot", now),
+            Effect::Reboot { .. } => self.start_action(ActionKind::Reboot, now),
             Effect::FactoryReset => self.factory_reset(now),
         }
     }
@@ -762,24 +715,24 @@ impl Engine {
             Err(e) => tracing::error!("cannot rebuild the factory state: {e}"),
         }
         // What identifies this box's listener and the reboot bookkeeping survive the reset.
-        let keep = ["cr_path", "cr_secret", BOOT_ID];
-        let pending = self.agent_state.get(PENDING_ACTION).cloned();
-        self.agent_state.retain(|k, _| keep.contains(&k.as_str()));
+        let old = std::mem::take(&mut self.agent_state);
+        self.agent_state = AgentState {
+            cr_path: old.cr_path,
+            cr_secret: old.cr_secret,
+            boot_id: old.boot_id,
+            ..AgentState::default()
+        };
         self.cwmp.sched.queue = EventQueue::default();
         self.cwmp.sched.clear_scheduled();
         self.cwmp.delay_reboot = None;
         self.cwmp.sched.queue.push(EventCode::Bootstrap, "");
         self.cwmp.sched.queue.push(EventCode::Boot, "");
-        if let Some(p) = pending {
-            self.agent_state.insert(PENDING_ACTION.into(), p);
-        } else {
-            self.agent_state.insert(
-                PENDING_ACTION.into(),
-                json!({"what": "factory_reset", "started": false}),
-            );
-        }
+        self.agent_state.pending_action = Some(old.pending_action.unwrap_or(PendingAction {
+            what: ActionKind::FactoryReset,
+            started: false,
+        }));
         self.save_events();
-        self.start_action("factory_reset", now);
+        self.start_action(ActionKind::FactoryReset, now);
     }
 }
 

@@ -363,10 +363,7 @@ impl Engine {
             next_id: self.cwmp.xfer.next_id,
             list: self.cwmp.xfer.list.clone(),
         };
-        self.agent_state.insert(
-            "transfers".into(),
-            serde_json::to_value(p).unwrap_or_default(),
-        );
+        self.agent_state.transfers = Some(serde_json::to_value(p).unwrap_or_default());
         let _ = self.persist();
     }
 
@@ -375,7 +372,7 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         self.cwmp.xfer.tx = Some(tx);
         self.cwmp.xfer.rx = Some(rx);
-        if let Some(v) = self.agent_state.get("transfers") {
+        if let Some(v) = &self.agent_state.transfers {
             match serde_json::from_value::<Persisted>(v.clone()) {
                 Ok(p) => {
                     self.cwmp.xfer.list = p.list;
@@ -977,10 +974,7 @@ impl Engine {
             next_id: self.cwmp.xfer.next_id,
             list: self.cwmp.xfer.list.clone(),
         };
-        self.agent_state.insert(
-            "transfers".into(),
-            serde_json::to_value(p).unwrap_or_default(),
-        );
+        self.agent_state.transfers = Some(serde_json::to_value(p).unwrap_or_default());
         self.save_events();
         self.cwmp.sched.request_session(now);
     }

@@ -5,7 +5,6 @@
 //! is kept as `state.prev`. On load, a file whose header, length or checksum is wrong is
 //! reported and the previous copy is used; nothing is ever half-applied.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -22,9 +21,71 @@ pub struct State {
     /// The data model's difference from factory.
     #[serde(default)]
     pub model: Snapshot,
-    /// Other components' state by name (events, transfers, connection-request secrets, ...).
+    /// The agent's own state besides the data model.
     #[serde(default)]
-    pub agent: BTreeMap<String, serde_json::Value>,
+    pub agent: AgentState,
+}
+
+/// The agent's persisted state besides the data model. Serialised as a JSON object whose keys
+/// are the field names (the format of earlier versions, which kept a map); unknown keys of
+/// older or newer versions are ignored, missing ones take their default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentState {
+    /// Path of the HTTP connection-request URL (random, kept for the box's life).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cr_path: Option<String>,
+    /// Digest nonce key of the HTTP CR listener (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cr_secret: Option<String>,
+    /// Undelivered events that survive a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::cwmp::events::EventQueue>,
+    /// The ACS URL the last BOOTSTRAP was delivered to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrapped_url: Option<String>,
+    /// File transfers (the transfer module's own record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfers: Option<serde_json::Value>,
+    /// A Reboot or FactoryReset the ACS was told succeeded and not yet carried out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_action: Option<PendingAction>,
+    /// ScheduleInform timers: (Unix deadline, CommandKey).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scheduled_informs: Vec<(i64, String)>,
+    /// The kernel boot id at the last start (tells a reboot from an agent restart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The DelayReboot deadline (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_reboot_at: Option<i64>,
+    /// The armed ScheduleReboot time (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_reboot_at: Option<i64>,
+}
+
+/// A device action the ACS requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Reboot,
+    FactoryReset,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Reboot => "reboot",
+            ActionKind::FactoryReset => "factory_reset",
+        }
+    }
+}
+
+/// A Reboot or FactoryReset acknowledged to the ACS; `started` once its command ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAction {
+    pub what: ActionKind,
+    pub started: bool,
 }
 
 /// Where a loaded state came from.
@@ -198,5 +259,24 @@ mod tests {
         f.remove().unwrap();
         assert_eq!(f.load().1, Loaded::Fresh);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The typed agent state reads what earlier versions wrote (a map of named JSON values,
+    /// possibly with keys this version does not know) and writes the same shape.
+    #[test]
+    fn agent_state_reads_the_older_map_format() {
+        let old = r#"{"agent":{"cr_path":"/abc","cr_secret":"00ff",
+            "events":{"events":[{"code":"M Reboot","command_key":"k"}]},
+            "bootstrapped_url":"http://acs/","transfers":{"next_id":1,"list":[]},
+            "some_future_key":[1,2,3]}}"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        assert_eq!(st.agent.cr_path.as_deref(), Some("/abc"));
+        assert_eq!(st.agent.bootstrapped_url.as_deref(), Some("http://acs/"));
+        let ev = st.agent.events.as_ref().unwrap();
+        assert_eq!(ev.events[0].code, crate::cwmp::events::EventCode::MReboot);
+        let back = serde_json::to_value(&st).unwrap();
+        assert_eq!(back["agent"]["cr_path"], "/abc");
+        assert_eq!(back["agent"]["events"]["events"][0]["code"], "M Reboot");
+        assert!(back["agent"].get("pending_action").is_none());
     }
 }
