@@ -1,47 +1,21 @@
 //! UDP connection requests and the STUN client (TR-111 / TR-069 Annex G; SPEC-NOTES §c), on
-//! one UDP socket.
+//! one UDP socket: the driver. It owns the sockets, the clock, name resolution, the settings
+//! watch, UDP connection-request validation and the reports to the engine; every STUN decision
+//! (what to send when, retransmissions, keep-alive period, binding-lifetime discovery,
+//! authentication, BINDING-CHANGE, what to report) is taken by the pure state machine
+//! [`StunClient`] (`stun_client.rs`, documented there), which this module feeds with
+//! datagrams, settings and time and whose outputs it carries out.
 //!
 //! The socket bound to `[connreq] udp_listen` both sends the STUN Binding Requests (so that the
 //! NAT binding the keep-alives hold open is the one UDP connection requests come back through)
 //! and receives the UDP connection requests. Datagrams are demultiplexed by their first bytes
-//! ([`stun::classify`]): STUN responses go to the client state machine, `GET …` datagrams to the
-//! [`Validator`], everything else is dropped silently (a rate-limited debug line).
-//!
-//! STUN client, when `STUNEnable` is true:
-//! * Binding Requests in the classic RFC 3489 form (what Annex G was written for; RFC 5389
-//!   servers answer them too) to `STUNServerAddress:STUNServerPort` (empty address: the host of
-//!   `ManagementServer.URL`), always with CONNECTION-REQUEST-BINDING, with BINDING-CHANGE when
-//!   the mapped address changed (sent at once, outside the minimum keep-alive period).
-//!   Responses in both forms are accepted (XOR-MAPPED-ADDRESS only when the magic cookie is there).
-//! * Authentication: the first request has no credentials; a 401 makes it retry at once with
-//!   USERNAME and MESSAGE-INTEGRITY (never when `STUNUsername` is empty), and later keep-alives
-//!   carry them from the start. A 401 to an authenticated request (wrong password) backs off
-//!   (5 s doubling, at most [`MAX_FAILURE_WAIT`]) with a warning in the log.
-//! * Retransmission RFC 5389-style: RTO [`INITIAL_RTO`] doubling, [`MAX_SENDS`] sends, then a
-//!   final wait of 16 RTO; a transaction gives up after 39.5 s and the next one follows the same
-//!   bounded backoff.
-//! * Keep-alive period: between `STUNMinimumKeepAlivePeriod` (at least 1 s) and
-//!   `STUNMaximumKeepAlivePeriod` (-1: no maximum; a maximum below the minimum wins). Until the
-//!   binding lifetime is known, and whenever it cannot be found, the CR socket sends its
-//!   keep-alives every minimum period.
-//! * Binding-lifetime discovery (SPEC-NOTES §c.5 step 7; the method of RFC 5780 §4.6), unless
-//!   the two bounds are equal. It never touches the CR socket's binding, which keeps its
-//!   keep-alives every minimum period all along, so UDP connection requests keep arriving and
-//!   the mapping does not move. Two secondary sockets are used instead. The *idle* socket
-//!   sends a Binding Request (which creates or refreshes its own NAT binding and tells its
-//!   mapped address), then stays silent for T seconds; then the *prober* socket sends a Binding
-//!   Request with RESPONSE-ADDRESS = the idle socket's mapped address. An answer on the idle
-//!   socket means its binding survived T idle seconds; none (after retransmissions) means it
-//!   had expired, which is believed only once the idle socket hears from the server again (so a
-//!   server that went away is not taken for a short binding lifetime); an answer on the prober
-//!   socket means the server ignores RESPONSE-ADDRESS (coturn does), and the minimum is used.
-//!   The secondary requests carry no CONNECTION-REQUEST-BINDING, so a TR-111 server does not
-//!   take them for the CR binding. T doubles from the minimum up to the maximum (at most
-//!   [`DISCOVERY_CAP`] without one), then bisects between the longest interval survived and the
-//!   shortest not survived; the period is 90 % of the longest interval survived, within the
-//!   bounds. A mapping change after that restarts the discovery.
-//! * Reports `UDPConnectionRequestAddress` (mapped `host:port`; the local address when STUN is
-//!   off) and `NATDetected` (mapped ≠ the local source address/port; false when STUN is off).
+//! ([`stun::classify`]): STUN messages go to the state machine, `GET …` datagrams to the
+//! [`Validator`], everything else is dropped silently (a rate-limited debug line). During
+//! binding-lifetime discovery the state machine asks for two secondary sockets on the CR
+//! socket's source address; what they receive goes to the state machine too. Server names are
+//! resolved with `tokio::net::lookup_host`, at most [`RESOLVE_TIMEOUT`], while the sockets keep
+//! being served. What the state machine reports is logged (the events) and sent to the engine
+//! (`UDPConnectionRequestAddress`, `NATDetected`).
 //!
 //! UDP connection requests: parsed and validated with [`Validator`] (username raw or decoded,
 //! HMAC-SHA1 signature keyed with `ConnectionRequestPassword`, id/ts replay rules; the state
@@ -60,8 +34,10 @@
 //! delay can lose the last acceptance, which the clock window then still bounds.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -70,25 +46,14 @@ use tokio::sync::{mpsc, watch};
 
 use super::backoff::RateLimiter;
 use super::http::CrEvent;
-use super::stun::{self, BindingRequest, DatagramKind, Integrity, TxId};
+use super::stun::{self, DatagramKind};
+use super::stun_client::{
+    DiscoveryEvent, Event, Failure, MAX_SENDS, Request, Resolved, Socket, StunClient, Transmit,
+};
 use super::udpcr::{self, Validator};
 
-/// First retransmission timeout (RFC 5389 §7.2.1).
-pub const INITIAL_RTO: Duration = Duration::from_millis(500);
-/// Requests sent per transaction (RFC 5389 Rc).
-pub const MAX_SENDS: u32 = 7;
-/// Final wait after the last send, in RTOs (RFC 5389 Rm).
-pub const FINAL_WAIT_RTOS: u32 = 16;
-/// First wait after a failed transaction (timeout, 401 with wrong credentials, other error).
-pub const FIRST_FAILURE_WAIT: Duration = Duration::from_secs(5);
-/// Longest wait after repeated failures.
-pub const MAX_FAILURE_WAIT: Duration = Duration::from_secs(600);
-/// Upper bound of binding-lifetime discovery when `STUNMaximumKeepAlivePeriod` is -1.
-pub const DISCOVERY_CAP: Duration = Duration::from_secs(1800);
-/// Sends of one discovery request (RTO [`INITIAL_RTO`] doubling, then a final wait of 2 RTO).
-const PROBE_SENDS: u32 = 3;
-/// Refreshes of the idle socket's binding left unanswered in a row before discovery gives up.
-const MAX_REFRESH_FAILURES: u32 = 3;
+pub use super::stun_client::StunConfig;
+
 /// The file in the state directory that keeps the UDP connection-request replay state.
 pub const REPLAY_FILE: &str = "udpcr-replay";
 /// How long after an accepted UDP connection request its replay state is written.
@@ -97,6 +62,9 @@ pub const REPLAY_SAVE_DELAY: Duration = Duration::from_millis(100);
 const WINDOW_WARN_EVERY: Duration = Duration::from_secs(600);
 /// Default `STUNServerPort`.
 pub const DEFAULT_STUN_PORT: u16 = 3478;
+/// Longest wait for a name resolution (the STUN server; the ACS host while STUN is off); a
+/// resolution that takes longer counts as failed.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dropped datagrams logged per [`DROP_LOG_WINDOW`] (the rest are counted).
 const DROP_LOG_BURST: u32 = 20;
 const DROP_LOG_WINDOW: Duration = Duration::from_secs(10);
@@ -105,27 +73,6 @@ const MS: &str = "Device.ManagementServer.";
 /// The status parameters this module reports.
 pub const P_UDP_ADDRESS: &str = "Device.ManagementServer.UDPConnectionRequestAddress";
 pub const P_NAT_DETECTED: &str = "Device.ManagementServer.NATDetected";
-
-/// The STUN client's configuration, derived from `Device.ManagementServer.*`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StunConfig {
-    /// `STUNEnable`.
-    pub enabled: bool,
-    /// `STUNServerAddress`, or the host of `URL` when that is empty.
-    pub server_host: String,
-    /// `STUNServerPort` (0 or unparsable: 3478).
-    pub server_port: u16,
-    /// `STUNUsername`.
-    pub username: String,
-    /// `STUNPassword`.
-    pub password: String,
-    /// The keep-alive period in seconds without discovery (see the module documentation).
-    pub period_s: u32,
-    /// `STUNMinimumKeepAlivePeriod` (at least 1).
-    pub min_s: u32,
-    /// `STUNMaximumKeepAlivePeriod` (`None` for -1 or 0). `min_s` is lowered to it if larger.
-    pub max_s: Option<u32>,
-}
 
 /// The UDP connection-request credentials.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -215,160 +162,6 @@ pub fn read_settings(
     (stun, cr)
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No RNG: derive something unique from the clock (a transaction id need not be secret).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            .to_le_bytes();
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = t[i % t.len()] ^ (i as u8);
-        }
-    }
-    b
-}
-
-fn classic_txid() -> TxId {
-    let mut b: [u8; 16] = random();
-    if b[..4] == stun::MAGIC_COOKIE.to_be_bytes() {
-        b[0] ^= 0xff;
-    }
-    TxId::Classic(b)
-}
-
-/// One outstanding Binding Request.
-struct Transaction {
-    id: TxId,
-    bytes: Vec<u8>,
-    sends: u32,
-    rto: Duration,
-    deadline: Instant,
-    authenticated: bool,
-    binding_change: bool,
-}
-
-/// A binding-lifetime discovery request in flight (from the idle or the prober socket).
-#[derive(Debug)]
-struct DiscoveryTx {
-    id: TxId,
-    bytes: Vec<u8>,
-    sends: u32,
-    rto: Duration,
-    deadline: Instant,
-}
-
-impl DiscoveryTx {
-    fn new(id: TxId, bytes: Vec<u8>, now: Instant) -> Self {
-        DiscoveryTx {
-            id,
-            bytes,
-            sends: 1,
-            rto: INITIAL_RTO,
-            deadline: now + INITIAL_RTO,
-        }
-    }
-
-    /// Time for the next retransmission: `Some(bytes)` to send again, `None` when the request
-    /// has had all its sends and final wait.
-    fn retransmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if self.sends >= PROBE_SENDS {
-            return None;
-        }
-        self.sends += 1;
-        self.rto *= 2;
-        self.deadline = now
-            + if self.sends >= PROBE_SENDS {
-                self.rto * 2
-            } else {
-                self.rto
-            };
-        Some(self.bytes.clone())
-    }
-}
-
-/// Where binding-lifetime discovery stands.
-#[derive(Debug, Default)]
-enum Phase {
-    /// Not started (starts after the next successful keep-alive, if the bounds allow it).
-    #[default]
-    Off,
-    /// Minimum == maximum: nothing to discover.
-    NotNeeded,
-    /// A Binding Request from the idle socket: (re)creates its binding, learns its mapping.
-    Refresh(DiscoveryTx),
-    /// The idle socket's binding is left alone until this instant, then probed.
-    Wait(Instant),
-    /// A Binding Request from the prober socket asks for the answer at the idle mapping.
-    Probe(DiscoveryTx),
-    /// The idle socket got no answer: refresh again at this instant.
-    Pause(Instant),
-    /// Finished: the keep-alive period is known.
-    Done,
-    /// Not possible (the server ignores RESPONSE-ADDRESS, refuses the secondary requests, or
-    /// does not answer them): the minimum is used.
-    Unsupported,
-}
-
-/// Binding-lifetime discovery state (see the module documentation).
-#[derive(Debug, Default)]
-struct Discovery {
-    phase: Phase,
-    /// The idle interval being tested, seconds.
-    t: u32,
-    /// Longest idle interval the binding survived.
-    alive: Option<u32>,
-    /// Shortest idle interval after which it was gone.
-    dead: Option<u32>,
-    /// The discovered keep-alive period.
-    period: Option<Duration>,
-    /// The STUN server the discovery talks to (the one that answered the CR socket when it
-    /// started; the CR socket's re-resolutions after failures do not disturb it).
-    server: Option<SocketAddr>,
-    /// The socket whose binding is left idle and tested (only while discovering).
-    idle: Option<UdpSocket>,
-    /// The socket that asks the server to answer to the idle binding (only while discovering).
-    prober: Option<UdpSocket>,
-    /// The idle socket's mapped address, from its last refresh.
-    idle_mapped: Option<SocketAddr>,
-    /// The last probe went unanswered; counted as "gone after `t`" once the idle socket hears
-    /// from the server again.
-    unconfirmed_dead: bool,
-    /// Refreshes of the idle binding left unanswered in a row.
-    refresh_failures: u32,
-}
-
-impl Discovery {
-    fn deadline(&self) -> Option<Instant> {
-        match &self.phase {
-            Phase::Wait(t) | Phase::Pause(t) => Some(*t),
-            Phase::Refresh(tx) | Phase::Probe(tx) => Some(tx.deadline),
-            _ => None,
-        }
-    }
-
-    /// The next idle interval to test, or `None` when the search is over.
-    fn next_interval(&self, min: u32, cap: u32) -> Option<u32> {
-        match (self.alive, self.dead) {
-            (None, None) => Some(min.min(cap)),
-            (Some(a), None) => (a < cap).then(|| a.saturating_mul(2).min(cap)),
-            (None, Some(_)) => None,
-            (Some(a), Some(d)) => (d.saturating_sub(a) > (a / 8).max(1)).then(|| a + (d - a) / 2),
-        }
-    }
-
-    /// Drops the secondary sockets and ends in `phase`.
-    fn stop(&mut self, phase: Phase) {
-        self.idle = None;
-        self.prober = None;
-        self.idle_mapped = None;
-        self.phase = phase;
-    }
-}
-
 /// Logs dropped datagrams at debug level, at most [`DROP_LOG_BURST`] per window.
 #[derive(Default)]
 struct DropLog {
@@ -408,41 +201,6 @@ pub struct Outputs {
     pub events: mpsc::Sender<CrEvent>,
     /// `(path, value)` status reports (UDPConnectionRequestAddress, NATDetected).
     pub status: mpsc::Sender<Vec<(String, String)>>,
-}
-
-struct Task {
-    sock: UdpSocket,
-    local: SocketAddr,
-    stun: StunConfig,
-    creds: UdpCrCredentials,
-    acs_host: Option<String>,
-    limiter: Rc<RefCell<RateLimiter>>,
-    out: Outputs,
-    validator: Validator,
-    drops: DropLog,
-    // STUN client state.
-    server: Option<SocketAddr>,
-    source_ip: Option<IpAddr>,
-    tx: Option<Transaction>,
-    send_credentials: bool,
-    mapped: Option<SocketAddr>,
-    pending_change: bool,
-    next_send: Option<Instant>,
-    failures: u32,
-    reported: Option<(String, bool)>,
-    disc: Discovery,
-    replay: ReplayStore,
-    /// When a request refused for the clock window was last logged as a warning.
-    window_warned: Option<Instant>,
-}
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        // Shutdown (the runtime drops its tasks): a pending replay state is written now.
-        if self.replay.save_at.is_some() {
-            self.replay.save(&self.validator);
-        }
-    }
 }
 
 /// Where the UDP connection-request replay state is persisted (see the module documentation).
@@ -576,6 +334,16 @@ pub async fn serve(
     .await
 }
 
+/// A pending name resolution: the state machine's token and the lookup.
+type Lookup = (u64, Pin<Box<dyn Future<Output = Option<Resolved>>>>);
+
+async fn lookup_opt(lookup: Option<&mut Lookup>) -> Option<Resolved> {
+    match lookup {
+        Some((_, f)) => f.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(
     sock: UdpSocket,
     mut settings: watch::Receiver<crate::engine::Settings>,
@@ -597,666 +365,266 @@ async fn run(
         ..ReplayStore::default()
     };
     let validator = replay.load(unix_now());
-    let mut t = Task {
+    // What the data model holds already: only real changes are reported (no write, and no
+    // fsync, at every start).
+    let reported = (
+        ms(&snapshot, "UDPConnectionRequestAddress").to_string(),
+        truthy(ms(&snapshot, "NATDetected")),
+    );
+    let client = StunClient::new(
+        local,
+        Some(reported),
+        Box::new(crate::util::codec::random_bytes::<16>),
+    );
+    let mut t = Driver {
         sock,
         local,
-        stun: StunConfig::default(),
+        client,
+        idle: None,
+        prober: None,
+        lookup: None,
         creds,
-        acs_host: url_host(ms(&snapshot, "URL")),
         limiter,
         out,
         validator,
         drops: DropLog::default(),
-        server: None,
-        source_ip: None,
-        tx: None,
-        send_credentials: false,
-        mapped: None,
-        pending_change: false,
-        next_send: None,
-        failures: 0,
-        // What the data model holds already: only real changes are reported (no write, and no
-        // fsync, at every start).
-        reported: Some((
-            ms(&snapshot, "UDPConnectionRequestAddress").to_string(),
-            truthy(ms(&snapshot, "NATDetected")),
-        )),
-        disc: Discovery::default(),
         replay,
         window_warned: None,
     };
-    t.reconfigure(stun).await;
+    let now = Instant::now();
+    t.client
+        .set_config(now, stun, url_host(ms(&snapshot, "URL")));
+    t.drive(now).await;
     let mut watching = true;
     let mut buf = vec![0u8; 2048];
     let mut buf2 = vec![0u8; 2048];
     let mut buf3 = vec![0u8; 2048];
     loop {
-        let deadline = t.deadline();
+        let deadline = [t.client.poll_timeout(), t.replay.save_at]
+            .into_iter()
+            .flatten()
+            .min();
         let timer = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = t.sock.recv_from(&mut buf) => match r {
-                Ok((n, peer)) => {
-                    let at = Instant::now();
-                    t.on_datagram(&buf[..n], peer, at).await;
-                }
-                Err(e) => {
+        let now = tokio::select! {
+            r = t.sock.recv_from(&mut buf) => {
+                let at = Instant::now();
+                match r {
+                    Ok((n, peer)) => t.on_datagram(&buf[..n], peer, at),
                     // ICMP port unreachable surfaces here on Linux; not fatal.
-                    tracing::debug!("UDP receive: {e}");
+                    Err(e) => tracing::debug!("UDP receive: {e}"),
                 }
+                at
             },
             ch = settings.changed(), if watching => {
+                let now = Instant::now();
                 if ch.is_err() {
                     watching = false;
-                    continue;
+                } else {
+                    let snap = settings.borrow_and_update().clone();
+                    let (stun, creds) = read_settings(&snap);
+                    t.creds = creds;
+                    t.client.set_config(now, stun, url_host(ms(&snap, "URL")));
                 }
-                let snap = settings.borrow_and_update().clone();
-                let (stun, creds) = read_settings(&snap);
-                t.creds = creds;
-                let acs_host = url_host(ms(&snap, "URL"));
-                let acs_changed = acs_host != t.acs_host;
-                t.acs_host = acs_host;
-                if stun != t.stun || (acs_changed && !t.stun.enabled) {
-                    t.reconfigure(stun).await;
-                }
+                now
             },
-            r = recv_opt(t.disc.idle.as_ref(), &mut buf2) => {
+            r = recv_opt(t.idle.as_ref(), &mut buf2) => {
+                let now = Instant::now();
                 if let Ok((n, peer)) = r {
-                    t.on_idle_socket(&buf2[..n], peer, Instant::now()).await;
+                    // Answers the discovery does not expect are dropped without a word.
+                    let _ = t.client.handle_datagram(now, Socket::Idle, peer, &buf2[..n]);
                 }
+                now
             },
-            r = recv_opt(t.disc.prober.as_ref(), &mut buf3) => {
+            r = recv_opt(t.prober.as_ref(), &mut buf3) => {
+                let now = Instant::now();
                 if let Ok((n, peer)) = r {
-                    t.on_prober_socket(&buf3[..n], peer, Instant::now());
+                    let _ = t.client.handle_datagram(now, Socket::Prober, peer, &buf3[..n]);
                 }
+                now
             },
-            _ = timer => t.on_timer(Instant::now()).await,
+            r = lookup_opt(t.lookup.as_mut()) => {
+                let now = Instant::now();
+                if let Some((token, _)) = t.lookup.take() {
+                    t.client.handle_resolved(now, token, r);
+                }
+                now
+            },
+            _ = timer => {
+                let now = Instant::now();
+                if t.replay.save_at.is_some_and(|s| now >= s) {
+                    t.replay.save(&t.validator);
+                }
+                t.client.handle_timeout(now);
+                now
+            },
+        };
+        t.drive(now).await;
+    }
+}
+
+/// The driver's state: the sockets and everything around the STUN state machine.
+struct Driver {
+    /// The STUN / UDP connection-request socket.
+    sock: UdpSocket,
+    local: SocketAddr,
+    client: StunClient,
+    /// The secondary sockets of binding-lifetime discovery (while the state machine wants them).
+    idle: Option<UdpSocket>,
+    prober: Option<UdpSocket>,
+    /// The name resolution the state machine waits for.
+    lookup: Option<Lookup>,
+    creds: UdpCrCredentials,
+    limiter: Rc<RefCell<RateLimiter>>,
+    out: Outputs,
+    validator: Validator,
+    drops: DropLog,
+    replay: ReplayStore,
+    /// When a request refused for the clock window was last logged as a warning.
+    window_warned: Option<Instant>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Shutdown (the runtime drops its tasks): a pending replay state is written now.
+        if self.replay.save_at.is_some() {
+            self.replay.save(&self.validator);
         }
     }
 }
 
-impl Task {
-    fn deadline(&self) -> Option<Instant> {
-        let main = match &self.tx {
-            Some(tx) => Some(tx.deadline),
-            None => self.next_send,
-        };
-        [main, self.disc.deadline(), self.replay.save_at]
-            .into_iter()
-            .flatten()
-            .min()
-    }
+/// A secondary socket for discovery.
+fn secondary_socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(bind)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
 
-    /// The keep-alive period in force.
-    fn period(&self) -> Duration {
-        self.disc
-            .period
-            .unwrap_or(Duration::from_secs(u64::from(self.stun.period_s)))
-    }
-
-    fn discovery_cap(&self) -> u32 {
-        self.stun
-            .max_s
-            .unwrap_or(DISCOVERY_CAP.as_secs() as u32)
-            .max(self.stun.min_s)
-    }
-
-    /// Whether requests are sent with USERNAME and MESSAGE-INTEGRITY.
-    fn authenticated(&self) -> bool {
-        self.send_credentials && !self.stun.username.is_empty()
-    }
-
-    /// A secondary socket for discovery, on the CR socket's source address.
-    fn secondary_socket(&self) -> std::io::Result<UdpSocket> {
-        let any: IpAddr = if self.local.is_ipv4() {
-            Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            Ipv6Addr::UNSPECIFIED.into()
-        };
-        let ip = self.source_ip.unwrap_or(any);
-        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)
-    }
-
-    /// After a successful keep-alive: schedules the next one (every minimum period until the
-    /// binding lifetime is known) and starts binding-lifetime discovery if it has not run yet.
-    async fn after_keepalive(&mut self, now: Instant) {
-        self.next_send = Some(now + self.period());
-        if !matches!(self.disc.phase, Phase::Off) {
-            return;
-        }
-        if self.discovery_cap() <= self.stun.min_s {
-            self.disc.phase = Phase::NotNeeded;
-            return;
-        }
-        match self.secondary_socket().and_then(|idle| {
-            let prober = self.secondary_socket()?;
-            Ok((idle, prober))
-        }) {
-            Ok((idle, prober)) => {
-                tracing::info!(
-                    "STUN binding-lifetime discovery between {} and {} s (secondary bindings; \
-                     keep-alives every {} s meanwhile)",
-                    self.stun.min_s,
-                    self.discovery_cap(),
-                    self.period().as_secs_f64()
-                );
-                self.disc.server = self.server;
-                self.disc.idle = Some(idle);
-                self.disc.prober = Some(prober);
-                self.refresh_idle(now).await;
-            }
-            Err(e) => {
-                tracing::warn!("binding-lifetime discovery: no secondary socket: {e}");
-                self.disc.stop(Phase::Unsupported);
+impl Driver {
+    /// Carries out what the state machine asked for (requests, datagrams, reports) until it
+    /// has nothing more; `now` is the time of the input that caused it.
+    async fn drive(&mut self, now: Instant) {
+        loop {
+            if let Some(r) = self.client.poll_request() {
+                self.on_request(r, now);
+            } else if let Some(tr) = self.client.poll_transmit() {
+                self.send(tr).await;
+            } else if let Some(e) = self.client.poll_event() {
+                self.on_event(e).await;
+            } else {
+                return;
             }
         }
     }
 
-    /// A discovery request (no CONNECTION-REQUEST-BINDING: not the CR binding).
-    fn discovery_request(&self, response_address: Option<SocketAddr>) -> Option<(TxId, Vec<u8>)> {
-        let id = classic_txid();
-        let authenticated = self.authenticated();
-        let req = BindingRequest {
-            username: authenticated.then_some(self.stun.username.as_str()),
-            password: authenticated.then_some(self.stun.password.as_str()),
-            connection_request_binding: false,
-            response_address,
-            ..BindingRequest::new(id)
-        };
-        req.encode().ok().map(|b| (id, b))
-    }
-
-    /// Sends a Binding Request from the idle socket: creates (or refreshes) its binding and
-    /// learns its mapped address.
-    async fn refresh_idle(&mut self, now: Instant) {
-        let (Some(server), Some((id, bytes))) = (self.disc.server, self.discovery_request(None))
-        else {
-            self.disc.stop(Phase::Unsupported);
-            return;
-        };
-        if let Some(s) = &self.disc.idle {
-            let _ = s.send_to(&bytes, server).await;
-        }
-        self.disc.phase = Phase::Refresh(DiscoveryTx::new(id, bytes, now));
-    }
-
-    /// After `t` idle seconds: asks the server, from the prober socket, to answer at the idle
-    /// socket's mapped address.
-    async fn send_probe(&mut self, now: Instant) {
-        let (Some(server), Some(mapped)) = (self.disc.server, self.disc.idle_mapped) else {
-            self.disc.stop(Phase::Unsupported);
-            return;
-        };
-        let Some((id, bytes)) = self.discovery_request(Some(mapped)) else {
-            self.disc.stop(Phase::Unsupported);
-            return;
-        };
-        tracing::debug!(
-            "binding-lifetime discovery: probing {mapped} after {} s idle",
-            self.disc.t
-        );
-        if let Some(s) = &self.disc.prober {
-            let _ = s.send_to(&bytes, server).await;
-        }
-        self.disc.phase = Phase::Probe(DiscoveryTx::new(id, bytes, now));
-    }
-
-    /// The idle socket's binding is known to be fresh: count a pending "gone" verdict, then
-    /// leave the binding idle for the next interval, or finish.
-    fn idle_refreshed(&mut self, now: Instant) {
-        self.disc.refresh_failures = 0;
-        if std::mem::take(&mut self.disc.unconfirmed_dead) {
-            let t = self.disc.t;
-            tracing::debug!("binding-lifetime discovery: binding gone after {t} s idle");
-            self.disc.dead = Some(self.disc.dead.map_or(t, |d| d.min(t)));
-        }
-        match self
-            .disc
-            .next_interval(self.stun.min_s, self.discovery_cap())
-        {
-            Some(t) => {
-                self.disc.t = t;
-                self.disc.phase = Phase::Wait(now + Duration::from_secs(u64::from(t)));
+    fn on_request(&mut self, r: Request, now: Instant) {
+        match r {
+            Request::Resolve { token, host, port } => {
+                let local = self.local;
+                // A newer request supersedes (drops) an older lookup.
+                self.lookup = Some((token, Box::pin(lookup(host, port, local))));
             }
-            None => self.finish_discovery(),
-        }
-    }
-
-    fn finish_discovery(&mut self) {
-        let min = Duration::from_secs(u64::from(self.stun.min_s));
-        let max = Duration::from_secs(u64::from(self.discovery_cap()));
-        let p = match self.disc.alive {
-            Some(a) => (Duration::from_secs(u64::from(a)) * 9 / 10).clamp(min, max),
-            None => min,
-        };
-        if self.disc.alive.is_none() {
-            tracing::warn!(
-                "NAT binding lifetime is below STUNMinimumKeepAlivePeriod ({} s): UDP connection requests may be lost",
-                self.stun.min_s
-            );
-        }
-        tracing::info!(
-            "STUN binding-lifetime discovery done: binding alive after {:?} s idle, gone after {:?} s; keep-alive every {:.1} s",
-            self.disc.alive,
-            self.disc.dead,
-            p.as_secs_f64()
-        );
-        self.disc.period = Some(p);
-        self.disc.stop(Phase::Done);
-    }
-
-    async fn on_discovery_timer(&mut self, now: Instant) {
-        let server = self.disc.server;
-        match &mut self.disc.phase {
-            Phase::Wait(at) if now >= *at => self.send_probe(now).await,
-            Phase::Pause(at) if now >= *at => self.refresh_idle(now).await,
-            Phase::Refresh(tx) if now >= tx.deadline => match tx.retransmit(now) {
-                Some(bytes) => {
-                    if let (Some(s), Some(server)) = (&self.disc.idle, server) {
-                        let _ = s.send_to(&bytes, server).await;
+            Request::OpenSecondary { bind } => {
+                match secondary_socket(bind).and_then(|i| Ok((i, secondary_socket(bind)?))) {
+                    Ok((idle, prober)) => {
+                        self.idle = Some(idle);
+                        self.prober = Some(prober);
+                        self.client.handle_secondary_opened(now, Ok(()));
                     }
-                }
-                None => {
-                    // The server did not answer the idle socket: no verdict on the last probe.
-                    self.disc.unconfirmed_dead = false;
-                    self.disc.refresh_failures += 1;
-                    if self.disc.refresh_failures >= MAX_REFRESH_FAILURES {
-                        tracing::warn!(
-                            "binding-lifetime discovery: no STUN answer on the secondary socket; \
-                             keep-alive every {} s",
-                            self.stun.period_s
-                        );
-                        self.disc.stop(Phase::Unsupported);
-                    } else {
-                        self.disc.phase = Phase::Pause(now + self.period());
-                    }
-                }
-            },
-            Phase::Probe(tx) if now >= tx.deadline => match tx.retransmit(now) {
-                Some(bytes) => {
-                    if let (Some(s), Some(server)) = (&self.disc.prober, server) {
-                        let _ = s.send_to(&bytes, server).await;
-                    }
-                }
-                None => {
-                    // No answer at the idle mapping: gone, unless the server is gone (the
-                    // refresh tells).
-                    self.disc.unconfirmed_dead = true;
-                    self.refresh_idle(now).await;
-                }
-            },
-            _ => {}
-        }
-    }
-
-    /// Parses a discovery answer from the STUN server to request `id`.
-    fn discovery_answer(
-        &self,
-        data: &[u8],
-        peer: SocketAddr,
-        id: &TxId,
-    ) -> Option<stun::StunResponse> {
-        if Some(peer) != self.disc.server {
-            return None;
-        }
-        let resp = stun::parse_response(data, id).ok()?;
-        if self.authenticated()
-            && resp.has_integrity
-            && stun::check_integrity(data, self.stun.password.as_bytes()) == Integrity::Invalid
-        {
-            return None;
-        }
-        Some(resp)
-    }
-
-    /// A datagram on the idle socket: the answer to its refresh (its mapped address), or the
-    /// answer to a probe (its binding survived the idle interval).
-    async fn on_idle_socket(&mut self, data: &[u8], peer: SocketAddr, now: Instant) {
-        match &self.disc.phase {
-            Phase::Refresh(tx) => {
-                let Some(resp) = self.discovery_answer(data, peer, &tx.id) else {
-                    return;
-                };
-                match (resp.error, resp.mapped) {
-                    (None, Some(mapped)) => {
-                        self.disc.idle_mapped = Some(mapped);
-                        self.idle_refreshed(now);
-                    }
-                    (e, _) => {
-                        tracing::warn!(
-                            "binding-lifetime discovery: STUN server {peer} refused the secondary \
-                             socket's request ({e:?}); keep-alive every {} s",
-                            self.stun.period_s
-                        );
-                        self.disc.stop(Phase::Unsupported);
-                    }
+                    Err(e) => self.client.handle_secondary_opened(now, Err(e.to_string())),
                 }
             }
-            Phase::Probe(tx) => {
-                if self.discovery_answer(data, peer, &tx.id).is_none() {
-                    return;
+            Request::CloseSecondary => {
+                self.idle = None;
+                self.prober = None;
+            }
+        }
+    }
+
+    async fn send(&mut self, tr: Transmit) {
+        match tr.socket {
+            Socket::Cr => {
+                if let Err(e) = self.sock.send_to(&tr.bytes, tr.to).await {
+                    tracing::debug!(server = %tr.to, "STUN send: {e}");
                 }
-                let t = self.disc.t;
-                tracing::debug!("binding-lifetime discovery: binding alive after {t} s idle");
-                self.disc.alive = Some(self.disc.alive.map_or(t, |a| a.max(t)));
-                if self
-                    .disc
-                    .next_interval(self.stun.min_s, self.discovery_cap())
-                    .is_none()
-                {
-                    self.finish_discovery();
+            }
+            Socket::Idle | Socket::Prober => {
+                let s = if tr.socket == Socket::Idle {
+                    &self.idle
                 } else {
-                    // A refresh re-learns the mapping before the next interval.
-                    self.refresh_idle(now).await;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A datagram on the prober socket: the answer to a probe came back to its source, so the
-    /// server ignores RESPONSE-ADDRESS.
-    fn on_prober_socket(&mut self, data: &[u8], peer: SocketAddr, _now: Instant) {
-        let Phase::Probe(tx) = &self.disc.phase else {
-            return;
-        };
-        if self.discovery_answer(data, peer, &tx.id).is_none() {
-            return;
-        }
-        tracing::info!(
-            "STUN server {peer} ignores RESPONSE-ADDRESS: no binding-lifetime discovery, keep-alive every {} s",
-            self.stun.period_s
-        );
-        self.disc.stop(Phase::Unsupported);
-    }
-
-    async fn reconfigure(&mut self, stun: StunConfig) {
-        let was = self.stun.enabled;
-        self.stun = stun;
-        self.tx = None;
-        self.server = None;
-        self.source_ip = None;
-        self.send_credentials = false;
-        self.failures = 0;
-        self.pending_change = false;
-        self.disc = Discovery::default();
-        if self.stun.enabled {
-            if !was {
-                tracing::info!(
-                    "STUN enabled: server {}:{}, keep-alive every {} s",
-                    self.stun.server_host,
-                    self.stun.server_port,
-                    self.stun.period_s
-                );
-            }
-            self.next_send = Some(Instant::now());
-        } else {
-            if was {
-                tracing::info!("STUN disabled");
-            }
-            self.mapped = None;
-            self.next_send = None;
-            let local = self.local_address().await;
-            self.report(local.map(udpcr::authority).unwrap_or_default(), false)
-                .await;
-        }
-    }
-
-    /// The local address a UDP connection request reaches when there is no NAT: the bound
-    /// address, or (when bound to the wildcard) the source address toward the ACS.
-    async fn local_address(&self) -> Option<SocketAddr> {
-        if !self.local.ip().is_unspecified() {
-            return Some(self.local);
-        }
-        let host = self.acs_host.as_deref()?;
-        let target = resolve(host, 80, self.local).await?;
-        source_ip_toward(target, self.local).map(|ip| SocketAddr::new(ip, self.local.port()))
-    }
-
-    async fn report(&mut self, address: String, nat: bool) {
-        let new = (address, nat);
-        if self.reported.as_ref() == Some(&new) {
-            return;
-        }
-        tracing::info!(
-            "UDPConnectionRequestAddress = {:?}, NATDetected = {}",
-            new.0,
-            new.1
-        );
-        let values = vec![
-            (P_UDP_ADDRESS.to_string(), new.0.clone()),
-            (P_NAT_DETECTED.to_string(), new.1.to_string()),
-        ];
-        self.reported = Some(new);
-        let _ = self.out.status.send(values).await;
-    }
-
-    fn failure_wait(&self) -> Duration {
-        debug_assert!(self.stun.period_s >= 1);
-        let exp = self.failures.saturating_sub(1).min(16);
-        let w = FIRST_FAILURE_WAIT.saturating_mul(1u32 << exp);
-        w.clamp(
-            Duration::from_secs(u64::from(self.stun.period_s).min(MAX_FAILURE_WAIT.as_secs())),
-            MAX_FAILURE_WAIT,
-        )
-    }
-
-    fn fail(&mut self, now: Instant) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        self.tx = None;
-        let w = self.failure_wait();
-        self.next_send = Some(now + w);
-        w
-    }
-
-    async fn on_timer(&mut self, now: Instant) {
-        if self.replay.save_at.is_some_and(|t| now >= t) {
-            self.replay.save(&self.validator);
-        }
-        if self.disc.deadline().is_some_and(|d| now >= d) {
-            self.on_discovery_timer(now).await;
-        }
-        if let Some(tx) = &mut self.tx {
-            if now < tx.deadline {
-                return;
-            }
-            if tx.sends >= MAX_SENDS {
-                let server = self.server;
-                self.server = None; // re-resolve next time
-                let w = self.fail(now);
-                tracing::warn!(
-                    "no STUN response from {} after {MAX_SENDS} attempts; next try in {} s",
-                    server.map(|s| s.to_string()).unwrap_or_default(),
-                    w.as_secs()
-                );
-                return;
-            }
-            tx.sends += 1;
-            tx.rto *= 2;
-            tx.deadline = now
-                + if tx.sends >= MAX_SENDS {
-                    INITIAL_RTO * FINAL_WAIT_RTOS
-                } else {
-                    tx.rto
+                    &self.prober
                 };
-            let (bytes, server) = (tx.bytes.clone(), self.server);
-            if let Some(s) = server {
-                tracing::debug!(%s, "STUN retransmission");
-                let _ = self.sock.send_to(&bytes, s).await;
-            }
-            return;
-        }
-        if self.stun.enabled && self.next_send.is_some_and(|t| now >= t) {
-            self.next_send = None;
-            self.start_transaction(now).await;
-        }
-    }
-
-    async fn start_transaction(&mut self, now: Instant) {
-        if self.server.is_none() {
-            if self.stun.server_host.is_empty() {
-                let w = self.fail(now);
-                tracing::warn!(
-                    "STUN enabled but neither STUNServerAddress nor the ACS URL names a server; next try in {} s",
-                    w.as_secs()
-                );
-                return;
-            }
-            match resolve(&self.stun.server_host, self.stun.server_port, self.local).await {
-                Some(a) => {
-                    self.server = Some(a);
-                    self.source_ip = if self.local.ip().is_unspecified() {
-                        source_ip_toward(a, self.local)
-                    } else {
-                        Some(self.local.ip())
-                    };
-                }
-                None => {
-                    let w = self.fail(now);
-                    tracing::warn!(
-                        "cannot resolve STUN server {:?}; next try in {} s",
-                        self.stun.server_host,
-                        w.as_secs()
-                    );
-                    return;
+                if let Some(s) = s {
+                    let _ = s.send_to(&tr.bytes, tr.to).await;
                 }
             }
         }
-        let Some(server) = self.server else { return };
-        let id = classic_txid();
-        let authenticated = self.send_credentials && !self.stun.username.is_empty();
-        let binding_change = self.pending_change;
-        let req = BindingRequest {
-            username: authenticated.then_some(self.stun.username.as_str()),
-            password: authenticated.then_some(self.stun.password.as_str()),
-            binding_change,
-            ..BindingRequest::new(id)
-        };
-        let bytes = match req.encode() {
-            Ok(b) => b,
-            Err(e) => {
-                let w = self.fail(now);
-                tracing::warn!(
-                    "cannot encode a STUN Binding Request ({e}); next try in {} s",
-                    w.as_secs()
-                );
-                return;
-            }
-        };
-        tracing::debug!(%server, authenticated, binding_change, "STUN Binding Request");
-        if let Err(e) = self.sock.send_to(&bytes, server).await {
-            tracing::debug!(%server, "STUN send: {e}");
-        }
-        self.tx = Some(Transaction {
-            id,
-            bytes,
-            sends: 1,
-            rto: INITIAL_RTO,
-            deadline: now + INITIAL_RTO,
-            authenticated,
-            binding_change,
-        });
     }
 
-    async fn on_datagram(&mut self, data: &[u8], peer: SocketAddr, at: Instant) {
+    /// Logs what the state machine tells, and sends its reports to the engine.
+    async fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Report {
+                address,
+                nat_detected,
+            } => {
+                tracing::info!(
+                    "UDPConnectionRequestAddress = {address:?}, NATDetected = {nat_detected}"
+                );
+                let values = vec![
+                    (P_UDP_ADDRESS.to_string(), address),
+                    (P_NAT_DETECTED.to_string(), nat_detected.to_string()),
+                ];
+                let _ = self.out.status.send(values).await;
+            }
+            Event::Enabled {
+                host,
+                port,
+                period_s,
+            } => {
+                tracing::info!("STUN enabled: server {host}:{port}, keep-alive every {period_s} s")
+            }
+            Event::Disabled => tracing::info!("STUN disabled"),
+            Event::RequestSent {
+                server,
+                authenticated,
+                binding_change,
+            } => tracing::debug!(%server, authenticated, binding_change, "STUN Binding Request"),
+            Event::Retransmitted { server } => {
+                tracing::debug!(s = %server, "STUN retransmission")
+            }
+            Event::CredentialsRequested => {
+                tracing::debug!("STUN server asks for credentials (401); retrying with them")
+            }
+            Event::Failed { failure, retry_in } => log_failure(&failure, retry_in.as_secs()),
+            Event::ServerBack { server } => tracing::info!("STUN server {server} answers again"),
+            Event::MappedChanged { mapped } => {
+                tracing::info!("STUN mapped address changed to {mapped}: sending BINDING-CHANGE")
+            }
+            Event::Response { mapped, local, nat } => {
+                tracing::debug!(%mapped, ?local, nat, "STUN Binding Response")
+            }
+            Event::Discovery(d) => log_discovery(&d),
+        }
+    }
+
+    fn on_datagram(&mut self, data: &[u8], peer: SocketAddr, at: Instant) {
         match stun::classify(data) {
-            DatagramKind::Stun => self.on_stun(data, peer, at).await,
+            DatagramKind::Stun => {
+                if let Err(why) = self.client.handle_datagram(at, Socket::Cr, peer, data) {
+                    self.drops.drop(at, peer, &why);
+                }
+            }
             DatagramKind::UdpConnectionRequest => self.on_cr(data, peer, at),
             DatagramKind::Other => {
                 self.drops
                     .drop(at, peer, &"neither STUN nor a connection request")
             }
         }
-    }
-
-    async fn on_stun(&mut self, data: &[u8], peer: SocketAddr, now: Instant) {
-        let Some(tx) = &self.tx else {
-            self.drops
-                .drop(now, peer, &"STUN message without a pending request");
-            return;
-        };
-        if Some(peer) != self.server {
-            self.drops
-                .drop(now, peer, &"STUN message not from the STUN server");
-            return;
-        }
-        let resp = match stun::parse_response(data, &tx.id) {
-            Ok(r) => r,
-            Err(e) => {
-                self.drops.drop(now, peer, &e);
-                return;
-            }
-        };
-        if tx.authenticated
-            && resp.has_integrity
-            && stun::check_integrity(data, self.stun.password.as_bytes()) == Integrity::Invalid
-        {
-            self.drops
-                .drop(now, peer, &"STUN response with a bad MESSAGE-INTEGRITY");
-            return;
-        }
-        let (authenticated, binding_change) = (tx.authenticated, tx.binding_change);
-        self.tx = None;
-        if let Some((code, reason)) = &resp.error {
-            if resp.is_unauthorized() && !authenticated && !self.stun.username.is_empty() {
-                tracing::debug!("STUN server asks for credentials (401); retrying with them");
-                self.send_credentials = true;
-                self.start_transaction(now).await;
-                return;
-            }
-            let w = self.fail(now);
-            if resp.is_unauthorized() && self.stun.username.is_empty() {
-                tracing::warn!(
-                    "STUN server {peer} requires authentication (401) but STUNUsername is empty; next try in {} s",
-                    w.as_secs()
-                );
-            } else if resp.is_unauthorized() {
-                tracing::warn!(
-                    "STUN authentication failed: server {peer} rejected STUNUsername/STUNPassword (401); backing off, next try in {} s",
-                    w.as_secs()
-                );
-            } else {
-                tracing::warn!(
-                    "STUN server {peer} answered error {code} {:?}; next try in {} s",
-                    reason.trim_end_matches(['\0', ' ']),
-                    w.as_secs()
-                );
-            }
-            return;
-        }
-        let Some(mapped) = resp.mapped else { return };
-        if self.failures > 0 {
-            tracing::info!("STUN server {peer} answers again");
-        }
-        self.failures = 0;
-        let changed = self.mapped.is_some_and(|m| m != mapped);
-        self.mapped = Some(mapped);
-        if changed {
-            tracing::info!("STUN mapped address changed to {mapped}: sending BINDING-CHANGE");
-            self.pending_change = true;
-            self.next_send = Some(now);
-            if matches!(self.disc.phase, Phase::Done) {
-                // The NAT may have changed (or the period is too long): discover again.
-                self.disc = Discovery::default();
-            }
-        } else {
-            if binding_change {
-                self.pending_change = false;
-            }
-            self.after_keepalive(now).await;
-        }
-        let local = self
-            .source_ip
-            .map(|ip| SocketAddr::new(ip, self.local.port()));
-        let nat = Some(mapped) != local;
-        tracing::debug!(%mapped, ?local, nat, "STUN Binding Response");
-        self.report(udpcr::authority(mapped), nat).await;
     }
 
     fn on_cr(&mut self, data: &[u8], peer: SocketAddr, at: Instant) {
@@ -1326,6 +694,103 @@ impl Task {
             "UDP connection request accepted"
         );
     }
+}
+
+fn log_failure(f: &Failure, w: u64) {
+    match f {
+        Failure::NoServer => tracing::warn!(
+            "STUN enabled but neither STUNServerAddress nor the ACS URL names a server; next try in {w} s"
+        ),
+        Failure::Unresolvable { host } => {
+            tracing::warn!("cannot resolve STUN server {host:?}; next try in {w} s")
+        }
+        Failure::Encode(e) => {
+            tracing::warn!("cannot encode a STUN Binding Request ({e}); next try in {w} s")
+        }
+        Failure::Timeout { server } => tracing::warn!(
+            "no STUN response from {} after {MAX_SENDS} attempts; next try in {w} s",
+            server.map(|s| s.to_string()).unwrap_or_default()
+        ),
+        Failure::AuthNeedsUsername { server } => tracing::warn!(
+            "STUN server {server} requires authentication (401) but STUNUsername is empty; next try in {w} s"
+        ),
+        Failure::AuthRejected { server } => tracing::warn!(
+            "STUN authentication failed: server {server} rejected STUNUsername/STUNPassword (401); backing off, next try in {w} s"
+        ),
+        Failure::ServerError {
+            server,
+            code,
+            reason,
+        } => tracing::warn!(
+            "STUN server {server} answered error {code} {reason:?}; next try in {w} s"
+        ),
+    }
+}
+
+fn log_discovery(d: &DiscoveryEvent) {
+    match d {
+        DiscoveryEvent::Started {
+            min_s,
+            max_s,
+            period,
+        } => tracing::info!(
+            "STUN binding-lifetime discovery between {min_s} and {max_s} s (secondary bindings; \
+             keep-alives every {} s meanwhile)",
+            period.as_secs_f64()
+        ),
+        DiscoveryEvent::NoSocket { error } => {
+            tracing::warn!("binding-lifetime discovery: no secondary socket: {error}")
+        }
+        DiscoveryEvent::Probing { to, idle_s } => {
+            tracing::debug!("binding-lifetime discovery: probing {to} after {idle_s} s idle")
+        }
+        DiscoveryEvent::Alive { idle_s } => {
+            tracing::debug!("binding-lifetime discovery: binding alive after {idle_s} s idle")
+        }
+        DiscoveryEvent::Gone { idle_s } => {
+            tracing::debug!("binding-lifetime discovery: binding gone after {idle_s} s idle")
+        }
+        DiscoveryEvent::BelowMinimum { min_s } => tracing::warn!(
+            "NAT binding lifetime is below STUNMinimumKeepAlivePeriod ({min_s} s): UDP connection requests may be lost"
+        ),
+        DiscoveryEvent::Done {
+            alive_s,
+            dead_s,
+            period,
+        } => tracing::info!(
+            "STUN binding-lifetime discovery done: binding alive after {alive_s:?} s idle, gone after {dead_s:?} s; keep-alive every {:.1} s",
+            period.as_secs_f64()
+        ),
+        DiscoveryEvent::NoAnswer { period_s } => tracing::warn!(
+            "binding-lifetime discovery: no STUN answer on the secondary socket; \
+             keep-alive every {period_s} s"
+        ),
+        DiscoveryEvent::Refused {
+            server,
+            error,
+            period_s,
+        } => tracing::warn!(
+            "binding-lifetime discovery: STUN server {server} refused the secondary \
+             socket's request ({error:?}); keep-alive every {period_s} s"
+        ),
+        DiscoveryEvent::ResponseAddressIgnored { server, period_s } => tracing::info!(
+            "STUN server {server} ignores RESPONSE-ADDRESS: no binding-lifetime discovery, keep-alive every {period_s} s"
+        ),
+    }
+}
+
+/// Resolves `host:port` (at most [`RESOLVE_TIMEOUT`]) and finds the local source IP toward it.
+async fn lookup(host: String, port: u16, local: SocketAddr) -> Option<Resolved> {
+    let addr = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&host, port, local))
+        .await
+        .ok()
+        .flatten()?;
+    let source_ip = if local.ip().is_unspecified() {
+        source_ip_toward(addr, local)
+    } else {
+        Some(local.ip())
+    };
+    Some(Resolved { addr, source_ip })
 }
 
 /// Resolves `host:port` to an address of the socket's family.
@@ -1428,37 +893,6 @@ mod tests {
         bad.save(&v);
         assert!(bad.failing);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn discovery_intervals_and_retransmissions() {
-        let mut d = Discovery::default();
-        assert_eq!(d.next_interval(1, 1800), Some(1));
-        d.alive = Some(1);
-        assert_eq!(d.next_interval(1, 1800), Some(2));
-        d.alive = Some(1024);
-        assert_eq!(d.next_interval(1, 1800), Some(1800));
-        d.alive = Some(1800);
-        assert_eq!(d.next_interval(1, 1800), None);
-        d.alive = Some(2);
-        d.dead = Some(4);
-        assert_eq!(d.next_interval(1, 1800), Some(3));
-        d.alive = Some(3);
-        assert_eq!(d.next_interval(1, 1800), None);
-        d.alive = None;
-        assert_eq!(d.next_interval(1, 1800), None);
-        let t0 = Instant::now();
-        let mut tx = DiscoveryTx::new(classic_txid(), vec![1], t0);
-        assert_eq!(tx.deadline, t0 + INITIAL_RTO);
-        let mut now = tx.deadline;
-        let mut sends = 1;
-        while tx.retransmit(now).is_some() {
-            sends += 1;
-            now = tx.deadline;
-        }
-        assert_eq!(sends, PROBE_SENDS);
-        // 0.5 + 1 + 2 × 2 s from the first send to the verdict.
-        assert_eq!(now - t0, Duration::from_millis(5500));
     }
 
     #[test]
