@@ -1,4 +1,4 @@
-//! XMPP connection requests (TR-069 Annex K; SPEC-NOTES §d).
+//! XMPP connection requests (TR-069 Annex K; SPEC-NOTES §d): the IO side.
 //!
 //! Two layers:
 //! * [`connect`]: one client session to an XMPP server — TCP, STARTTLS with cwmpd's own rustls
@@ -8,20 +8,24 @@
 //!   `tokio_xmpp::xmlstream` API, so reconnection, keep-alive and timeouts stay under cwmpd's
 //!   control. The ACS tool `cwmp-connreq xmpp` uses it too.
 //! * [`run`]: the agent's client for the connection named by
-//!   `ManagementServer.ConnReqXMPPConnection`. It follows the settings watch, reports `Status`,
+//!   `ManagementServer.ConnReqXMPPConnection`, a thin driver of the sans-IO
+//!   [`XmppPolicy`](super::xmpp_policy::XmppPolicy): it feeds the policy the settings watch, the
+//!   clock and what happens on the stream, and carries out what the policy asks (connect to a
+//!   server, close the stream, send presence or a keep-alive ping, report `Status`,
 //!   `LastChangeDate`, `JabberID`, `TLSEstablished`, `Stats.*` and `ConnReqJabberID` through
-//!   [`Command::Status`], answers `connectionRequest` IQs and hands accepted ones to the engine
-//!   as a [`CrEvent`] with mechanism `"xmpp"`. Keep-alive is XEP-0199 ping at
-//!   `KeepAliveInterval`; a stream that stays silent for another interval after a ping is
-//!   considered dead. Reconnection waits follow `ServerRetry*` ([`xmpp_reconnect_wait`]).
+//!   [`Command::Status`]). It answers `connectionRequest` IQs as the policy judges them and hands
+//!   accepted ones to the engine as a [`CrEvent`] with mechanism `"xmpp"`.
+//!
+//! Which server, when to reconnect, when to ping and when the stream is dead are all decided
+//! in `xmpp_policy.rs`; its types are re-exported here.
 
-use crate::util::codec::ct_eq;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -52,49 +56,24 @@ use tokio_xmpp::xmlstream::{
 };
 use tokio_xmpp::{Stanza, parsers::ns};
 
-use super::backoff::{RateLimiter, xmpp_reconnect_wait};
+use super::backoff::RateLimiter;
 use super::http::CrEvent;
+use super::xmpp_policy::{self as policy, Idle, IqRequest, Output, Phase, XmppPolicy};
 use crate::engine::{Command, Settings};
+
+pub use super::xmpp_policy::{
+    CONNECT_TIMEOUT, ConnSettings, ConnectError, DEFAULT_KEEPALIVE, STATS_PERIOD, ServerRow,
+    Status, Target, Verdict, XmppSettings, connection_path, targets,
+};
 
 /// Namespace of the connection-request IQ payload (BBF cwmp-xmppConnReq-1-0.xsd).
 pub const NS_CONNREQ: &str = "urn:broadband-forum-org:cwmp:xmppConnReq-1-0";
-/// Time allowed for TCP, STARTTLS, SASL and bind together.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Keep-alive interval used for `KeepAliveInterval = -1` (RFC 6120 §4.6.1 advises ≥ 300 s).
-pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(300);
-/// Counters are reported at most this often.
-pub const STATS_PERIOD: Duration = Duration::from_secs(1);
-/// Interval used as "never" when keep-alives are off.
-const NEVER: Duration = Duration::from_secs(365 * 86400);
-
-const MS: &str = "Device.ManagementServer.";
-const CONNREQ_JID: &str = "Device.ManagementServer.ConnReqJabberID";
 
 type Io = Box<dyn AsyncReadAndWrite>;
 
 // ------------------------------------------------------------------------------------------
 // Connecting
 // ------------------------------------------------------------------------------------------
-
-/// Where to open the TCP connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// RFC 6120 §3.2.1: SRV `_xmpp-client._tcp.<domain>`, falling back to `<domain>:5222`.
-    /// An IP literal is used as it is.
-    Srv(String),
-    /// A host name (A/AAAA lookup) or IP literal, and a port.
-    Host(String, u16),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Srv(d) => write!(f, "SRV {d}"),
-            Target::Host(h, p) if h.contains(':') => write!(f, "[{h}]:{p}"),
-            Target::Host(h, p) => write!(f, "{h}:{p}"),
-        }
-    }
-}
 
 /// Everything [`connect`] needs.
 #[derive(Clone)]
@@ -114,45 +93,6 @@ pub struct ConnectParams {
     /// Silence before a keep-alive is due ([`ReadError::SoftTimeout`]), and the time the peer
     /// then has to say anything before the stream counts as dead.
     pub keepalive: Duration,
-}
-
-/// Why a connection attempt failed; maps onto `XMPP.Connection.{i}.Status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectError {
-    /// No TCP connection (DNS, refused, unreachable, timeout): `ServerNotPresent`.
-    Unreachable(String),
-    /// SASL failure: `Error_AuthenticationFailure`.
-    Auth(String),
-    /// Missing or impossible configuration: `Error_Misconfigured`.
-    Misconfigured(String),
-    /// TLS handshake or certificate verification failed: `Error`.
-    Tls(String),
-    /// Anything else (stream errors, protocol violations): `Error`.
-    Protocol(String),
-}
-
-impl ConnectError {
-    /// The `Status` value this failure gives.
-    pub fn status(&self) -> &'static str {
-        match self {
-            ConnectError::Unreachable(_) => "ServerNotPresent",
-            ConnectError::Auth(_) => "Error_AuthenticationFailure",
-            ConnectError::Misconfigured(_) => "Error_Misconfigured",
-            ConnectError::Tls(_) | ConnectError::Protocol(_) => "Error",
-        }
-    }
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::Unreachable(m) => write!(f, "server not reachable: {m}"),
-            ConnectError::Auth(m) => write!(f, "authentication failed: {m}"),
-            ConnectError::Misconfigured(m) => write!(f, "misconfigured: {m}"),
-            ConnectError::Tls(m) => write!(f, "TLS failed: {m}"),
-            ConnectError::Protocol(m) => write!(f, "{m}"),
-        }
-    }
 }
 
 fn proto(what: &str, e: impl std::fmt::Display) -> ConnectError {
@@ -527,222 +467,20 @@ fn choose_mechanism(
 }
 
 // ------------------------------------------------------------------------------------------
-// Configuration from the data model
+// Connection requests: the wire side (the rules are in xmpp_policy.rs)
 // ------------------------------------------------------------------------------------------
 
-/// One `Server.{i}` row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerRow {
-    pub priority: u32,
-    pub weight: i64,
-    pub address: String,
-    pub port: u16,
+/// The canonical form of a JID as written (None when it is no valid JID).
+fn canonical_jid(s: &str) -> Option<String> {
+    Jid::new(s).ok().map(|j| j.to_string())
 }
 
-/// The settings of the referenced connection that a (re)connection depends on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnSettings {
-    /// `Device.XMPP.Connection.N.`
-    pub path: String,
-    pub enable: bool,
-    pub username: String,
-    pub password: String,
-    pub domain: String,
-    pub resource: String,
-    pub algorithm: String,
-    pub keepalive: i64,
-    pub connect_attempts: u32,
-    pub retry_initial: u32,
-    pub retry_multiplier: u32,
-    pub retry_max: u32,
-    pub use_tls: bool,
-    /// Enabled `Server.{i}` rows, in instance order.
-    pub servers: Vec<ServerRow>,
-}
-
-impl ConnSettings {
-    /// The keep-alive interval (`-1` → 300 s; `0` → off, i.e. a year).
-    pub fn keepalive(&self) -> Duration {
-        match self.keepalive {
-            n if n < 0 => DEFAULT_KEEPALIVE,
-            0 => NEVER,
-            n => Duration::from_secs(n as u64),
-        }
-    }
-}
-
-/// Everything the client derives from the settings watch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct XmppSettings {
-    /// `EnableCWMP`.
-    pub cwmp_enabled: bool,
-    /// The referenced connection (None: empty or dangling `ConnReqXMPPConnection`).
-    pub conn: Option<ConnSettings>,
-    /// `ConnReqAllowedJabberIDs`, split.
-    pub allowed: Vec<String>,
-    /// `ConnectionRequestUsername` / `ConnectionRequestPassword`.
-    pub cr_username: String,
-    pub cr_password: String,
-    /// Current `ConnReqJabberID`.
-    pub connreq_jid: String,
-}
-
-fn truthy(v: Option<&String>, default: bool) -> bool {
-    match v.map(|s| s.trim()) {
-        Some("1") | Some("true") => true,
-        Some("0") | Some("false") => false,
-        _ => default,
-    }
-}
-
-/// Normalises a `ConnReqXMPPConnection` value to `Device.XMPP.Connection.N.` (None if invalid).
-pub fn connection_path(reference: &str) -> Option<String> {
-    let r = reference.trim();
-    let r = r.strip_suffix('.').unwrap_or(r);
-    let n = r.strip_prefix("Device.XMPP.Connection.")?;
-    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| format!("{r}."))
-}
-
-impl XmppSettings {
-    /// Derives the client settings from a raw settings snapshot.
-    pub fn from_raw(s: &BTreeMap<String, String>) -> XmppSettings {
-        let ms = |k: &str| s.get(&format!("{MS}{k}")).cloned().unwrap_or_default();
-        let allowed = ms("ConnReqAllowedJabberIDs")
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect();
-        let conn = connection_path(&ms("ConnReqXMPPConnection")).and_then(|path| {
-            let g = |k: &str| s.get(&format!("{path}{k}"));
-            // A dangling reference (no such row) gives None.
-            g("Enable")?;
-            let num = |k: &str, d: i64| g(k).and_then(|v| v.trim().parse().ok()).unwrap_or(d);
-            let mut rows: Vec<(u32, ServerRow)> = Vec::new();
-            let prefix = format!("{path}Server.");
-            for (k, v) in s.range(prefix.clone()..) {
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let rest = &k[prefix.len()..];
-                let Some((i, "Enable")) = rest.split_once('.') else {
-                    continue;
-                };
-                let Ok(i) = i.parse::<u32>() else { continue };
-                if !truthy(Some(v), false) {
-                    continue;
-                }
-                let sg = |f: &str| {
-                    s.get(&format!("{prefix}{i}.{f}"))
-                        .cloned()
-                        .unwrap_or_default()
-                };
-                rows.push((
-                    i,
-                    ServerRow {
-                        priority: sg("Priority").trim().parse().unwrap_or(0),
-                        weight: sg("Weight").trim().parse().unwrap_or(-1),
-                        address: sg("ServerAddress").trim().to_string(),
-                        port: sg("Port").trim().parse().unwrap_or(5222),
-                    },
-                ));
-            }
-            rows.sort_by_key(|(i, _)| *i);
-            Some(ConnSettings {
-                enable: truthy(g("Enable"), false),
-                username: g("Username").cloned().unwrap_or_default(),
-                password: g("Password").cloned().unwrap_or_default(),
-                domain: g("Domain").cloned().unwrap_or_default().trim().to_string(),
-                resource: g("Resource").cloned().unwrap_or_default(),
-                algorithm: g("ServerConnectAlgorithm")
-                    .cloned()
-                    .unwrap_or_else(|| "DNS-SRV".into()),
-                keepalive: num("KeepAliveInterval", -1),
-                connect_attempts: num("ServerConnectAttempts", 16).clamp(0, u32::MAX as i64) as u32,
-                retry_initial: num("ServerRetryInitialInterval", 60).clamp(1, 65535) as u32,
-                retry_multiplier: num("ServerRetryIntervalMultiplier", 2000).clamp(1000, 65535)
-                    as u32,
-                retry_max: num("ServerRetryMaxInterval", 30720).clamp(1, u32::MAX as i64) as u32,
-                use_tls: truthy(g("UseTLS"), false),
-                servers: rows.into_iter().map(|(_, r)| r).collect(),
-                path,
-            })
-        });
-        XmppSettings {
-            cwmp_enabled: truthy(s.get("Device.ManagementServer.EnableCWMP"), true),
-            conn,
-            allowed,
-            cr_username: ms("ConnectionRequestUsername"),
-            cr_password: ms("ConnectionRequestPassword"),
-            connreq_jid: ms("ConnReqJabberID"),
-        }
-    }
-}
-
-/// The TCP targets of a connection in the order to try them, or why there are none.
-/// `rand` picks among equal priorities by weight (RFC 2782).
-pub fn targets(c: &ConnSettings, mut rand: impl FnMut() -> u32) -> Result<Vec<Target>, String> {
-    match c.algorithm.as_str() {
-        "DNS-SRV" | "" => Ok(vec![Target::Srv(c.domain.clone())]),
-        "DNS" => Ok(vec![Target::Host(c.domain.clone(), 5222)]),
-        "ServerTable" => {
-            let mut rows: Vec<ServerRow> = c
-                .servers
-                .iter()
-                .filter(|r| !r.address.is_empty())
-                .cloned()
-                .collect();
-            if rows.is_empty() {
-                return Err("ServerTable without an enabled Server with an address".into());
-            }
-            rows.sort_by_key(|r| r.priority);
-            let mut out = Vec::new();
-            let mut i = 0;
-            while i < rows.len() {
-                let j = rows[i..]
-                    .iter()
-                    .position(|r| r.priority != rows[i].priority)
-                    .map_or(rows.len(), |k| i + k);
-                // Weighted random order within one priority (weight -1 counts as 1).
-                let mut group: Vec<ServerRow> = rows[i..j].to_vec();
-                while !group.is_empty() {
-                    let w = |r: &ServerRow| if r.weight < 0 { 1 } else { r.weight as u64 + 1 };
-                    let total: u64 = group.iter().map(w).sum();
-                    let mut pick = u64::from(rand()) % total;
-                    let mut k = 0;
-                    while pick >= w(&group[k]) {
-                        pick -= w(&group[k]);
-                        k += 1;
-                    }
-                    let r = group.remove(k);
-                    out.push(Target::Host(r.address, r.port));
-                }
-                i = j;
-            }
-            Ok(out)
-        }
-        other => Err(format!("ServerConnectAlgorithm {other:?} is not supported")),
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Connection requests
-// ------------------------------------------------------------------------------------------
-
-/// `ConnReqAllowedJabberIDs` check (SPEC-NOTES §d.3): an empty list allows everyone; a bare
-/// item matches any resource of that JID; a full item needs an exact match. A missing `from`
-/// only passes an empty list.
+/// `ConnReqAllowedJabberIDs` check (SPEC-NOTES §d.3) on a parsed sender: an empty list allows
+/// everyone; a bare item matches any resource of that JID; a full item needs an exact match. A
+/// missing `from` only passes an empty list. ([`policy::sender_allowed`] on canonical JIDs.)
 pub fn sender_allowed(allowed: &[String], from: Option<&Jid>) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    let Some(from) = from else { return false };
-    allowed
-        .iter()
-        .any(|item| match Jid::new(item).map(Jid::try_into_full) {
-            Ok(Ok(full)) => from.try_as_full().is_ok_and(|f| *f == full),
-            Ok(Err(bare)) => from.to_bare() == bare,
-            Err(_) => false,
-        })
+    let from = from.map(|j| j.to_string());
+    policy::sender_allowed(allowed, from.as_deref(), &canonical_jid)
 }
 
 /// The credentials of a `connectionRequest` element (None if it is not one).
@@ -770,19 +508,8 @@ pub fn connection_request_element(username: &str, password: &str) -> Element {
         .build()
 }
 
-/// The verdict on one IQ get/set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Answer `result` and start a session.
-    Accept,
-    /// `not-authorized` (wrong credentials).
-    NotAuthorized,
-    /// `service-unavailable` (sender not allowed, rate limited, CWMP disabled, not a CR).
-    Unavailable(&'static str),
-}
-
-/// Decides on an incoming IQ get/set (the rate limiter is consulted last, only for otherwise
-/// valid requests).
+/// Decides on an incoming IQ get/set read off the wire ([`policy::judge`]; the rate limiter is
+/// consulted last, only for otherwise valid requests).
 pub fn judge(
     s: &XmppSettings,
     from: Option<&Jid>,
@@ -790,24 +517,13 @@ pub fn judge(
     limiter: &RefCell<RateLimiter>,
     now: Instant,
 ) -> Verdict {
-    let Some((user, pass)) = parse_connection_request(payload) else {
-        return Verdict::Unavailable("not a connection request");
+    let credentials = parse_connection_request(payload);
+    let from = from.map(|j| j.to_string());
+    let iq = IqRequest {
+        from: from.as_deref(),
+        credentials: credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
     };
-    if !s.cwmp_enabled {
-        return Verdict::Unavailable("CWMP disabled");
-    }
-    if !sender_allowed(&s.allowed, from) {
-        return Verdict::Unavailable("sender not in ConnReqAllowedJabberIDs");
-    }
-    let ok_user = ct_eq(user.as_bytes(), s.cr_username.as_bytes());
-    let ok_pass = ct_eq(pass.as_bytes(), s.cr_password.as_bytes());
-    if !(ok_user & ok_pass) {
-        return Verdict::NotAuthorized;
-    }
-    if !limiter.borrow_mut().try_acquire(now) {
-        return Verdict::Unavailable("rate limited");
-    }
-    Verdict::Accept
+    policy::judge(s, &iq, &canonical_jid, &mut limiter.borrow_mut(), now)
 }
 
 fn error_iq(to: Option<Jid>, id: String, cond: DefinedCondition, payload: Element) -> Iq {
@@ -823,17 +539,8 @@ fn error_iq(to: Option<Jid>, id: String, cond: DefinedCondition, payload: Elemen
 }
 
 // ------------------------------------------------------------------------------------------
-// The agent's client task
+// The agent's client task: the driver of XmppPolicy
 // ------------------------------------------------------------------------------------------
-
-/// Stanza counters (`Stats.*`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Stats {
-    rx: u32,
-    tx: u32,
-    rx_err: u32,
-    tx_err: u32,
-}
 
 fn is_error(st: &Stanza) -> bool {
     match st {
@@ -844,33 +551,6 @@ fn is_error(st: &Stanza) -> bool {
     }
 }
 
-struct Client {
-    settings: watch::Receiver<Settings>,
-    cur: XmppSettings,
-    limiter: Rc<RefCell<RateLimiter>>,
-    out: mpsc::UnboundedSender<Command>,
-    /// `[xmpp] ca_file`.
-    ca_file: Option<std::path::PathBuf>,
-    /// The TLS configuration, built at the first connection attempt.
-    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
-    /// Values reported (path → value), to send only changes.
-    reported: BTreeMap<String, String>,
-    stats: Stats,
-    stats_sent: Stats,
-    stats_path: Option<String>,
-    last_stats: Option<Instant>,
-    /// The CA file, for log lines.
-    ca: String,
-}
-
-/// What ended a wait or a session.
-enum Stop {
-    /// The relevant settings changed: reconnect now.
-    Settings,
-    /// The engine went away.
-    Gone,
-}
-
 fn rand_u32() -> u32 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 4];
@@ -878,196 +558,86 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// The stream's own read timeouts for a keep-alive interval. The policy pings after one
+/// interval of silence and declares the stream dead after another; tokio-xmpp's timers are only
+/// a backstop behind it (its soft timeout, after 1.5 intervals, is ignored; its hard timeout
+/// comes after 3).
+fn stream_timeout(keepalive: Duration) -> Duration {
+    keepalive.saturating_add(keepalive / 2)
+}
+
+/// `Username@Domain`, the login JID.
+fn login_jid(c: &ConnSettings) -> Result<BareJid, String> {
+    BareJid::new(&format!("{}@{}", c.username, c.domain)).map_err(|e| format!("JID: {e}"))
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<Connection>, ConnectError>>>>;
+
+/// The driver's side of the connection.
+enum Link {
+    None,
+    Connecting(ConnectFuture),
+    Online(Box<Connection>),
+}
+
+enum LinkEvent {
+    Connected(Result<Box<Connection>, ConnectError>),
+    Received(Received),
+}
+
+/// What ended one wait of the driver.
+enum Wake {
+    Link(LinkEvent),
+    Timer,
+    /// The settings watch changed (false: the engine went away).
+    Settings(bool),
+}
+
+/// The next event of the link (never, without one). Cancel-safe: a connection attempt lives in
+/// the link and continues at the next call.
+async fn link_event(link: &mut Link) -> LinkEvent {
+    match link {
+        Link::None => std::future::pending().await,
+        Link::Connecting(f) => LinkEvent::Connected(f.as_mut().await),
+        Link::Online(c) => LinkEvent::Received(c.recv().await),
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Client {
+    settings: watch::Receiver<Settings>,
+    policy: XmppPolicy,
+    limiter: Rc<RefCell<RateLimiter>>,
+    out: mpsc::UnboundedSender<Command>,
+    /// `[xmpp] ca_file`.
+    ca_file: Option<std::path::PathBuf>,
+    /// The TLS configuration, built when a connection first needs it.
+    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
+    /// The CA file, for log lines.
+    ca: String,
+    link: Link,
+    /// Keep-alive pings sent (their IQ ids).
+    pings: u64,
+    /// The phase last logged.
+    logged: Phase,
+}
+
 impl Client {
-    fn report(&mut self, values: Vec<(String, String)>) {
-        let changed: Vec<(String, String)> = values
-            .into_iter()
-            .filter(|(k, v)| self.reported.get(k) != Some(v))
-            .collect();
-        if changed.is_empty() {
-            return;
-        }
-        for (k, v) in &changed {
-            self.reported.insert(k.clone(), v.clone());
-        }
-        let _ = self.out.send(Command::Status(changed));
+    fn path(&self) -> String {
+        self.policy
+            .connection()
+            .map_or_else(String::new, |c| c.path.clone())
     }
 
-    fn set_status(&mut self, path: &str, status: &str) {
-        let key = format!("{path}Status");
-        if self.reported.get(&key).map(String::as_str) == Some(status) {
-            return;
-        }
-        tracing::info!("XMPP {path}Status = {status}");
-        self.report(vec![
-            (key, status.to_string()),
-            (
-                format!("{path}LastChangeDate"),
-                crate::util::time::now_datetime(),
-            ),
-        ]);
-    }
-
-    fn set_connreq_jid(&mut self, jid: &str) {
-        if self.cur.connreq_jid != jid || self.reported.contains_key(CONNREQ_JID) {
-            self.report(vec![(CONNREQ_JID.to_string(), jid.to_string())]);
-        }
-    }
-
-    fn flush_stats(&mut self, force: bool) {
-        let Some(path) = self.stats_path.clone() else {
-            return;
-        };
-        if self.stats == self.stats_sent {
-            return;
-        }
-        if !force && self.last_stats.is_some_and(|t| t.elapsed() < STATS_PERIOD) {
-            return;
-        }
-        self.last_stats = Some(Instant::now());
-        self.stats_sent = self.stats;
-        let s = self.stats;
-        self.report(vec![
-            (format!("{path}Stats.ReceivedMessages"), s.rx.to_string()),
-            (format!("{path}Stats.TransmittedMessages"), s.tx.to_string()),
-            (
-                format!("{path}Stats.ReceivedErrorMessages"),
-                s.rx_err.to_string(),
-            ),
-            (
-                format!("{path}Stats.TransmittedErrorMessages"),
-                s.tx_err.to_string(),
-            ),
-        ]);
-    }
-
-    /// Takes a new settings snapshot; true when the connection-relevant part changed.
-    fn reload(&mut self) -> bool {
-        let raw = self.settings.borrow_and_update().clone();
-        let new = XmppSettings::from_raw(&raw);
-        let relevant = new.conn != self.cur.conn;
-        self.cur = new;
-        relevant
-    }
-
-    /// Waits for a relevant settings change.
-    async fn wait_settings(&mut self) -> Stop {
-        loop {
-            if self.settings.changed().await.is_err() {
-                return Stop::Gone;
-            }
-            if self.reload() {
-                return Stop::Settings;
-            }
-        }
-    }
-
-    async fn main(mut self) {
-        self.reload();
-        let mut attempt: u32 = 0;
-        loop {
-            let Some(conn) = self.cur.conn.clone() else {
-                self.set_connreq_jid("");
-                if let Stop::Gone = self.wait_settings().await {
-                    return;
-                }
-                attempt = 0;
-                continue;
-            };
-            self.stats_path = Some(conn.path.clone());
-            if !conn.enable {
-                self.set_status(&conn.path, "Disabled");
-                self.report(vec![(
-                    format!("{}TLSEstablished", conn.path),
-                    "false".into(),
-                )]);
-                self.set_connreq_jid("");
-                if let Stop::Gone = self.wait_settings().await {
-                    return;
-                }
-                attempt = 0;
-                continue;
-            }
-            let stop = match self.attempt(&conn).await {
-                Ok(stop) => {
-                    // Was connected: start a fresh back-off series; the first retry waits.
-                    attempt = 1;
-                    stop
-                }
-                Err(e) => {
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!("XMPP {}: {e}", conn.path);
-                    if let ConnectError::Tls(_) = e {
-                        tracing::error!(
-                            "XMPP {}: TLS to the server failed (certificate not trusted? [xmpp] ca_file = {}); will retry",
-                            conn.path,
-                            self.ca
-                        );
-                    }
-                    self.set_status(&conn.path, e.status());
-                    None
-                }
-            };
-            self.report(vec![(
-                format!("{}TLSEstablished", conn.path),
-                "false".into(),
-            )]);
-            self.flush_stats(true);
-            match stop {
-                Some(Stop::Gone) => return,
-                Some(Stop::Settings) => {
-                    attempt = 0;
-                    continue;
-                }
-                None => {}
-            }
-            if conn.connect_attempts == 0 {
-                tracing::warn!(
-                    "XMPP {}: ServerConnectAttempts is 0: not reconnecting until the settings change",
-                    conn.path
-                );
-                if let Stop::Gone = self.wait_settings().await {
-                    return;
-                }
-                attempt = 0;
-                continue;
-            }
-            let wait = xmpp_reconnect_wait(
-                attempt.max(1),
-                conn.retry_initial,
-                conn.retry_multiplier,
-                conn.retry_max,
-                rand_u32(),
-            );
-            tracing::info!(
-                "XMPP {}: reconnecting in {:.1} s (attempt {attempt})",
-                conn.path,
-                wait.as_secs_f64()
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                s = self.wait_settings() => match s {
-                    Stop::Gone => return,
-                    Stop::Settings => attempt = 0,
-                },
-            }
-        }
-    }
-
-    /// One connection: connect (trying the targets in order), serve until the stream ends.
-    /// `Ok(None)`: the stream ended; `Ok(Some(stop))`: settings changed / shutdown.
-    async fn attempt(&mut self, conn: &ConnSettings) -> Result<Option<Stop>, ConnectError> {
-        let path = conn.path.clone();
-        if conn.username.is_empty() || conn.domain.is_empty() {
-            return Err(ConnectError::Misconfigured(
-                "Username and Domain must be set".into(),
-            ));
-        }
-        let jid = BareJid::new(&format!("{}@{}", conn.username, conn.domain))
-            .map_err(|e| ConnectError::Misconfigured(format!("JID: {e}")))?;
+    fn tls(&mut self) -> Result<Arc<rustls::ClientConfig>, String> {
         let ca_file = self.ca_file.clone();
-        let tls = self
-            .tls
+        self.tls
             .get_or_insert_with(|| {
                 let r = tls_config(ca_file.as_deref());
                 if let Err(e) = &r {
@@ -1076,145 +646,247 @@ impl Client {
                 r
             })
             .clone()
-            .map_err(ConnectError::Misconfigured)?;
-        let targets = targets(conn, rand_u32).map_err(ConnectError::Misconfigured)?;
-        self.set_status(&path, "Connecting");
-        let mut last_err = ConnectError::Unreachable("no target".into());
-        let mut connection = None;
-        for t in targets {
-            let params = ConnectParams {
-                jid: jid.clone(),
-                password: conn.password.clone(),
-                resource: (!conn.resource.is_empty()).then(|| conn.resource.clone()),
-                target: t.clone(),
-                require_tls: conn.use_tls,
-                tls: tls.clone(),
-                keepalive: conn.keepalive(),
+    }
+
+    /// What only the driver can find wrong with the login the settings give: the JID's syntax
+    /// and the TLS configuration.
+    fn login_error(&mut self, s: &XmppSettings) -> Option<String> {
+        let c = s
+            .conn
+            .as_ref()
+            .filter(|c| c.enable && !c.username.is_empty() && !c.domain.is_empty())?;
+        if let Err(e) = login_jid(c) {
+            return Some(e);
+        }
+        self.tls().err()
+    }
+
+    /// Takes the settings snapshot to the policy.
+    fn load_settings(&mut self) {
+        let raw = self.settings.borrow_and_update().clone();
+        let s = XmppSettings::from_raw(&raw);
+        let login_error = self.login_error(&s);
+        self.policy.update_settings(Instant::now(), s, login_error);
+    }
+
+    async fn main(mut self) {
+        self.load_settings();
+        loop {
+            self.carry_out().await;
+            self.log_phase();
+            let deadline = self.policy.poll_timeout();
+            let wake = tokio::select! {
+                ev = link_event(&mut self.link) => Wake::Link(ev),
+                () = sleep_until(deadline) => Wake::Timer,
+                changed = self.settings.changed() => Wake::Settings(changed.is_ok()),
             };
-            tracing::debug!("XMPP {path}: connecting to {t} as {jid}");
-            let r = tokio::select! {
-                r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&params)) => r,
-                s = self.wait_settings() => return Ok(Some(s)),
-            };
-            match r {
-                Ok(Ok(c)) => {
-                    connection = Some(c);
-                    break;
-                }
-                Ok(Err(e)) => {
-                    let next = matches!(e, ConnectError::Unreachable(_));
-                    last_err = e;
-                    if !next {
-                        break;
+            match wake {
+                Wake::Link(ev) => self.on_link(ev).await,
+                Wake::Timer => self.on_timeout(),
+                Wake::Settings(false) => return,
+                Wake::Settings(true) => {
+                    let online = matches!(self.policy.phase(), Phase::Online { .. });
+                    self.load_settings();
+                    if online && !matches!(self.policy.phase(), Phase::Online { .. }) {
+                        tracing::info!("XMPP {}: settings changed: reconnecting", self.path());
                     }
-                }
-                Err(_) => {
-                    last_err = ConnectError::Unreachable(format!(
-                        "{t}: no complete login within {} s",
-                        CONNECT_TIMEOUT.as_secs()
-                    ));
                 }
             }
         }
-        let Some(mut c) = connection else {
-            return Err(last_err);
-        };
-        tracing::info!(
-            "XMPP {path}: online as {} via {} (TLS {}, SASL {})",
-            c.jid,
-            c.peer,
-            if c.tls { "yes" } else { "no" },
-            c.mechanism
-        );
-        let bound = c.jid.to_string();
-        self.report(vec![
-            (format!("{path}JabberID"), bound.clone()),
-            (format!("{path}TLSEstablished"), c.tls.to_string()),
-        ]);
-        self.set_status(&path, "Enabled");
-        self.set_connreq_jid(&bound);
-        // Initial presence (as icwmp does), so that the server treats the resource as available.
-        if c.send(Presence::available().into()).await.is_ok() {
-            self.stats.tx += 1;
-        }
-        let stop = self.serve(&mut c, conn).await;
-        c.close().await;
-        Ok(stop)
     }
 
-    async fn send_counted(&mut self, c: &mut Connection, st: Stanza) -> bool {
+    /// Carries out what the policy asks, in order.
+    async fn carry_out(&mut self) {
+        while let Some(o) = self.policy.poll_output() {
+            match o {
+                Output::Connect(target) => self.start_connect(target),
+                Output::Disconnect => {
+                    if let Link::Online(c) = std::mem::replace(&mut self.link, Link::None) {
+                        c.close().await;
+                    }
+                }
+                Output::SendPresence => {
+                    if let Link::Online(c) = &mut self.link
+                        && c.send(Presence::available().into()).await.is_ok()
+                    {
+                        self.policy.stanza_sent(Instant::now(), false);
+                    }
+                }
+                Output::SendPing => {
+                    let Link::Online(c) = &self.link else {
+                        continue;
+                    };
+                    let domain = Jid::from(c.jid.to_bare().domain().to_owned());
+                    self.pings += 1;
+                    let ping = Iq::from_get(format!("ping-{}", self.pings), Ping).with_to(domain);
+                    tracing::trace!("XMPP keep-alive ping");
+                    self.send(ping.into()).await;
+                }
+                Output::Status { path, status } => {
+                    tracing::info!("XMPP {path}Status = {status}");
+                    let _ = self.out.send(Command::Status(vec![
+                        (format!("{path}Status"), status.to_string()),
+                        (
+                            format!("{path}LastChangeDate"),
+                            crate::util::time::now_datetime(),
+                        ),
+                    ]));
+                }
+                Output::Report(values) => {
+                    let _ = self.out.send(Command::Status(values));
+                }
+            }
+        }
+    }
+
+    fn start_connect(&mut self, target: Target) {
+        let Some(conn) = self.policy.connection().cloned() else {
+            return;
+        };
+        let (jid, tls) = match (login_jid(&conn), self.tls()) {
+            (Ok(jid), Ok(tls)) => (jid, tls),
+            (Err(e), _) | (_, Err(e)) => {
+                self.link = Link::None;
+                self.policy
+                    .connect_failed(Instant::now(), ConnectError::Misconfigured(e));
+                return;
+            }
+        };
+        tracing::debug!("XMPP {}: connecting to {target} as {jid}", conn.path);
+        let params = ConnectParams {
+            jid,
+            password: conn.password.clone(),
+            resource: (!conn.resource.is_empty()).then(|| conn.resource.clone()),
+            target,
+            require_tls: conn.use_tls,
+            tls,
+            keepalive: stream_timeout(conn.keepalive()),
+        };
+        self.link = Link::Connecting(Box::pin(
+            async move { connect(&params).await.map(Box::new) },
+        ));
+    }
+
+    async fn on_link(&mut self, ev: LinkEvent) {
+        let now = Instant::now();
+        match ev {
+            LinkEvent::Connected(Ok(c)) => {
+                tracing::info!(
+                    "XMPP {}: online as {} via {} (TLS {}, SASL {})",
+                    self.path(),
+                    c.jid,
+                    c.peer,
+                    if c.tls { "yes" } else { "no" },
+                    c.mechanism
+                );
+                let (jid, tls) = (c.jid.to_string(), c.tls);
+                self.link = Link::Online(c);
+                self.policy.connected(now, &jid, tls);
+            }
+            LinkEvent::Connected(Err(e)) => {
+                self.link = Link::None;
+                let path = self.path();
+                tracing::warn!("XMPP {path}: {e}");
+                if let ConnectError::Tls(_) = e {
+                    tracing::error!(
+                        "XMPP {path}: TLS to the server failed (certificate not trusted? [xmpp] ca_file = {}); will retry",
+                        self.ca
+                    );
+                }
+                self.policy.connect_failed(now, e);
+            }
+            LinkEvent::Received(Received::Closed(why)) => {
+                tracing::warn!("XMPP {}: disconnected: {why}", self.path());
+                self.policy.stream_error(now);
+            }
+            LinkEvent::Received(Received::Idle) => {
+                // tokio-xmpp's soft timeout: the policy decides about keep-alives.
+            }
+            LinkEvent::Received(Received::Invalid(why)) => {
+                self.policy.stanza_received(now, false);
+                tracing::debug!("XMPP: unparsable stanza ignored: {why}");
+            }
+            LinkEvent::Received(Received::Stanza(st)) => {
+                self.policy.stanza_received(now, is_error(&st));
+                if let Some(reply) = self.handle(*st, now) {
+                    self.send(reply.into()).await;
+                }
+            }
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let before = self.policy.phase().clone();
+        self.policy.handle_timeout(Instant::now());
+        let after = self.policy.phase();
+        match before {
+            Phase::Online { .. } if !matches!(after, Phase::Online { .. }) => tracing::warn!(
+                "XMPP {}: no answer to the keep-alive ping: the stream is dead",
+                self.path()
+            ),
+            Phase::Connecting { .. } if *after != before => {
+                if let Some(e) = self.policy.last_error() {
+                    tracing::warn!("XMPP {}: {e}", self.path());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn send(&mut self, st: Stanza) {
+        let Link::Online(c) = &mut self.link else {
+            return;
+        };
         let err = is_error(&st);
         match c.send(st).await {
-            Ok(()) => {
-                self.stats.tx += 1;
-                if err {
-                    self.stats.tx_err += 1;
-                }
-                true
-            }
+            Ok(()) => self.policy.stanza_sent(Instant::now(), err),
             Err(e) => {
                 tracing::warn!("XMPP send failed: {e}");
-                false
+                self.policy.stream_error(Instant::now());
             }
         }
     }
 
-    async fn serve(&mut self, c: &mut Connection, conn: &ConnSettings) -> Option<Stop> {
-        let mut tick = tokio::time::interval(STATS_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let domain = Jid::from(c.jid.to_bare().domain().to_owned());
-        let mut ping_n: u64 = 0;
-        loop {
-            let ev = tokio::select! {
-                ev = c.recv() => ev,
-                _ = tick.tick() => { self.flush_stats(false); continue; }
-                changed = self.settings.changed() => {
-                    if changed.is_err() { return Some(Stop::Gone); }
-                    if self.reload() {
-                        tracing::info!("XMPP {}: settings changed: reconnecting", conn.path);
-                        return Some(Stop::Settings);
-                    }
-                    continue;
-                }
-            };
-            match ev {
-                Received::Closed(why) => {
-                    tracing::warn!("XMPP {}: disconnected: {why}", conn.path);
-                    self.set_status(&conn.path, "Connecting");
-                    return None;
-                }
-                Received::Idle => {
-                    ping_n += 1;
-                    let ping = Iq::from_get(format!("ping-{ping_n}"), Ping).with_to(domain.clone());
-                    tracing::trace!("XMPP keep-alive ping");
-                    if !self.send_counted(c, ping.into()).await {
-                        self.set_status(&conn.path, "Connecting");
-                        return None;
-                    }
-                }
-                Received::Invalid(why) => {
-                    self.stats.rx += 1;
-                    tracing::debug!("XMPP: unparsable stanza ignored: {why}");
-                }
-                Received::Stanza(st) => {
-                    self.stats.rx += 1;
-                    if is_error(&st) {
-                        self.stats.rx_err += 1;
-                    }
-                    if let Some(reply) = self.handle(*st)
-                        && !self.send_counted(c, reply.into()).await
-                    {
-                        self.set_status(&conn.path, "Connecting");
-                        return None;
-                    }
-                }
-            }
-            self.flush_stats(false);
+    /// Logs where the connection's life went.
+    fn log_phase(&mut self) {
+        let same = match (&self.logged, self.policy.phase()) {
+            (Phase::Online { .. }, Phase::Online { .. }) => true,
+            (a, b) => a == b,
+        };
+        if same {
+            return;
         }
+        let path = self.path();
+        match self.policy.phase() {
+            Phase::Idle(Idle::NoConnection) => {
+                tracing::debug!("XMPP: no connection referenced by ConnReqXMPPConnection")
+            }
+            Phase::Idle(Idle::Disabled) => tracing::info!("XMPP {path}: disabled"),
+            Phase::Idle(Idle::Misconfigured(why)) => {
+                tracing::warn!("XMPP {path}: misconfigured: {why}")
+            }
+            Phase::Idle(Idle::NoReconnect) => tracing::warn!(
+                "XMPP {path}: ServerConnectAttempts is 0: not reconnecting until the settings change"
+            ),
+            Phase::Waiting {
+                until,
+                target,
+                attempt,
+            } => {
+                let secs = until.map_or(f64::INFINITY, |u| {
+                    u.saturating_duration_since(Instant::now()).as_secs_f64()
+                });
+                tracing::info!(
+                    "XMPP {path}: reconnecting to {target} in {secs:.1} s (attempt {attempt})"
+                );
+            }
+            Phase::Idle(Idle::Start) | Phase::Connecting { .. } | Phase::Online { .. } => {}
+        }
+        self.logged = self.policy.phase().clone();
     }
 
     /// Handles one stanza; returns the reply to send, if any.
-    fn handle(&mut self, st: Stanza) -> Option<Iq> {
+    fn handle(&mut self, st: Stanza, now: Instant) -> Option<Iq> {
         let (from, id, payload) = match st {
             Stanza::Iq(Iq::Get {
                 from, id, payload, ..
@@ -1227,20 +899,23 @@ impl Client {
         let sender = from
             .as_ref()
             .map_or_else(|| "(no from)".to_string(), |j| j.to_string());
-        let verdict = judge(
-            &self.cur,
-            from.as_ref(),
-            &payload,
-            &self.limiter,
-            Instant::now(),
-        );
+        let credentials = parse_connection_request(&payload);
+        let from_canonical = from.as_ref().map(|j| j.to_string());
+        let iq = IqRequest {
+            from: from_canonical.as_deref(),
+            credentials: credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+        };
+        let verdict = {
+            let mut limiter = self.limiter.borrow_mut();
+            self.policy.judge(now, &iq, &canonical_jid, &mut limiter)
+        };
         match verdict {
             Verdict::Accept => {
                 tracing::info!("XMPP connection request from {sender} accepted");
                 let peer = SocketAddr::from(([0, 0, 0, 0], 0));
                 let _ = self.out.send(Command::ConnectionRequest(CrEvent {
                     mechanism: "xmpp",
-                    received: Instant::now(),
+                    received: now,
                     peer,
                 }));
                 Some(Iq::Result {
@@ -1255,7 +930,7 @@ impl Client {
                 Some(error_iq(from, id, DefinedCondition::NotAuthorized, payload))
             }
             Verdict::Unavailable(why) => {
-                if parse_connection_request(&payload).is_some() {
+                if credentials.is_some() {
                     tracing::warn!("XMPP connection request from {sender} refused: {why}");
                 } else {
                     tracing::debug!(
@@ -1296,21 +971,19 @@ pub async fn run(
         || "(Mozilla roots)".to_string(),
         |p| p.display().to_string(),
     );
+    tracing::debug!("XMPP client started (CA {ca})");
     let client = Client {
         settings,
-        cur: XmppSettings::default(),
+        policy: XmppPolicy::new(Box::new(rand_u32)),
         limiter,
         out,
         ca_file,
         tls: None,
-        reported: BTreeMap::new(),
-        stats: Stats::default(),
-        stats_sent: Stats::default(),
-        stats_path: None,
-        last_stats: None,
-        ca: ca.clone(),
+        ca,
+        link: Link::None,
+        pings: 0,
+        logged: Phase::Idle(Idle::Start),
     };
-    tracing::debug!("XMPP client started (CA {ca})");
     client.main().await;
 }
 
@@ -1343,103 +1016,37 @@ mod tests {
             &l(&["acs@example.com/r"]),
             Some(&jid("acs@example.com"))
         ));
+        // The JID library's normalisation applies to both sides (case of local part and domain).
+        assert!(sender_allowed(
+            &l(&["ACS@Example.COM"]),
+            Some(&jid("acs@example.com/x"))
+        ));
+        assert!(sender_allowed(
+            &l(&["acs@example.com"]),
+            Some(&jid("Acs@EXAMPLE.com/x"))
+        ));
+        // A resource may hold '/' and '@'.
+        assert!(sender_allowed(
+            &l(&["acs@example.com/a/b@c"]),
+            Some(&jid("acs@example.com/a/b@c"))
+        ));
+        // An invalid item allows nobody, but the list is not empty.
+        assert!(!sender_allowed(&l(&["@@"]), Some(&from)));
     }
 
-    fn settings(extra: &[(&str, &str)]) -> XmppSettings {
-        let mut m = BTreeMap::new();
-        for (k, v) in [
-            (
-                "Device.ManagementServer.ConnReqXMPPConnection",
-                "Device.XMPP.Connection.1",
-            ),
-            ("Device.ManagementServer.ConnectionRequestUsername", "u"),
-            ("Device.ManagementServer.ConnectionRequestPassword", "p"),
-            ("Device.XMPP.Connection.1.Enable", "true"),
-            ("Device.XMPP.Connection.1.Username", "cpe"),
-            ("Device.XMPP.Connection.1.Domain", "d.test"),
-            (
-                "Device.XMPP.Connection.1.ServerConnectAlgorithm",
-                "ServerTable",
-            ),
-            ("Device.XMPP.Connection.1.Server.1.Enable", "true"),
-            (
-                "Device.XMPP.Connection.1.Server.1.ServerAddress",
-                "10.0.0.1",
-            ),
-            ("Device.XMPP.Connection.1.Server.1.Priority", "5"),
-            ("Device.XMPP.Connection.1.Server.1.Port", "5222"),
-            ("Device.XMPP.Connection.1.Server.2.Enable", "true"),
-            (
-                "Device.XMPP.Connection.1.Server.2.ServerAddress",
-                "10.0.0.2",
-            ),
-            ("Device.XMPP.Connection.1.Server.2.Priority", "1"),
-            ("Device.XMPP.Connection.1.Server.2.Port", "5223"),
-            ("Device.XMPP.Connection.1.Server.3.Enable", "false"),
-            (
-                "Device.XMPP.Connection.1.Server.3.ServerAddress",
-                "10.0.0.3",
-            ),
-        ] {
-            m.insert(k.to_string(), v.to_string());
+    fn settings() -> XmppSettings {
+        XmppSettings {
+            cwmp_enabled: true,
+            allowed: vec!["acs@d.test".into()],
+            cr_username: "u".into(),
+            cr_password: "p".into(),
+            ..XmppSettings::default()
         }
-        for (k, v) in extra {
-            m.insert(k.to_string(), v.to_string());
-        }
-        XmppSettings::from_raw(&m)
     }
 
     #[test]
-    fn settings_and_server_table_order() {
-        let s = settings(&[]);
-        let c = s.conn.clone().unwrap();
-        assert_eq!(c.path, "Device.XMPP.Connection.1.");
-        assert_eq!(c.servers.len(), 2);
-        assert_eq!(c.keepalive(), DEFAULT_KEEPALIVE);
-        let t = targets(&c, || 0).unwrap();
-        assert_eq!(
-            t,
-            vec![
-                Target::Host("10.0.0.2".into(), 5223),
-                Target::Host("10.0.0.1".into(), 5222)
-            ]
-        );
-        // Trailing dot accepted; dangling reference gives no connection.
-        assert!(
-            settings(&[(
-                "Device.ManagementServer.ConnReqXMPPConnection",
-                "Device.XMPP.Connection.1."
-            )])
-            .conn
-            .is_some()
-        );
-        assert!(
-            settings(&[(
-                "Device.ManagementServer.ConnReqXMPPConnection",
-                "Device.XMPP.Connection.7"
-            )])
-            .conn
-            .is_none()
-        );
-        assert_eq!(connection_path("Device.XMPP.Connection.x"), None);
-        let mut c2 = c.clone();
-        c2.algorithm = "DNS".into();
-        assert_eq!(
-            targets(&c2, || 0).unwrap(),
-            vec![Target::Host("d.test".into(), 5222)]
-        );
-        c2.algorithm = "WebSocket".into();
-        assert!(targets(&c2, || 0).is_err());
-        c2.keepalive = 0;
-        assert_eq!(c2.keepalive(), NEVER);
-    }
-
-    #[test]
-    fn judging_requests() {
-        let s = settings(&[(
-            "Device.ManagementServer.ConnReqAllowedJabberIDs",
-            "acs@d.test",
-        )]);
+    fn judging_requests_off_the_wire() {
+        let s = settings();
         let lim = RefCell::new(RateLimiter::new(1, 0.0));
         let now = Instant::now();
         let from = jid("acs@d.test/x");
@@ -1460,12 +1067,24 @@ mod tests {
             Verdict::Unavailable("rate limited")
         );
         let other = Element::builder("query", "jabber:iq:version").build();
-        assert!(matches!(
+        assert_eq!(
             judge(&s, Some(&from), &other, &lim, now),
-            Verdict::Unavailable(_)
-        ));
+            Verdict::Unavailable("not a connection request")
+        );
+        // Wrong namespace: not a connection request.
+        let wrong_ns = Element::builder("connectionRequest", "urn:example")
+            .append(Element::builder("username", "urn:example").append("u"))
+            .append(Element::builder("password", "urn:example").append("p"))
+            .build();
+        assert_eq!(parse_connection_request(&wrong_ns), None);
         let p = parse_connection_request(&good).unwrap();
         assert_eq!(p, ("u".to_string(), "p".to_string()));
+        // Escaping survives the element round trip.
+        let odd = connection_request_element("a&b", "<p'\">");
+        assert_eq!(
+            parse_connection_request(&odd),
+            Some(("a&b".to_string(), "<p'\">".to_string()))
+        );
     }
 
     #[test]
@@ -1485,5 +1104,22 @@ mod tests {
         assert!(s.contains("not-authorized"), "{s}");
         assert!(s.contains("cancel"), "{s}");
         assert!(s.contains(NS_CONNREQ), "{s}");
+    }
+
+    #[test]
+    fn stream_timeouts_stay_behind_the_policy() {
+        // The policy declares the stream dead after 2 intervals; tokio-xmpp's hard timeout
+        // (read + response timeout) comes after 3.
+        for ka in [1u64, 2, 60, 300] {
+            let ka = Duration::from_secs(ka);
+            assert!(stream_timeout(ka) * 2 > ka * 2);
+        }
+        // Keep-alive off (a year) and absurd intervals do not overflow.
+        let huge = Duration::from_secs(i64::MAX as u64);
+        assert!(stream_timeout(huge) >= huge);
+        assert_eq!(
+            stream_timeout(policy::NEVER),
+            policy::NEVER + policy::NEVER / 2
+        );
     }
 }

@@ -1,9 +1,14 @@
 //! A throw-away Prosody XMPP server for tests (own CA, config and port); skipped when Prosody or
-//! openssl is missing.
+//! openssl is missing. Also [`TlsProbe`], a one-shot fake server that tells how a client ended
+//! the TLS handshake after STARTTLS.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::TempDir;
@@ -177,6 +182,14 @@ VirtualHost "{DOMAIN}"
         self.dir.join("certs/ca.crt")
     }
 
+    /// A [`TlsProbe`] presenting this Prosody's certificate.
+    pub fn tls_probe(&self) -> TlsProbe {
+        TlsProbe::start(
+            &self.dir.join(format!("certs/{DOMAIN}.crt")),
+            &self.dir.join(format!("certs/{DOMAIN}.key")),
+        )
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -232,5 +245,107 @@ VirtualHost "{DOMAIN}"
 impl Drop for Prosody {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A one-shot fake XMPP server on a free loopback port: it accepts one client, offers STARTTLS,
+/// and after `<proceed/>` does the server side of the TLS handshake with the given certificate.
+/// [`outcome`](Self::outcome) says how the client ended it, as seen on the wire: `"handshake
+/// complete"`, or `"alert X"` with the TLS alert the client sent (e.g. `UnknownCA` when it does
+/// not trust the certificate's issuer), or what else went wrong.
+pub struct TlsProbe {
+    pub port: u16,
+    handle: JoinHandle<String>,
+}
+
+impl TlsProbe {
+    pub fn start(cert: &Path, key: &Path) -> TlsProbe {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || match listener.accept() {
+            Ok((tcp, _)) => Self::serve(tcp, Arc::new(config)),
+            Err(e) => format!("accept: {e}"),
+        });
+        TlsProbe { port, handle }
+    }
+
+    /// Reads until `buf` (all read so far) holds `what` followed by `end`.
+    fn read_past(
+        tcp: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        what: &str,
+        end: &str,
+    ) -> Result<(), String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(buf);
+            if let Some(i) = text.find(what)
+                && text[i..].contains(end)
+            {
+                buf.clear();
+                return Ok(());
+            }
+            match tcp.read(&mut chunk) {
+                Ok(0) => return Err(format!("closed before {what}: {text}")),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading {what}: {e}")),
+            }
+        }
+    }
+
+    fn serve(mut tcp: TcpStream, config: Arc<rustls::ServerConfig>) -> String {
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut buf = Vec::new();
+        if let Err(e) = Self::read_past(&mut tcp, &mut buf, "<stream:stream", ">") {
+            return e;
+        }
+        let features = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' id='probe' from='{DOMAIN}' \
+             version='1.0'><stream:features><starttls \
+             xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+        );
+        if let Err(e) = tcp.write_all(features.as_bytes()) {
+            return format!("writing features: {e}");
+        }
+        if let Err(e) = Self::read_past(&mut tcp, &mut buf, "<starttls", ">") {
+            return e;
+        }
+        if let Err(e) = tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>") {
+            return format!("writing proceed: {e}");
+        }
+        let mut tls = rustls::ServerConnection::new(config).unwrap();
+        while tls.is_handshaking() {
+            if let Err(e) = tls.complete_io(&mut tcp) {
+                return match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::AlertReceived(alert)) => format!("alert {alert:?}"),
+                    Some(other) => format!("TLS error: {other}"),
+                    None => format!("IO error: {e}"),
+                };
+            }
+        }
+        "handshake complete".into()
+    }
+
+    /// How the client ended the handshake (waits for the probe's one client).
+    pub fn outcome(self) -> String {
+        self.handle
+            .join()
+            .unwrap_or_else(|_| "probe panicked".into())
     }
 }
