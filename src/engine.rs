@@ -258,6 +258,11 @@ pub struct Engine {
     settings_tx: watch::Sender<Settings>,
     /// Public base URL of a UPnP IGD port mapping, when one is in place.
     upnp_base: String,
+    /// How the state was loaded at start (`ctl status` `state_loaded`): "fresh", "current",
+    /// "previous: why" (the previous copy was used) or "factory: why" (both were bad).
+    state_loaded: String,
+    /// Why the last state write failed, if it did (`ctl status` `last_persist_error`).
+    last_persist_error: Option<String>,
     /// Work in flight (name resolution, action commands), polled by [`Self::run`].
     pub(crate) tasks: FuturesUnordered<Task>,
     /// The ACS host (name, port) and the addresses it resolved to (empty: it did not).
@@ -299,6 +304,12 @@ impl Engine {
         })?;
         let state_file = StateFile::new(&cfg.agent.state_dir);
         let (state, how) = state_file.load();
+        let state_loaded = match &how {
+            Loaded::Fresh => "fresh".to_string(),
+            Loaded::Current => "current".to_string(),
+            Loaded::Previous(why) => format!("previous: {why}"),
+            Loaded::BothBad(why) => format!("factory: {why}"),
+        };
         match &how {
             Loaded::Fresh => tracing::info!("no saved state: starting from the factory state"),
             Loaded::Current => tracing::debug!("state loaded from {}", state_file.path().display()),
@@ -357,6 +368,8 @@ impl Engine {
             settings_tx: watch::channel(Settings::default()).0,
             upnp_base: String::new(),
             tasks: FuturesUnordered::new(),
+            state_loaded,
+            last_persist_error: None,
             acs_addrs: None,
             resolving: None,
             status_cache: BTreeMap::new(),
@@ -730,6 +743,7 @@ impl Engine {
                 Ok(())
             }
             Err(e) => {
+                self.last_persist_error = Some(e.to_string());
                 tracing::error!(
                     "cannot save state to {}: {e}",
                     self.state_file.path().display()
@@ -1338,6 +1352,8 @@ impl Engine {
                 "parameters": self.store.param_count(),
                 "pending_changes": self.store.pending_changes().len(),
                 "state_file": self.state_file.path().display().to_string(),
+                "state_loaded": self.state_loaded,
+                "last_persist_error": self.last_persist_error,
                 "providers": self.providers.len(),
                 "provider_stats": self.providers.iter().map(|p| json!({
                     "prefix": p.prefix, "stats": p.stats()})).collect::<Vec<_>>(),

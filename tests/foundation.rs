@@ -316,12 +316,13 @@ fn truncated_state_falls_back_to_the_previous_copy() {
     std::fs::write(&st, &data[..data.len() / 2]).unwrap();
     let a = Agent::start(&cfg);
     assert_eq!(a.get("Device.ManagementServer.Username"), "first");
-    let log = a.log_text();
+    let status = a.ctl(json!({"op": "status"}));
+    let how = status["state_loaded"].as_str().unwrap_or("");
     assert!(
-        log.contains("previous good copy") && log.contains("truncated"),
-        "{log}"
+        how.starts_with("previous:") && how.contains("truncated"),
+        "{status}"
     );
-    // Both copies garbage: the factory state, and the log says so.
+    // Both copies garbage: the factory state, and the status says so.
     a.stop();
     std::fs::write(&st, b"garbage").unwrap();
     std::fs::write(
@@ -331,7 +332,14 @@ fn truncated_state_falls_back_to_the_previous_copy() {
     .unwrap();
     let a = Agent::start(&cfg);
     assert_eq!(a.get("Device.ManagementServer.Username"), "");
-    assert!(a.log_text().contains("starting from the factory state"));
+    let status = a.ctl(json!({"op": "status"}));
+    assert!(
+        status["state_loaded"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("factory:"),
+        "{status}"
+    );
     use std::os::unix::fs::PermissionsExt;
     a.set("Device.ManagementServer.Username", "x");
     let mode = std::fs::metadata(&st).unwrap().permissions().mode() & 0o777;
