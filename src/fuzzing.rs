@@ -227,9 +227,14 @@ pub fn fuzz_soap(data: &[u8]) {
         Ok(mut env) => {
             let mut out = Vec::new();
             emit_cpe(&env, &mut out);
+            let ns = env.ns;
             match &mut env.body {
                 CpeMessage::Inform(i) => default_types(&mut i.params),
                 CpeMessage::GetParameterValuesResponse { list } => default_types(list),
+                // Fault codes are emitted in the form the message's CWMP version allows.
+                CpeMessage::Fault(f) => *f = ns.rpc_fault(f),
+                CpeMessage::TransferComplete(t) => t.fault = ns.transfer_fault(&t.fault),
+                CpeMessage::AutonomousTransferComplete(t) => t.fault = ns.transfer_fault(&t.fault),
                 _ => {}
             }
             match parse_cpe_message(&out) {

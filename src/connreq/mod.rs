@@ -1,13 +1,9 @@
-//! Connection requests: wire formats (Digest, UDP CR, STUN) and the pure policies shared by the
-//! listeners (rate limit, coalescing, retry waits).
+//! Connection requests: the listeners and clients (HTTP, UDP/STUN, XMPP, UPnP) that drive the
+//! wire formats and sans-IO state machines of `cwmp-proto`.
 
-pub mod backoff;
-pub mod digest;
+pub use cwmp_proto::connreq::{backoff, digest, stun, stun_client, udpcr, xmpp_policy};
+
 pub mod http;
-pub mod stun;
-pub mod stun_client;
 pub mod udp;
-pub mod udpcr;
 pub mod upnp;
 pub mod xmpp;
-pub mod xmpp_policy;

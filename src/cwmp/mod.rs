@@ -1,9 +1,8 @@
-//! CWMP: the SOAP codec and, on top of it, the session.
+//! CWMP: the protocol side (codec, events, the session's state machines) from `cwmp-proto`, and
+//! the agent's drivers on top of it: the session, RPC serving against the store, transfers.
 
-pub mod events;
-pub mod exchange;
+pub use cwmp_proto::cwmp::{events, exchange, schedule, soap};
+
 pub mod rpc;
-pub mod schedule;
 pub mod session;
-pub mod soap;
 pub mod transfer;

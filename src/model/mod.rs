@@ -1,11 +1,5 @@
-//! The TR-106 / TR-181 data model: definitions (schema), value types, the store, persistence.
+//! The TR-106 / TR-181 data model (store, schema, types from `cwmp-proto`) and its persistence.
 
-pub mod fault;
+pub use cwmp_proto::model::{Fault, Origin, Schema, Store, fault, schema, store, types};
+
 pub mod persist;
-pub mod schema;
-pub mod store;
-pub mod types;
-
-pub use fault::Fault;
-pub use schema::Schema;
-pub use store::{Origin, Store};

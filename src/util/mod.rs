@@ -1,9 +1,9 @@
 //! Small helpers shared by every layer.
 
-pub mod codec;
+pub use cwmp_proto::util::{codec, time};
+
 pub mod fsutil;
 pub mod signals;
-pub mod time;
 
 /// Gives freed heap memory back to the system (glibc keeps it otherwise): called after start-up
 /// and after sessions, whose peaks (a 10,000-parameter answer) are short.

@@ -150,7 +150,7 @@ fn store() -> Store {
 
 /// A store on the shipped data model (datamodel/*.xml), as the agent loads it.
 fn shipped() -> (Store, FakeLive) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datamodel");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datamodel");
     let schema = Schema::load_dirs(&[dir]).expect("shipped data model loads");
     schema.validate().expect("shipped data model references");
     let live = FakeLive::default();

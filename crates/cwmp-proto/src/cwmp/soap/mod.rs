@@ -70,13 +70,14 @@ impl CwmpNs {
     }
 
     /// An RPC fault in a form this version's schema allows: cwmp-1-0 knows
-    /// only 9000..9013 (a transfer code becomes 9010, anything else 9002);
-    /// 1-1 and 1-2 allow the whole 9000..9899 range.
+    /// only the CPE codes 9000..9013 (a later transfer code becomes 9010, any
+    /// other 9002); 1-1 and 1-2 allow the whole 9000..9899 range.
     pub fn rpc_fault(self, f: &Fault) -> Fault {
+        // Only CPE codes are mapped (an ACS code 8000.. is the ACS's own business).
         let code = match (self, f.code) {
-            (CwmpNs::Cwmp10, 9000..=9013) | (CwmpNs::Cwmp11 | CwmpNs::Cwmp12, _) => f.code,
             (CwmpNs::Cwmp10, 9014..=9020) => 9010,
-            (CwmpNs::Cwmp10, _) => 9002,
+            (CwmpNs::Cwmp10, 9021..=9899) => 9002,
+            _ => f.code,
         };
         let mut out = f.clone();
         remap_code(&mut out.code, &mut out.string, code);
@@ -1226,7 +1227,7 @@ pub(crate) mod tests {
     pub(crate) fn schema_dir() -> Option<PathBuf> {
         let candidates = [
             std::env::var_os("CWMPD_SCHEMA_DIR").map(PathBuf::from),
-            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema")),
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/schema")),
             Some(PathBuf::from("/work/main/tests/schema")),
         ];
         candidates

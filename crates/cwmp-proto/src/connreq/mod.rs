@@ -1,0 +1,9 @@
+//! Connection requests: wire formats (Digest, UDP CR, STUN), the sans-IO STUN client and XMPP
+//! policy, and the pure policies shared by the listeners (rate limit, coalescing, retry waits).
+
+pub mod backoff;
+pub mod digest;
+pub mod stun;
+pub mod stun_client;
+pub mod udpcr;
+pub mod xmpp_policy;
