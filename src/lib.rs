@@ -4,11 +4,11 @@
 //! `connreq`; drivers (tokio tasks owning sockets) in `engine`, `ctl` and the transports.
 //! See docs/ARCHITECTURE.md.
 
+pub mod agent;
 pub mod config;
 pub mod connreq;
 pub mod ctl;
 pub mod cwmp;
-pub mod demo;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -16,5 +16,4 @@ pub mod logging;
 pub mod model;
 pub mod net;
 pub mod provider;
-pub mod testacs;
 pub mod util;

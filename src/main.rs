@@ -1,12 +1,10 @@
-//! `cwmpd`: the agent, and its local tools (check-config, dump-model, ctl, demo).
+//! `cwmpd`: the agent, and its local tools (check-config, dump-model, ctl, provider-check).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cwmpd::config::Config;
-use cwmpd::engine::{Command, Engine};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const DEFAULT_CONFIG: &str = "/etc/cwmpd/cwmpd.toml";
 
@@ -24,7 +22,6 @@ usage:
         changes | poll | inform | status
   cwmpd provider-check [--prefix P] [--get PATH]... [--set PATH=VALUE]... [--timeout MS] -- CMD [ARGS]
                                    conformance test of a provider program (docs/PROVIDERS.md)
-  cwmpd demo                       run a demo ACS and the agent on loopback
   cwmpd --version";
 
 fn main() -> ExitCode {
@@ -66,7 +63,7 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
     } else {
         "run".to_string()
     };
-    if cmd != "run" && cmd != "demo" {
+    if cmd != "run" {
         // Command-line tools end quietly when their output pipe closes (`| head`).
         // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
         unsafe {
@@ -129,7 +126,6 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         }
         "ctl" => ctl(args),
         "provider-check" => provider_check(args),
-        "demo" => cwmpd::demo::run(args).map(|_| ExitCode::SUCCESS),
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
 }
@@ -390,168 +386,9 @@ fn print_answer(op: &str, ans: &Value) {
     }
 }
 
-/// Binds the HTTP connection-request listeners and spawns the server (needs the LocalSet).
-async fn start_http_cr(
-    cfg: &Config,
-    engine: &mut Engine,
-    tx: mpsc::Sender<Command>,
-    limiter: std::rc::Rc<std::cell::RefCell<cwmpd::connreq::backoff::RateLimiter>>,
-) -> Result<(), String> {
-    use cwmpd::connreq::http::CrEvent;
-    if cfg.connreq.http_listen.is_empty() {
-        tracing::info!("no HTTP connection-request listener configured");
-        return Ok(());
-    }
-    let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for a in &cfg.connreq.http_listen {
-        match tokio::net::TcpListener::bind(a).await {
-            Ok(l) => {
-                let bound = l.local_addr().unwrap_or(*a);
-                tracing::info!("HTTP connection requests on {bound}");
-                addrs.push(bound);
-                listeners.push(l);
-            }
-            Err(e) => tracing::warn!("HTTP connection-request listener {a}: {e}"),
-        }
-    }
-    if listeners.is_empty() {
-        return Err("no HTTP connection-request listener could be bound".into());
-    }
-    if cfg.connreq.upnp
-        && let Some(port) = addrs.iter().find(|a| a.is_ipv4()).map(|a| a.port())
-    {
-        // Ask the gateway for a port forward; the external port is the configured one, or the
-        // listener's own.
-        let external = if cfg.connreq.external_port != 0 {
-            cfg.connreq.external_port
-        } else {
-            port
-        };
-        tokio::task::spawn_local(cwmpd::connreq::upnp::keep_mapping(
-            external,
-            port,
-            tx.clone(),
-        ));
-    }
-    engine.set_cr_listen(addrs);
-    let (etx, mut erx) = mpsc::channel::<CrEvent>(16);
-    tokio::task::spawn_local(cwmpd::connreq::http::serve(
-        listeners,
-        engine.cr_settings(),
-        limiter,
-        etx,
-        engine.cr_secret(),
-    ));
-    // Forward accepted requests to the engine without ever blocking the listener.
-    tokio::task::spawn_local(async move {
-        while let Some(ev) = erx.recv().await {
-            if tx.send(Command::ConnectionRequest(ev)).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Binds the UDP connection-request socket (shared with the STUN client) and spawns its task.
-/// A bind failure is logged, not fatal: the other connection-request mechanisms still work.
-async fn start_udp_cr(
-    cfg: &Config,
-    engine: &Engine,
-    tx: mpsc::Sender<Command>,
-    limiter: std::rc::Rc<std::cell::RefCell<cwmpd::connreq::backoff::RateLimiter>>,
-) {
-    use cwmpd::connreq::udp;
-    let sock = match tokio::net::UdpSocket::bind(cfg.connreq.udp_listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(
-                "UDP connection-request socket {}: {e}; no UDP connection requests or STUN",
-                cfg.connreq.udp_listen
-            );
-            return;
-        }
-    };
-    if let Ok(a) = sock.local_addr() {
-        tracing::info!("UDP connection requests and STUN on {a}");
-    }
-    let (etx, mut erx) = mpsc::channel(16);
-    let (stx, mut srx) = mpsc::channel::<Vec<(String, String)>>(4);
-    let out = udp::Outputs {
-        events: etx,
-        status: stx,
-    };
-    tokio::task::spawn_local(udp::serve(
-        sock,
-        engine.settings(),
-        limiter,
-        out,
-        cfg.agent.state_dir.clone(),
-    ));
-    tokio::task::spawn_local(async move {
-        loop {
-            let cmd = tokio::select! {
-                Some(ev) = erx.recv() => Command::ConnectionRequest(ev),
-                Some(st) = srx.recv() => Command::Status(st),
-                else => break,
-            };
-            if tx.send(cmd).await.is_err() {
-                break;
-            }
-        }
-    });
-}
-
 fn run_agent(file: &Path) -> Result<ExitCode, String> {
     let cfg = Config::load(file).map_err(|e| e.to_string())?;
     cwmpd::logging::init(&cfg.agent.log_level);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
-        engine.start_providers();
-        let (tx, rx) = mpsc::channel::<Command>(64);
-        // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute, shared by
-        // all connection-request mechanisms.
-        let limiter = std::rc::Rc::new(std::cell::RefCell::new(
-            cwmpd::connreq::backoff::RateLimiter::new(
-                cfg.connreq.rate_burst,
-                f64::from(cfg.connreq.rate_per_minute) / 60.0,
-            ),
-        ));
-        start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone()).await?;
-        start_udp_cr(&cfg, &engine, tx.clone(), limiter.clone()).await;
-        // The XMPP connection-request client (idle while ConnReqXMPPConnection is empty).
-        tokio::task::spawn_local(cwmpd::connreq::xmpp::run(
-            engine.settings(),
-            cfg.xmpp.ca_file.clone(),
-            limiter,
-            tx.clone(),
-        ));
-        if !cfg.agent.control_socket.as_os_str().is_empty() {
-            let l = cwmpd::ctl::bind(&cfg.agent.control_socket).map_err(|e| {
-                format!("control socket {}: {e}", cfg.agent.control_socket.display())
-            })?;
-            tokio::task::spawn_local(cwmpd::ctl::serve(l, tx.clone()));
-        }
-        tracing::info!(
-            config = %cfg.file.display(),
-            parameters = engine.store.param_count(),
-            "cwmpd {} started",
-            env!("CARGO_PKG_VERSION")
-        );
-        cwmpd::util::trim_heap();
-        let engine_task = tokio::task::spawn_local(engine.run(rx));
-        cwmpd::util::signals::wait_for_shutdown().await;
-        tracing::info!("shutting down");
-        let _ = tx.send(Command::Shutdown).await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), engine_task).await;
-        Ok::<_, String>(())
-    })?;
+    cwmpd::agent::run(cfg, cwmpd::util::signals::wait_for_shutdown())?;
     Ok(ExitCode::SUCCESS)
 }

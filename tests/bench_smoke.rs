@@ -1,5 +1,5 @@
 //! `cwmpd-bench cr` in its smoke mode (5 runs, 2 s idle) against the release binaries, when
-//! they have been built (`cargo build --release --bins`); skipped otherwise. Checks that every
+//! they have been built (`cargo build --release --bins --features tools`); skipped otherwise. Checks that every
 //! mechanism that can run here produced figures and that the result files are written.
 
 use std::path::PathBuf;
@@ -20,7 +20,9 @@ fn release_dir() -> Option<PathBuf> {
 #[test]
 fn cr_bench_smoke() {
     let Some(dir) = release_dir() else {
-        println!("SKIPPED cr_bench_smoke: no release binaries (cargo build --release --bins)");
+        println!(
+            "SKIPPED cr_bench_smoke: no release binaries (cargo build --release --bins --features tools)"
+        );
         return;
     };
     let out = std::env::temp_dir().join(format!("cwmpd-bench-smoke-{}", std::process::id()));

@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::netns::{Rig, sh, unavailable};
 use common::*;
+use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread, try_spawn_in_netns};
 use cwmpd::cwmp::soap::AcsRequest;
-use cwmpd::testacs::{
-    AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread, try_spawn_in_netns,
-};
 
 const USER: &str = "acs-user";
 const PASS: &str = "cr-secret";

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use cwmp_testacs::{AcsOptions, SessionRecord, spawn_in_thread};
 use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue};
-use cwmpd::testacs::{AcsOptions, SessionRecord, spawn_in_thread};
 
 const USER: &str = "acs-user";
 const PASS: &str = "cr-secret";
@@ -65,7 +65,7 @@ fn send_http_cr(argv: &[String], url: &str) {
 }
 
 /// Waits for session `n` (1-based) and checks it was started by a connection request.
-fn wait_cr_session(acs: &cwmpd::testacs::TestAcsHandle, a: &Agent, n: usize) -> SessionRecord {
+fn wait_cr_session(acs: &cwmp_testacs::TestAcsHandle, a: &Agent, n: usize) -> SessionRecord {
     let s = acs.wait_sessions(n, WAIT);
     assert!(
         s.len() >= n,

@@ -1,11 +1,18 @@
-//! The README's first command: `cwmpd demo` runs the agent against the test ACS, shows a boot
-//! session and an HTTP connection request, and cleans up after itself.
-
-mod common;
+//! The README's first command: `cwmpd-demo` (built with the `tools` feature) runs the agent
+//! against the test ACS, shows a boot session and an HTTP connection request, and cleans up
+//! after itself.
+#![cfg(feature = "tools")]
 
 #[test]
 fn demo_runs_a_boot_session_and_a_connection_request() {
-    let (code, out, err) = common::cwmpd(&["demo"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cwmpd-demo"))
+        .output()
+        .expect("run cwmpd-demo");
+    let (code, out, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("events [\"0 BOOTSTRAP\", \"1 BOOT\"]"),

@@ -708,8 +708,8 @@ fn provider_check_fails_a_bad_provider() {
 /// of the model still answers.
 #[test]
 fn gpv_of_a_down_providers_subtree_is_a_9002_fault() {
+    use cwmp_testacs::{AcsOptions, spawn_in_thread};
     use cwmpd::cwmp::soap::{AcsRequest, CpeMessage};
-    use cwmpd::testacs::{AcsOptions, spawn_in_thread};
     let acs = spawn_in_thread(AcsOptions::default());
     let d = TempDir::new("ph-gpv-down");
     let st = d.path().join("prov");

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use cwmp_testacs::{AcsAuth, AcsOptions, TestAcsHandle, spawn_in_thread};
 use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue, SetAttr};
-use cwmpd::testacs::{AcsAuth, AcsOptions, TestAcsHandle, spawn_in_thread};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);

@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use cwmp_testacs::{AcsOptions, spawn_in_thread};
 use cwmpd::connreq::stun::TxId;
 use cwmpd::connreq::udpcr::build_udp_cr;
-use cwmpd::testacs::{AcsOptions, spawn_in_thread};
 use serde_json::{Value, json};
 
 const USER: &str = "cr-user";
@@ -877,13 +877,13 @@ fn api_in_ns(ns: &str, addr: &str, method: &str, target: &str) -> Value {
 }
 
 /// Starts the test ACS inside namespace `ns` (its threads inherit the namespace).
-fn acs_in_ns(ns: &str, addr: &str) -> cwmpd::testacs::TestAcsHandle {
+fn acs_in_ns(ns: &str, addr: &str) -> cwmp_testacs::TestAcsHandle {
     let ns = ns.to_string();
     let addr: SocketAddr = addr.parse().unwrap();
     std::thread::spawn(move || {
         let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        cwmpd::testacs::try_spawn_in_thread(addr, AcsOptions::default()).expect("test ACS")
+        cwmp_testacs::try_spawn_in_thread(addr, AcsOptions::default()).expect("test ACS")
     })
     .join()
     .unwrap()
@@ -1489,7 +1489,7 @@ fn unix_now() -> u64 {
 }
 
 /// Waits until a session after the first `from` has ended with `event` in its Inform.
-fn wait_session_with(acs: &cwmpd::testacs::TestAcsHandle, from: usize, event: &str) {
+fn wait_session_with(acs: &cwmp_testacs::TestAcsHandle, from: usize, event: &str) {
     let found = wait_until(WAIT, || {
         acs.sessions()
             .iter()
@@ -1508,7 +1508,7 @@ fn wait_session_with(acs: &cwmpd::testacs::TestAcsHandle, from: usize, event: &s
 /// datagrams in order, back to back: by the time such a session has ended it has handled them
 /// all, so the connection-request counter tells how many were accepted.
 fn deliver_and_wait_session(
-    acs: &cwmpd::testacs::TestAcsHandle,
+    acs: &cwmp_testacs::TestAcsHandle,
     to: SocketAddr,
     datagrams: &[&[u8]],
 ) {
@@ -1522,7 +1522,7 @@ fn deliver_and_wait_session(
     wait_session_with(acs, n0, "6 CONNECTION REQUEST");
 }
 
-fn udp_cr_agent(d: &Path, acs: &cwmpd::testacs::TestAcsHandle, uport: u16) -> (PathBuf, Agent) {
+fn udp_cr_agent(d: &Path, acs: &cwmp_testacs::TestAcsHandle, uport: u16) -> (PathBuf, Agent) {
     let cfg = agent_config(d, &format!("127.0.0.1:{uport}"), &acs.url(), None, "");
     let a = Agent::start(&cfg);
     (cfg, a)

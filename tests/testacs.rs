@@ -1,14 +1,14 @@
-//! Tests of `cwmpd::testacs`, driven by `cwmpd::net::acs::AcsClient` playing
+//! Tests of `cwmp_testacs`, driven by `cwmpd::net::acs::AcsClient` playing
 //! a fake CPE (so both modules are exercised together).
 
 use std::time::Duration;
 
+use cwmp_testacs::{AcsAuth, AcsOptions, TestAcs, spawn_in_thread};
 use cwmpd::cwmp::soap::{
     AcsMessage, AcsRequest, CpeMessage, CwmpNs, DeviceId, Envelope, EventStruct, Inform,
     ParamValue, TransferComplete, emit_cpe, parse_acs_message,
 };
 use cwmpd::net::acs::{AcsClient, AcsError, AcsResponse, TlsSettings};
-use cwmpd::testacs::{AcsAuth, AcsOptions, TestAcs, spawn_in_thread};
 
 const T: Duration = Duration::from_secs(5);
 

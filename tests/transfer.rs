@@ -10,11 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use cwmp_testacs::{
+    AcsAuth, AcsOptions, ServedFile, SessionRecord, TestAcsHandle, spawn_in_thread,
+};
 use cwmpd::cwmp::soap::{
     AcsRequest, CpeMessage, Download, ScheduleDownload, TimeWindow, TransferComplete, Upload,
-};
-use cwmpd::testacs::{
-    AcsAuth, AcsOptions, ServedFile, SessionRecord, TestAcsHandle, spawn_in_thread,
 };
 use serde_json::json;
 

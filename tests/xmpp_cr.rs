@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::prosody::{DOMAIN, Prosody};
 use common::*;
-use cwmpd::testacs::{AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread};
+use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread};
 
 const CR_USER: &str = "cr-user";
 const CR_PASS: &str = "cr pass&<word>";

@@ -237,7 +237,7 @@ pub fn wait_file_contains(path: &Path, needle: &str, timeout: Duration) -> bool 
 }
 
 /// The event codes of a session's Inform.
-pub fn events(s: &cwmpd::testacs::SessionRecord) -> Vec<String> {
+pub fn events(s: &cwmp_testacs::SessionRecord) -> Vec<String> {
     s.inform
         .as_ref()
         .map(|i| i.events.iter().map(|e| e.event_code.clone()).collect())
@@ -245,7 +245,7 @@ pub fn events(s: &cwmpd::testacs::SessionRecord) -> Vec<String> {
 }
 
 /// The value of a parameter in a session's Inform.
-pub fn inform_param(s: &cwmpd::testacs::SessionRecord, name: &str) -> Option<String> {
+pub fn inform_param(s: &cwmp_testacs::SessionRecord, name: &str) -> Option<String> {
     s.inform
         .as_ref()?
         .params

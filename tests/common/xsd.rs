@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use cwmpd::testacs::SessionRecord;
+use cwmp_testacs::SessionRecord;
 
 /// Validates every body the CPE posted in `sessions`; returns how many were checked, or None
 /// (with a printed SKIPPED line) when xmllint is not installed.

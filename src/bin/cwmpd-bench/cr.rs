@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cwmp_testacs::{AcsOptions, TestAcsHandle, try_spawn_in_netns, try_spawn_in_thread};
 use cwmpd::connreq::digest::DigestClient;
 use cwmpd::cwmp::soap::{AcsRequest, ParamValue};
-use cwmpd::testacs::{AcsOptions, TestAcsHandle, try_spawn_in_netns, try_spawn_in_thread};
 use serde_json::{Value, json};
 
 use crate::report::{Foot, Report, Row, Stats};
@@ -307,7 +307,7 @@ rate_burst = 100000
 {public}
 "#,
         d = dir.display(),
-        m = cwmpd::demo::datamodel_dir().display(),
+        m = cwmp_testacs::datamodel_dir().display(),
         http = lay.http_listen,
         udp = lay.udp_listen,
         public = lay

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cwmp_testacs::{AcsOptions, spawn_in_thread};
 use cwmpd::cwmp::soap::{AcsRequest, CpeMessage};
-use cwmpd::testacs::{AcsOptions, spawn_in_thread};
 
 /// The release agent binary next to this one, built on demand when run through cargo.
 pub fn agent_binary() -> Result<PathBuf, String> {
@@ -122,7 +122,7 @@ pub fn measure(params: usize, runs: usize) -> Result<SessionFigures, String> {
     let mut cfg = format!(
         "[agent]\nstate_dir = \"{d}/state\"\ndatamodel = [\"{m}\", \"{d}/vendor\"]\ncontrol_socket = \"{d}/ctl.sock\"\nlog_level = \"warn\"\n[connreq]\nhttp_listen = [\"127.0.0.1:0\"]\nudp_listen = \"127.0.0.1:0\"\n[parameters]\n\"Device.ManagementServer.URL\" = \"{u}\"\n\"Device.DeviceInfo.ManufacturerOUI\" = \"00D09E\"\n\"Device.DeviceInfo.SerialNumber\" = \"BENCH\"\n",
         d = dir.display(),
-        m = cwmpd::demo::datamodel_dir().display(),
+        m = cwmp_testacs::datamodel_dir().display(),
         u = acs.url()
     );
     for r in 1..=rows {

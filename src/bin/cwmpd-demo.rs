@@ -1,30 +1,13 @@
-//! `cwmpd demo`: the agent and the project's test ACS on loopback. The ACS reads and changes
+//! `cwmpd-demo`: the agent and the project's test ACS on loopback (built with the `tools`
+//! feature; never part of the shipped agent). The ACS reads and changes
 //! the box in the boot session, then sends an HTTP connection request, and the demo prints
 //! what crossed the wire, readable by a newcomer.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cwmp::soap::{AcsRequest, CpeMessage, ParamValue};
-use crate::testacs::{AcsOptions, SessionRecord, spawn_in_thread};
-
-/// Where the data-model files are: `CWMPD_DATAMODEL`, `./datamodel`, the source tree, or the
-/// installed location.
-pub fn datamodel_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("CWMPD_DATAMODEL") {
-        return PathBuf::from(d);
-    }
-    for c in [
-        PathBuf::from("datamodel"),
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/datamodel")),
-    ] {
-        if c.join("00-device.xml").exists() {
-            return c.canonicalize().unwrap_or(c);
-        }
-    }
-    PathBuf::from("/usr/share/cwmpd/datamodel")
-}
+use cwmp_testacs::{AcsOptions, SessionRecord, datamodel_dir, spawn_in_thread};
+use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue};
 
 const CHANNEL: &str = "Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel";
 
@@ -151,8 +134,8 @@ fn http_connection_request(url: &str, user: &str, pass: &str) -> Result<String, 
         .map_err(|e| e.to_string())?;
     let (_, challenge) = read_head()?;
     let challenge = challenge.ok_or("no Digest challenge")?;
-    let cnonce = crate::util::codec::to_hex(&crate::util::codec::random_bytes::<8>());
-    let auth = crate::connreq::digest::DigestClient::respond(
+    let cnonce = cwmpd::util::codec::to_hex(&cwmpd::util::codec::random_bytes::<8>());
+    let auth = cwmpd::connreq::digest::DigestClient::respond(
         &challenge, "GET", path, user, pass, &cnonce, 1,
     )
     .map_err(|e| e.to_string())?;
@@ -162,7 +145,7 @@ fn http_connection_request(url: &str, user: &str, pass: &str) -> Result<String, 
     Ok(read_head()?.0)
 }
 
-pub fn run(_args: Vec<String>) -> Result<(), String> {
+fn run() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("cwmpd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -203,14 +186,15 @@ pub fn run(_args: Vec<String>) -> Result<(), String> {
             parameter_key: "demo-3".into(),
         },
     ]);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut agent = Command::new(&exe)
-        .args(["run", "-c"])
-        .arg(&cfg_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start the agent: {e}"))?;
+    // The agent runs in this process, on a thread of its own (the library's `agent::run`, what
+    // the `cwmpd` binary runs), until the demo tells it to stop.
+    let cfg = cwmpd::config::Config::load(&cfg_path).map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        cwmpd::agent::run(cfg, async move {
+            let _ = stop_rx.await;
+        })
+    });
     let result = (|| {
         println!("1. the agent boots and calls the ACS (events 0 BOOTSTRAP, 1 BOOT):");
         let s = acs.wait_sessions(1, Duration::from_secs(20));
@@ -219,7 +203,7 @@ pub fn run(_args: Vec<String>) -> Result<(), String> {
 
         // The ConnectionRequestURL the agent published, read through the control socket.
         let sock = dir.join("ctl.sock");
-        let ans = crate::ctl::request(
+        let ans = cwmpd::ctl::request(
             &sock,
             &serde_json::json!({"op": "get", "names": ["Device.ManagementServer.ConnectionRequestURL", CHANNEL]}),
         )
@@ -247,11 +231,10 @@ pub fn run(_args: Vec<String>) -> Result<(), String> {
         show_session(2, second);
         Ok::<_, String>(())
     })();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = agent.wait();
+    let _ = stop_tx.send(());
+    if let Ok(Err(e)) = agent.join() {
+        println!("agent: {e}");
+    }
     acs.stop();
     let _ = std::fs::remove_dir_all(&dir);
     match &result {
@@ -259,4 +242,11 @@ pub fn run(_args: Vec<String>) -> Result<(), String> {
         Err(e) => println!("\ndemo failed: {e}"),
     }
     result
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
 }

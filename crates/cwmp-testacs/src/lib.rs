@@ -52,12 +52,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::connreq::digest::{DigestError, DigestServer};
-use crate::cwmp::soap::{
+use cwmp_proto::connreq::digest::{DigestError, DigestServer};
+use cwmp_proto::cwmp::soap::{
     AcsMessage, AcsRequest, CpeMessage, CwmpNs, Envelope, Inform, emit_acs, is_empty_body,
     parse_cpe_message,
 };
-use crate::net::acs::base64_decode;
 
 /// Largest request body accepted.
 const MAX_REQUEST: usize = 16 * 1024 * 1024;
@@ -1144,4 +1143,29 @@ fn process(
             }
         }
     }
+}
+
+/// Standard base64 (Basic credentials).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+}
+
+/// Where the data-model files are: `CWMPD_DATAMODEL`, `./datamodel`, the source tree, or the
+/// installed location.
+pub fn datamodel_dir() -> std::path::PathBuf {
+    if let Ok(d) = std::env::var("CWMPD_DATAMODEL") {
+        return std::path::PathBuf::from(d);
+    }
+    for c in [
+        std::path::PathBuf::from("datamodel"),
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../datamodel")),
+    ] {
+        if c.join("00-device.xml").exists() {
+            return c.canonicalize().unwrap_or(c);
+        }
+    }
+    std::path::PathBuf::from("/usr/share/cwmpd/datamodel")
 }
