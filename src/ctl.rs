@@ -27,7 +27,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::engine::Command;
+use crate::command::Command;
 use crate::util::LogLimit;
 
 /// Longest request line accepted, newline included; a longer one is answered with an error

@@ -5,6 +5,7 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod agent;
+pub mod command;
 pub mod config;
 pub mod connreq;
 pub mod ctl;

@@ -42,29 +42,7 @@ pub const CONN_LIFETIME: Duration = Duration::from_secs(60);
 /// Connections served at once; more are accepted and closed at once.
 pub const MAX_CONNECTIONS: usize = 32;
 
-/// What the listener needs from the data model; the engine publishes it on a watch channel.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CrSettings {
-    /// `EnableCWMP && HTTPConnectionRequestEnable`.
-    pub enabled: bool,
-    /// `ConnectionRequestUsername`.
-    pub username: String,
-    /// `ConnectionRequestPassword` (raw value).
-    pub password: String,
-    /// The published URL path, e.g. `/3f9a0c…`.
-    pub path: String,
-}
-
-/// An accepted connection request, sent to the engine.
-#[derive(Clone, Debug)]
-pub struct CrEvent {
-    /// The mechanism: `"http"`.
-    pub mechanism: &'static str,
-    /// When the request was accepted.
-    pub received: Instant,
-    /// Who sent it.
-    pub peer: SocketAddr,
-}
+pub use crate::command::{CrEvent, CrSettings, Mechanism};
 
 /// A random URL path: `/` and 32 hex digits (16 bytes from the system RNG).
 pub fn random_path() -> String {
@@ -161,7 +139,7 @@ impl Handler {
             return empty(StatusCode::SERVICE_UNAVAILABLE);
         }
         let ev = CrEvent {
-            mechanism: "http",
+            mechanism: Mechanism::Http,
             received,
             peer,
         };
@@ -399,7 +377,7 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[CONTENT_LENGTH], "0");
         let ev = f.rx.try_recv().unwrap();
-        assert_eq!(ev.mechanism, "http");
+        assert_eq!(ev.mechanism, Mechanism::Http);
         assert_eq!(ev.peer, peer());
         // Wrong password, and the same nc again: 401 without stale.
         let r = get(&f, Some(&answer(&ch, "wrong", 2)));

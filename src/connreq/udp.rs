@@ -45,12 +45,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::backoff::RateLimiter;
-use super::http::CrEvent;
 use super::stun::{self, DatagramKind};
 use super::stun_client::{
     DiscoveryEvent, Event, Failure, MAX_SENDS, Request, Resolved, Socket, StunClient, Transmit,
 };
 use super::udpcr::{self, Validator};
+use crate::command::CrEvent;
 
 pub use super::stun_client::StunConfig;
 
@@ -319,7 +319,7 @@ async fn recv_opt(
 /// Must run on a tokio `LocalSet` (the rate limiter is shared through `Rc`).
 pub async fn serve(
     sock: UdpSocket,
-    settings: watch::Receiver<crate::engine::Settings>,
+    settings: watch::Receiver<crate::command::Settings>,
     limiter: Rc<RefCell<RateLimiter>>,
     out: Outputs,
     state_dir: PathBuf,
@@ -346,7 +346,7 @@ async fn lookup_opt(lookup: Option<&mut Lookup>) -> Option<Resolved> {
 
 async fn run(
     sock: UdpSocket,
-    mut settings: watch::Receiver<crate::engine::Settings>,
+    mut settings: watch::Receiver<crate::command::Settings>,
     limiter: Rc<RefCell<RateLimiter>>,
     out: Outputs,
     replay_file: Option<PathBuf>,
@@ -677,7 +677,7 @@ impl Driver {
             return;
         }
         let ev = CrEvent {
-            mechanism: "udp",
+            mechanism: crate::command::Mechanism::Udp,
             received: at,
             peer,
         };

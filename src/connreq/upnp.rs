@@ -254,7 +254,7 @@ async fn http(
 pub async fn keep_mapping(
     external: u16,
     internal: u16,
-    engine: tokio::sync::mpsc::Sender<crate::engine::Command>,
+    engine: tokio::sync::mpsc::Sender<crate::command::Command>,
 ) {
     let mut backoff = Duration::from_secs(10);
     let mut published = String::new();
@@ -271,7 +271,7 @@ pub async fn keep_mapping(
                     tracing::info!("UPnP port mapping in place: {base} -> local port {internal}");
                     published = base.clone();
                     if engine
-                        .send(crate::engine::Command::UpnpMapping(base))
+                        .send(crate::command::Command::UpnpMapping(base))
                         .await
                         .is_err()
                     {
@@ -286,7 +286,7 @@ pub async fn keep_mapping(
                 if !published.is_empty() {
                     published.clear();
                     let _ = engine
-                        .send(crate::engine::Command::UpnpMapping(String::new()))
+                        .send(crate::command::Command::UpnpMapping(String::new()))
                         .await;
                 }
                 tokio::time::sleep(backoff).await;

@@ -57,9 +57,9 @@ use tokio_xmpp::xmlstream::{
 use tokio_xmpp::{Stanza, parsers::ns};
 
 use super::backoff::RateLimiter;
-use super::http::CrEvent;
 use super::xmpp_policy::{self as policy, Idle, IqRequest, Output, Phase, XmppPolicy};
-use crate::engine::{Command, Settings};
+use crate::command::CrEvent;
+use crate::command::{Command, Settings};
 
 pub use super::xmpp_policy::{
     CONNECT_TIMEOUT, ConnSettings, ConnectError, DEFAULT_KEEPALIVE, STATS_PERIOD, ServerRow,
@@ -914,7 +914,7 @@ impl Client {
                 tracing::info!("XMPP connection request from {sender} accepted");
                 let peer = SocketAddr::from(([0, 0, 0, 0], 0));
                 let _ = self.out.send(Command::ConnectionRequest(CrEvent {
-                    mechanism: "xmpp",
+                    mechanism: crate::command::Mechanism::Xmpp,
                     received: now,
                     peer,
                 }));

@@ -1,8 +1,4 @@
-//! CWMP: the protocol side (codec, events, the session's state machines) from `cwmp-proto`, and
-//! the agent's drivers on top of it: the session, RPC serving against the store, transfers.
+//! CWMP protocol (codec, events, the session's sans-IO state machines) from `cwmp-proto`; the
+//! agent's session driver, RPC serving and transfers are part of the engine (`crate::engine`).
 
 pub use cwmp_proto::cwmp::{events, exchange, schedule, soap};
-
-pub mod rpc;
-pub mod session;
-pub mod transfer;

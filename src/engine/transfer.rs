@@ -73,12 +73,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::events::EventCode;
-use super::soap::{
+use super::Engine;
+use crate::cwmp::events::EventCode;
+use crate::cwmp::soap::{
     AllQueuedTransfer, Download, QueuedTransfer, ScheduleDownload, TransferComplete, TransferFault,
     Upload, cpe_fault,
 };
-use crate::engine::Engine;
 use crate::model::store::Source;
 use crate::net::files::{self, Target};
 use crate::util::time::{format_datetime, now_unix};
@@ -963,7 +963,9 @@ impl Engine {
         t.fault_string = if code == 0 {
             String::new()
         } else if msg.is_empty() {
-            super::soap::fault_string(code).unwrap_or("").to_string()
+            crate::cwmp::soap::fault_string(code)
+                .unwrap_or("")
+                .to_string()
         } else {
             msg
         };

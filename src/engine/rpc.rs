@@ -3,11 +3,11 @@
 //! built twice), plus the deferred effects (reboot, factory reset, scheduled inform) the session
 //! must carry out after it ends.
 
-use super::soap::{
+use super::Engine;
+use super::transfer::UNKNOWN_TIME;
+use crate::cwmp::soap::{
     self, AcsRequest, CpeMessage, Envelope, Fault as SoapFault, GpnWriter, GpvWriter, ParamAttr,
 };
-use super::transfer::UNKNOWN_TIME;
-use crate::engine::Engine;
 use crate::model::store::AttrSet;
 use crate::model::{Fault, Origin};
 

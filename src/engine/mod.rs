@@ -4,6 +4,10 @@
 //! talks to it through [`Command`]s on one channel. The engine persists after every change
 //! that was acknowledged, before it answers.
 
+pub mod rpc;
+pub mod session;
+pub mod transfer;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -15,30 +19,13 @@ use futures::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::command::{Command, CrEvent, CrSettings, SETTINGS_PREFIXES, Settings};
 use crate::config::{Config, ConfigError};
-use crate::connreq::http::{CrEvent, CrSettings};
 use crate::model::persist::{AgentState, Loaded, State, StateFile};
 use crate::model::schema::Schema;
 use crate::model::store::{AttrSet, LiveSource, ProcfsLive, SetError};
 use crate::model::{Fault, Origin, Store};
 use crate::provider::Provider;
-
-/// A request to the engine.
-pub enum Command {
-    /// A control-socket request (JSON object) and where to send the JSON reply.
-    Ctl(Value, oneshot::Sender<Value>),
-    /// Values pushed by provider N.
-    ProviderNotify(usize, BTreeMap<String, String>),
-    /// A connection request that passed authentication and the rate limit.
-    ConnectionRequest(CrEvent),
-    /// Status reported by a transport (mapped address, NATDetected, JabberID, XMPP Status,
-    /// counters...): written as the device's own values, so notification rules apply.
-    Status(Vec<(String, String)>),
-    /// The UPnP gateway forwards to our HTTP CR listener: its public base URL (empty: gone).
-    UpnpMapping(String),
-    /// Save what is unsaved and stop.
-    Shutdown,
-}
 
 /// Builds the store from a configuration: schema, factory values, persisted state.
 pub fn build_store(cfg: &Config, live: Box<dyn LiveSource>) -> Result<Store, ConfigError> {
@@ -230,7 +217,7 @@ pub struct Engine {
     pub providers: Vec<Provider>,
     pub cfg: Config,
     /// CWMP session state (events, timers, retries).
-    pub cwmp: crate::cwmp::session::CwmpState,
+    pub cwmp: session::CwmpState,
     /// A Shutdown arrived (possibly during a session).
     pub shutdown_requested: bool,
     notify_rx: Option<mpsc::Receiver<(usize, BTreeMap<String, String>)>>,
@@ -273,13 +260,6 @@ pub struct Engine {
     /// rebuilt by a factory reset (so the BOOTSTRAP Inform carries them).
     status_cache: BTreeMap<String, String>,
 }
-
-/// A snapshot of raw parameter values (passwords included) under [`SETTINGS_PREFIXES`], by
-/// full path. Transports derive their configuration from it and get every change.
-pub type Settings = std::sync::Arc<BTreeMap<String, String>>;
-
-/// The subtrees published to transports.
-pub const SETTINGS_PREFIXES: &[&str] = &["Device.ManagementServer.", "Device.XMPP."];
 
 const MS_ENABLE: &str = "Device.ManagementServer.EnableCWMP";
 const MS_URL: &str = "Device.ManagementServer.URL";
@@ -712,9 +692,9 @@ impl Engine {
     /// start a session with "6 CONNECTION REQUEST" here (coalesced, SPEC-NOTES H8/H9).
     fn on_connection_request(&mut self, ev: CrEvent) {
         self.cr_count += 1;
-        self.last_cr = Some((ev.mechanism, ev.received.elapsed()));
+        self.last_cr = Some((ev.mechanism.as_str(), ev.received.elapsed()));
         tracing::debug!(peer = %ev.peer, "accepted connection request");
-        self.connection_request(ev.mechanism, ev.received);
+        self.connection_request(ev.mechanism.as_str(), ev.received);
     }
 
     /// Starts the configured providers (needs a tokio LocalSet).
@@ -1153,15 +1133,12 @@ impl Engine {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 match self
                     .store
-                    .count_values_upto(&refs, crate::cwmp::rpc::MAX_RESPONSE_ENTRIES)
+                    .count_values_upto(&refs, rpc::MAX_RESPONSE_ENTRIES)
                 {
-                    Ok(c) if c > crate::cwmp::rpc::MAX_RESPONSE_ENTRIES => {
+                    Ok(c) if c > rpc::MAX_RESPONSE_ENTRIES => {
                         return fault_json(&Fault::new(
                             9004,
-                            format!(
-                                "answer of {c} values exceeds {}",
-                                crate::cwmp::rpc::MAX_RESPONSE_ENTRIES
-                            ),
+                            format!("answer of {c} values exceeds {}", rpc::MAX_RESPONSE_ENTRIES),
                         ));
                     }
                     Ok(_) => {}
@@ -1280,15 +1257,12 @@ impl Engine {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 match self
                     .store
-                    .count_values_upto(&refs, crate::cwmp::rpc::MAX_RESPONSE_ENTRIES)
+                    .count_values_upto(&refs, rpc::MAX_RESPONSE_ENTRIES)
                 {
-                    Ok(c) if c > crate::cwmp::rpc::MAX_RESPONSE_ENTRIES => {
+                    Ok(c) if c > rpc::MAX_RESPONSE_ENTRIES => {
                         return fault_json(&Fault::new(
                             9004,
-                            format!(
-                                "answer of more than {} entries",
-                                crate::cwmp::rpc::MAX_RESPONSE_ENTRIES
-                            ),
+                            format!("answer of more than {} entries", rpc::MAX_RESPONSE_ENTRIES),
                         ));
                     }
                     Ok(_) => {}

@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::events::{Event, EventCode, EventQueue};
-use super::exchange::{Exchange, ExchangeError, Step};
 use super::rpc::Effect;
-use super::schedule::{Outcome, Scheduler, SessionParams};
-use super::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
-use crate::engine::{Done, Engine};
+use super::{Done, Engine};
+use crate::cwmp::events::{Event, EventCode, EventQueue};
+use crate::cwmp::exchange::{Exchange, ExchangeError, Step};
+use crate::cwmp::schedule::{Outcome, Scheduler, SessionParams};
+use crate::cwmp::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
 use crate::model::persist::{ActionKind, AgentState, PendingAction};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
 use crate::util::time::{current_time_or_unknown, now_unix, parse_datetime};
@@ -26,7 +26,7 @@ const DEFAULT_REBOOT_GRACE: Duration = Duration::from_secs(300);
 /// Session bookkeeping kept by the engine.
 #[derive(Debug, Default)]
 pub struct CwmpState {
-    /// When to open sessions, and the event queue (sans-IO: [`super::schedule`]).
+    /// When to open sessions, and the event queue (sans-IO: [`crate::cwmp::schedule`]).
     pub sched: Scheduler,
     id_counter: u64,
     /// This session sent a large message (worth trimming the heap afterwards).
