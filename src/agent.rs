@@ -12,6 +12,7 @@ async fn start_http_cr(
     engine: &mut Engine,
     tx: mpsc::Sender<Command>,
     limiter: std::rc::Rc<std::cell::RefCell<crate::connreq::backoff::RateLimiter>>,
+    shutdown: &Shutdown,
 ) -> Result<(), String> {
     use crate::connreq::http::CrEvent;
     if cfg.connreq.http_listen.is_empty() {
@@ -44,11 +45,12 @@ async fn start_http_cr(
         } else {
             port
         };
-        tokio::task::spawn_local(crate::connreq::upnp::keep_mapping(
-            external,
-            port,
-            tx.clone(),
-        ));
+        let (stop, done) = (shutdown.signal.subscribe(), shutdown.done.clone());
+        let task = crate::connreq::upnp::keep_mapping(external, port, tx.clone(), stop);
+        tokio::task::spawn_local(async move {
+            task.await;
+            drop(done);
+        });
     }
     engine.set_cr_listen(addrs);
     let (etx, mut erx) = mpsc::channel::<CrEvent>(16);
@@ -119,6 +121,17 @@ async fn start_udp_cr(
     });
 }
 
+/// Graceful shutdown (the mini-redis pattern): tasks that must clean up (the UPnP mapping)
+/// watch `signal` and hold a clone of `done`; the agent waits, bounded, until every clone is
+/// dropped.
+struct Shutdown {
+    signal: tokio::sync::watch::Sender<bool>,
+    done: mpsc::Sender<()>,
+}
+
+/// Longest wait for the engine to save and for tasks to clean up at shutdown.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs the agent on a current-thread runtime until `stop` completes (the binary passes the
 /// SIGTERM/SIGINT wait; the demo a channel), then saves what is unsaved and returns.
 pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
@@ -129,6 +142,9 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
         .map_err(|e| format!("runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        let (signal, _) = tokio::sync::watch::channel(false);
+        let (done, mut all_done) = mpsc::channel::<()>(1);
+        let shutdown = Shutdown { signal, done };
         let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
         engine.start_providers();
         let (tx, rx) = mpsc::channel::<Command>(64);
@@ -140,7 +156,7 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
                 f64::from(cfg.connreq.rate_per_minute) / 60.0,
             ),
         ));
-        start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone()).await?;
+        start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone(), &shutdown).await?;
         start_udp_cr(&cfg, &engine, tx.clone(), limiter.clone()).await;
         // The XMPP connection-request client (idle while ConnReqXMPPConnection is empty).
         tokio::task::spawn_local(crate::connreq::xmpp::run(
@@ -165,8 +181,21 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
         let engine_task = tokio::task::spawn_local(engine.run(rx));
         stop.await;
         tracing::info!("shutting down");
+        // Every task is told; the engine saves what is unsaved; tasks that clean up (the UPnP
+        // mapping) finish; all within SHUTDOWN_BOUND, then the runtime (listeners and the
+        // rest) is dropped.
+        let Shutdown { signal, done } = shutdown;
+        let _ = signal.send(true);
+        drop(done);
         let _ = tx.send(Command::Shutdown).await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), engine_task).await;
+        let finished = tokio::time::timeout(SHUTDOWN_BOUND, async {
+            let _ = engine_task.await;
+            let _ = all_done.recv().await;
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("shutdown took longer than {SHUTDOWN_BOUND:?}; stopping anyway");
+        }
         Ok::<_, String>(())
     })
 }

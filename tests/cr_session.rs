@@ -350,7 +350,26 @@ fn port_forward_opened_by_upnp_igd() {
         assert!(t0.elapsed() < WAIT, "no CR session");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Graceful shutdown (issue #13): the agent removes its port mapping from the gateway.
+    let forwards = || {
+        let out = rig
+            .command("gw", "nft")
+            .args(["list", "chain", "inet", "filter", "prerouting_miniupnpd"])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        forwards().contains("27547"),
+        "mapping in place: {}",
+        forwards()
+    );
     a.stop();
+    assert!(
+        !forwards().contains("27547"),
+        "mapping left behind after SIGTERM: {}",
+        forwards()
+    );
 }
 
 /// Issue #12, defect 6: the ACS host name is resolved off the agent's thread. With a resolver

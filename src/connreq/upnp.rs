@@ -93,6 +93,14 @@ impl Gateway {
         self.call("AddPortMapping", &args).await.map(|_| ())
     }
 
+    /// Removes the mapping of `external` (graceful shutdown).
+    pub async fn delete_port_mapping(&self, external: u16) -> Result<(), String> {
+        let args = format!(
+            "<NewRemoteHost></NewRemoteHost><NewExternalPort>{external}</NewExternalPort><NewProtocol>TCP</NewProtocol>"
+        );
+        self.call("DeletePortMapping", &args).await.map(|_| ())
+    }
+
     async fn call(&self, action: &str, args: &str) -> Result<String, String> {
         let body = format!(
             "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action} xmlns:u=\"{svc}\">{args}</u:{action}></s:Body></s:Envelope>",
@@ -250,22 +258,44 @@ async fn http(
 }
 
 /// Keeps a port mapping on the gateway for the HTTP CR listener's `internal` port, reporting
-/// the public base URL to the engine; retries with back-off when no gateway answers.
+/// the public base URL to the engine; retries with back-off when no gateway answers. When
+/// `shutdown` turns true, the mapping is removed from the gateway (bounded) and the task ends.
 pub async fn keep_mapping(
     external: u16,
     internal: u16,
     engine: tokio::sync::mpsc::Sender<crate::command::Command>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(10);
     let mut published = String::new();
+    let mut gateway: Option<Gateway> = None;
     loop {
         let attempt = async {
             let gw = discover(Duration::from_secs(3)).await?;
             let ip = gw.external_ip().await?;
             gw.add_port_mapping(external, internal).await?;
-            Ok::<_, String>(format!("http://{ip}:{external}/"))
+            Ok::<_, String>((format!("http://{ip}:{external}/"), gw))
         };
-        match attempt.await {
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.wait_for(|s| *s) => Err(String::new()),
+        };
+        if *shutdown.borrow() {
+            if let Some(gw) = &gateway {
+                match tokio::time::timeout(Duration::from_secs(2), gw.delete_port_mapping(external))
+                    .await
+                {
+                    Ok(Ok(())) => tracing::info!("UPnP port mapping {external} removed"),
+                    Ok(Err(e)) => tracing::warn!("UPnP port mapping not removed: {e}"),
+                    Err(_) => tracing::warn!("UPnP port mapping not removed: no answer"),
+                }
+            }
+            return;
+        }
+        match result.map(|(base, gw)| {
+            gateway = Some(gw);
+            base
+        }) {
             Ok(base) => {
                 if base != published {
                     tracing::info!("UPnP port mapping in place: {base} -> local port {internal}");
@@ -279,7 +309,10 @@ pub async fn keep_mapping(
                     }
                 }
                 backoff = Duration::from_secs(10);
-                tokio::time::sleep(LEASE / 2).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(LEASE / 2) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
             }
             Err(e) => {
                 tracing::warn!("UPnP port mapping failed: {e}; next try in {backoff:?}");
@@ -289,7 +322,10 @@ pub async fn keep_mapping(
                         .send(crate::command::Command::UpnpMapping(String::new()))
                         .await;
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(600));
             }
         }
