@@ -1056,6 +1056,22 @@ impl Engine {
         self.refresh_cr();
     }
 
+    /// The answer-size limit of GetParameterValues for the control socket's get and getattr:
+    /// counted (and the counting stopped early) before anything is built.
+    fn check_answer_size(&self, names: &[String]) -> Result<(), Fault> {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let c = self
+            .store
+            .count_values_upto(&refs, rpc::MAX_RESPONSE_ENTRIES)?;
+        if c > rpc::MAX_RESPONSE_ENTRIES {
+            return Err(Fault::new(
+                9004,
+                format!("answer of more than {} entries", rpc::MAX_RESPONSE_ENTRIES),
+            ));
+        }
+        Ok(())
+    }
+
     fn ctl_get_answer(&mut self, names: &[String]) -> Value {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         match self.store.get_values(&refs) {
@@ -1128,21 +1144,8 @@ impl Engine {
                         format!("more than {} names in one request", crate::ctl::MAX_NAMES),
                     ));
                 }
-                // The same answer-size limit as GetParameterValues: counted before anything
-                // is built.
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                match self
-                    .store
-                    .count_values_upto(&refs, rpc::MAX_RESPONSE_ENTRIES)
-                {
-                    Ok(c) if c > rpc::MAX_RESPONSE_ENTRIES => {
-                        return fault_json(&Fault::new(
-                            9004,
-                            format!("answer of {c} values exceeds {}", rpc::MAX_RESPONSE_ENTRIES),
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(f) => return fault_json(&f),
+                if let Err(f) = self.check_answer_size(&names) {
+                    return fault_json(&f);
                 }
                 let mut paths = Vec::new();
                 for n in &names {
@@ -1254,20 +1257,10 @@ impl Engine {
             }
             "getattr" => {
                 let names = str_list(req.get("names"));
-                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                match self
-                    .store
-                    .count_values_upto(&refs, rpc::MAX_RESPONSE_ENTRIES)
-                {
-                    Ok(c) if c > rpc::MAX_RESPONSE_ENTRIES => {
-                        return fault_json(&Fault::new(
-                            9004,
-                            format!("answer of more than {} entries", rpc::MAX_RESPONSE_ENTRIES),
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(f) => return fault_json(&f),
+                if let Err(f) = self.check_answer_size(&names) {
+                    return fault_json(&f);
                 }
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 match self.store.get_attributes(&refs) {
                     Ok(v) => {
                         json!({"ok": true, "attributes": v.iter().map(|(n, no, al)| json!({"name": n, "notification": no, "access_list": al})).collect::<Vec<_>>()})
