@@ -211,15 +211,15 @@ pub(crate) type Task = Pin<Box<dyn std::future::Future<Output = Done>>>;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Engine {
-    pub store: Store,
-    pub state_file: StateFile,
-    pub agent_state: AgentState,
-    pub providers: Vec<Provider>,
-    pub cfg: Config,
+    pub(crate) store: Store,
+    pub(crate) state_file: StateFile,
+    pub(crate) agent_state: AgentState,
+    pub(crate) providers: Vec<Provider>,
+    pub(crate) cfg: Config,
     /// CWMP session state (events, timers, retries).
-    pub cwmp: session::CwmpState,
+    pub(crate) cwmp: session::CwmpState,
     /// A Shutdown arrived (possibly during a session).
-    pub shutdown_requested: bool,
+    pub(crate) shutdown_requested: bool,
     notify_rx: Option<mpsc::Receiver<(usize, BTreeMap<String, String>)>>,
     /// The engine's command channel (set by [`Self::run`]); also served while the engine
     /// waits for the ACS or a provider (see [`Self::serving`]).
@@ -235,10 +235,10 @@ pub struct Engine {
     /// Inputs of the last ConnectionRequestURL computation (skip it when unchanged).
     cr_url_key: Option<(bool, String, Vec<std::net::SocketAddr>)>,
     /// Connection requests accepted since start.
-    pub cr_count: u64,
+    pub(crate) cr_count: u64,
     /// The last accepted connection request: its mechanism and the time from its arrival
     /// (datagram received, request head parsed, IQ read) to the engine taking the trigger.
-    pub last_cr: Option<(&'static str, Duration)>,
+    pub(crate) last_cr: Option<(&'static str, Duration)>,
     /// Set once [`run`](Self::run) has started.
     running: bool,
     /// Raw values (secrets included) of the subtrees transports configure themselves from.

@@ -27,12 +27,12 @@ const DEFAULT_REBOOT_GRACE: Duration = Duration::from_secs(300);
 #[derive(Debug, Default)]
 pub struct CwmpState {
     /// When to open sessions, and the event queue (sans-IO: [`crate::cwmp::schedule`]).
-    pub sched: Scheduler,
+    pub(crate) sched: Scheduler,
     id_counter: u64,
     /// This session sent a large message (worth trimming the heap afterwards).
     big_session: bool,
     /// ACS-requested file transfers (see [`super::transfer`]).
-    pub xfer: super::transfer::Transfers,
+    pub(crate) xfer: super::transfer::Transfers,
     /// What the requests served in the running session asked for, carried out after it
     /// whether it ended cleanly or not (the ACS was told they succeeded).
     effects: Vec<Effect>,
