@@ -466,43 +466,26 @@ impl LineReader {
     }
 }
 
-/// Token bucket for log lines: a burst of `burst`, refilled at `rate` per second. What it
-/// suppresses is counted by kind, and reported with the next line logged.
+/// Rate limit for log lines: the project's token bucket (a burst of `burst`, refilled at
+/// `per_second`), plus what it suppressed, counted by kind and reported with the next line.
 struct RateLimit {
-    burst: f64,
-    rate: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: crate::connreq::backoff::RateLimiter,
     suppressed: Vec<(&'static str, u64)>,
 }
 
 impl RateLimit {
     fn new(burst: u32, per_second: u32) -> RateLimit {
-        let rate = f64::from(per_second.max(1));
-        let burst = f64::from(burst.max(1));
         RateLimit {
-            burst,
-            rate,
-            tokens: burst,
-            last: Instant::now(),
+            bucket: crate::connreq::backoff::RateLimiter::new(
+                burst.max(1),
+                f64::from(per_second.max(1)),
+            ),
             suppressed: Vec::new(),
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.last = now;
-    }
-
     fn token(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket.try_acquire(now.into_std())
     }
 
     /// Whether a line of `kind` may be logged now; if not, it is counted as suppressed.
@@ -542,9 +525,15 @@ impl RateLimit {
 
     /// When a summary of suppressed lines is due.
     fn report_at(&self) -> Option<Instant> {
-        (!self.suppressed.is_empty()).then(|| {
-            self.last + Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
-        })
+        if self.suppressed.is_empty() {
+            return None;
+        }
+        Some(
+            self.bucket
+                .next_token_at()
+                .map(Instant::from_std)
+                .unwrap_or_else(Instant::now),
+        )
     }
 }
 
@@ -1175,7 +1164,7 @@ mod tests {
     #[test]
     fn rate_limit_allows_a_burst_then_counts_by_kind() {
         let mut l = RateLimit::new(5, 5);
-        let t0 = l.last;
+        let t0 = Instant::now();
         let allowed = (0..20)
             .filter(|i| {
                 l.take(

@@ -616,15 +616,6 @@ fn full_disk_gives_a_clear_error_and_no_corruption() {
 // ---------------------------------------------------------------------------------------------
 // Wall-clock jumps.
 
-/// libfaketime of the Debian package (`/usr/lib/<multiarch>/faketime/`).
-fn faketime_lib() -> Option<std::path::PathBuf> {
-    std::fs::read_dir("/usr/lib")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists())
-}
-
 /// The wall clock jumps a day forward, then two days back, while periodic informs run every
 /// 2 s with a PeriodicInformTime phase: informs keep their rhythm (timers are monotonic), with
 /// neither a burst nor a stall. The machine's clock is not touched: libfaketime (LD_PRELOAD)

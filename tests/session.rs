@@ -633,23 +633,6 @@ fn argument_facets_attributes_and_acs_own_changes() {
     let a = Agent::start(&config_for(d.path(), &acs, ""));
     acs.wait_sessions(1, WAIT);
     let key33 = "k".repeat(33);
-    let spv = |name: &str, value: &str, key: &str| AcsRequest::SetParameterValues {
-        list: vec![ParamValue {
-            name: name.into(),
-            value: value.into(),
-            xsi_type: None,
-        }],
-        parameter_key: key.into(),
-    };
-    let attr = |name: &str, n: u8| AcsRequest::SetParameterAttributes {
-        list: vec![SetAttr {
-            name: name.into(),
-            notification_change: true,
-            notification: Some(n),
-            access_list_change: false,
-            access_list: vec![],
-        }],
-    };
     acs.queue(vec![
         // Passive notification on the parameters the ACS's own requests change.
         attr("Device.ManagementServer.ParameterKey", 1),
@@ -857,12 +840,7 @@ fn delay_reboot_and_schedule_reboot_reboot_the_box() {
 /// the agent's clock.
 #[test]
 fn inform_current_time_is_unknown_while_the_clock_is_not_set() {
-    let lib = std::fs::read_dir("/usr/lib").ok().and_then(|d| {
-        d.flatten()
-            .map(|e| e.path().join("faketime/libfaketime.so.1"))
-            .find(|p| p.exists())
-    });
-    let Some(lib) = lib else {
+    let Some(lib) = faketime_lib() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI: libfaketime is not installed"
@@ -897,15 +875,6 @@ fn set_attributes_on_a_partial_path_skips_forced_parameters() {
     let d = TempDir::new("sess-spa-partial");
     let a = Agent::start(&config_for(d.path(), &acs, ""));
     acs.wait_sessions(1, WAIT);
-    let attr = |name: &str, n: u8| AcsRequest::SetParameterAttributes {
-        list: vec![SetAttr {
-            name: name.into(),
-            notification_change: true,
-            notification: Some(n),
-            access_list_change: false,
-            access_list: vec![],
-        }],
-    };
     acs.queue(vec![
         attr("Device.DeviceInfo.", 1),
         attr("Device.DeviceInfo.SoftwareVersion", 1),
@@ -971,4 +940,29 @@ fn a_flapping_active_value_starts_a_bounded_number_of_sessions() {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("flapping: {n} changes in 12 s → {after_flapping} sessions");
+}
+
+/// SetParameterAttributes of one name to Notification `n`.
+fn attr(name: &str, n: u8) -> AcsRequest {
+    AcsRequest::SetParameterAttributes {
+        list: vec![SetAttr {
+            name: name.into(),
+            notification_change: true,
+            notification: Some(n),
+            access_list_change: false,
+            access_list: vec![],
+        }],
+    }
+}
+
+/// SetParameterValues of one parameter with a ParameterKey.
+fn spv(name: &str, value: &str, key: &str) -> AcsRequest {
+    AcsRequest::SetParameterValues {
+        list: vec![ParamValue {
+            name: name.into(),
+            value: value.into(),
+            xsi_type: None,
+        }],
+        parameter_key: key.into(),
+    }
 }

@@ -236,6 +236,16 @@ pub fn wait_file_contains(path: &Path, needle: &str, timeout: Duration) -> bool 
     false
 }
 
+/// libfaketime of the Debian package (`/usr/lib/<multiarch>/faketime/`): moves only the
+/// clock of the process it is preloaded into.
+pub fn faketime_lib() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
+
 /// The event codes of a session's Inform.
 pub fn events(s: &cwmp_testacs::SessionRecord) -> Vec<String> {
     s.inform

@@ -169,6 +169,20 @@ impl RateLimiter {
         }
     }
 
+    /// When the next token is available (None: never, the bucket does not refill); the time of
+    /// the last use when one is available already.
+    pub fn next_token_at(&self) -> Option<Instant> {
+        let last = self.last?;
+        if self.tokens >= 1.0 - 1e-9 {
+            return Some(last);
+        }
+        if self.refill_per_sec <= 0.0 {
+            return None;
+        }
+        let secs = ((1.0 - self.tokens) / self.refill_per_sec).min(86_400.0);
+        Some(last + Duration::from_secs_f64(secs))
+    }
+
     /// Tokens currently available (after refilling up to `now`).
     pub fn available(&mut self, now: Instant) -> u32 {
         self.refill(now);
