@@ -95,15 +95,7 @@ fn truthy(v: &str) -> bool {
 
 /// The host part of an http(s) URL (`None` for anything else).
 pub fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let auth = rest.split(['/', '?', '#']).next()?;
-    let auth = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-    let host = if let Some(v6) = auth.strip_prefix('[') {
-        v6.split_once(']')?.0
-    } else {
-        auth.rsplit_once(':').map_or(auth, |(h, _)| h)
-    };
-    (!host.is_empty()).then(|| host.to_string())
+    crate::net::url::Url::parse(url).ok().map(|u| u.host)
 }
 
 /// The keep-alive period: the minimum (at least 1 s), unless a maximum (≠ -1) is smaller.

@@ -130,146 +130,15 @@ impl fmt::Display for AcsError {
 
 impl std::error::Error for AcsError {}
 
-/// A parsed `http`/`https` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Url {
-    pub(crate) https: bool,
-    /// Host without brackets (IPv6 literals bare).
-    pub(crate) host: String,
-    pub(crate) port: u16,
-    /// Path and query, always starting with `/`.
-    pub(crate) path: String,
+impl From<super::url::UrlError> for AcsError {
+    fn from(e: super::url::UrlError) -> Self {
+        AcsError::BadUrl(e.0)
+    }
 }
 
+pub(crate) use super::url::Url;
+
 impl Url {
-    pub(crate) fn parse(s: &str) -> Result<Url, AcsError> {
-        let bad = |why: &str| AcsError::BadUrl(format!("{why}: {s}"));
-        let s = s.trim();
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
-        let https = if scheme.eq_ignore_ascii_case("http") {
-            false
-        } else if scheme.eq_ignore_ascii_case("https") {
-            true
-        } else {
-            return Err(bad("scheme must be http or https"));
-        };
-        let rest = rest.split('#').next().unwrap_or("");
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(end);
-        let authority = authority.rsplit('@').next().unwrap_or("");
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            if h.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(bad("bad IPv6 literal"));
-            }
-            let port = match after {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
-            };
-            (h.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
-            }
-        };
-        let bad_byte =
-            |b: u8| b.is_ascii_whitespace() || b.is_ascii_control() || b"/?#@[]".contains(&b);
-        let is_v6 = authority.starts_with('[');
-        if host.is_empty() || (!is_v6 && (host.contains(':') || host.bytes().any(bad_byte))) {
-            return Err(bad("bad host"));
-        }
-        let port = match port {
-            None | Some("") => {
-                if https {
-                    443
-                } else {
-                    80
-                }
-            }
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| bad("bad port"))?,
-        };
-        let path = if path.is_empty() {
-            "/".to_string()
-        } else if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_string()
-        };
-        if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(bad("bad path"));
-        }
-        Ok(Url {
-            https,
-            host,
-            port,
-            path,
-        })
-    }
-
-    fn default_port(&self) -> u16 {
-        if self.https { 443 } else { 80 }
-    }
-
-    /// `host[:port]` for the Host header and for display.
-    pub(crate) fn authority(&self) -> String {
-        let h = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == self.default_port() {
-            h
-        } else {
-            format!("{h}:{}", self.port)
-        }
-    }
-
-    pub(crate) fn to_url_string(&self) -> String {
-        format!(
-            "{}://{}{}",
-            if self.https { "https" } else { "http" },
-            self.authority(),
-            self.path
-        )
-    }
-
-    pub(crate) fn same_origin(&self, o: &Url) -> bool {
-        self.https == o.https && self.host.eq_ignore_ascii_case(&o.host) && self.port == o.port
-    }
-
-    /// Resolves a `Location` value against this URL.
-    pub(crate) fn join(&self, location: &str) -> Result<Url, AcsError> {
-        let loc = location.trim();
-        if loc.contains("://") {
-            return Url::parse(loc);
-        }
-        let mut u = self.clone();
-        if let Some(rest) = loc.strip_prefix("//") {
-            let scheme = if self.https { "https" } else { "http" };
-            return Url::parse(&format!("{scheme}://{rest}"));
-        }
-        let loc = loc.split('#').next().unwrap_or("");
-        u.path = if loc.starts_with('/') {
-            loc.to_string()
-        } else if loc.starts_with('?') {
-            let base = self.path.split('?').next().unwrap_or("/");
-            format!("{base}{loc}")
-        } else {
-            let base = self.path.split('?').next().unwrap_or("/");
-            let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
-            format!("{dir}{loc}")
-        };
-        if u.path.is_empty() {
-            u.path = "/".into();
-        }
-        Ok(u)
-    }
-
     fn origin(&self) -> Origin {
         Origin {
             https: self.https,
@@ -1284,49 +1153,6 @@ impl BodyDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_parsing() {
-        let u = Url::parse("http://acs.example.com/acs?x=1").unwrap();
-        assert_eq!(
-            (u.https, u.host.as_str(), u.port, u.path.as_str()),
-            (false, "acs.example.com", 80, "/acs?x=1")
-        );
-        let u = Url::parse("HTTPS://[::1]:8443").unwrap();
-        assert_eq!(
-            (u.https, u.host.as_str(), u.port, u.path.as_str()),
-            (true, "::1", 8443, "/")
-        );
-        assert_eq!(u.authority(), "[::1]:8443");
-        assert_eq!(u.to_url_string(), "https://[::1]:8443/");
-        let u = Url::parse("https://user:pw@10.0.0.1/a/b").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("10.0.0.1", 443));
-        assert_eq!(u.authority(), "10.0.0.1");
-        for bad in [
-            "ftp://x/",
-            "http://",
-            "http://host:0/",
-            "http://host:99999/",
-            "http://[zz]/",
-            "acs.example.com/acs",
-            "http://a b/",
-        ] {
-            assert!(Url::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn url_join() {
-        let u = Url::parse("http://h:81/a/b?q").unwrap();
-        assert_eq!(u.join("/x").unwrap().to_url_string(), "http://h:81/x");
-        assert_eq!(u.join("c?d").unwrap().to_url_string(), "http://h:81/a/c?d");
-        assert_eq!(u.join("?z").unwrap().to_url_string(), "http://h:81/a/b?z");
-        assert_eq!(u.join("//o:5/p").unwrap().to_url_string(), "http://o:5/p");
-        assert_eq!(
-            u.join("https://[::1]/y").unwrap().to_url_string(),
-            "https://[::1]/y"
-        );
-    }
 
     #[test]
     fn base64_round_trip() {

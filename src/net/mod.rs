@@ -2,3 +2,4 @@
 
 pub mod acs;
 pub mod files;
+pub mod url;
