@@ -149,7 +149,7 @@ fn lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-type Reply = oneshot::Sender<Result<Value, String>>;
+type Reply = oneshot::Sender<Result<Value, ProviderError>>;
 
 struct Request {
     op: &'static str,
@@ -226,6 +226,24 @@ impl Provider {
         }
     }
 
+    /// A handle whose program never runs (its request channel is closed): for tests of the
+    /// engine's pure halves, which never call it.
+    #[cfg(test)]
+    pub(crate) fn detached(index: usize, prefix: &str) -> Provider {
+        let (tx, _) = mpsc::channel(1);
+        Provider {
+            index,
+            prefix: prefix.to_string(),
+            timeout: Duration::from_secs(1),
+            queue: 1,
+            tx,
+            shared: Arc::new(Mutex::new(Shared {
+                stats: ProviderStats::default(),
+                retry_at: None,
+            })),
+        }
+    }
+
     /// Counters and state (for `cwmpd ctl status`).
     pub fn stats(&self) -> ProviderStats {
         lock(&self.shared).stats.clone()
@@ -235,22 +253,34 @@ impl Provider {
         lock(&self.shared).stats.state
     }
 
-    async fn call(&self, op: &'static str, body: Map<String, Value>) -> Result<Value, String> {
+    async fn call(
+        &self,
+        op: &'static str,
+        body: Map<String, Value>,
+    ) -> Result<Value, ProviderError> {
         let now = Instant::now();
         {
             let mut sh = lock(&self.shared);
             match sh.stats.state {
                 ProviderState::BackOff => {
                     sh.stats.not_running += 1;
-                    return Err(not_running_message(&sh, now));
+                    return Err(ProviderError::NotRunning {
+                        why: sh
+                            .stats
+                            .last_problem
+                            .clone()
+                            .unwrap_or_else(|| "ended".into()),
+                        retry_in_ms: sh
+                            .retry_at
+                            .map(|t| t.saturating_duration_since(now).as_millis()),
+                    });
                 }
                 ProviderState::Stopped => {
-                    return Err(format!(
-                        "provider stopped: {}",
+                    return Err(ProviderError::Stopped(
                         sh.stats
                             .last_problem
-                            .as_deref()
-                            .unwrap_or("agent shutting down")
+                            .clone()
+                            .unwrap_or_else(|| "agent shutting down".into()),
                     ));
                 }
                 ProviderState::Starting | ProviderState::Running => {}
@@ -268,32 +298,29 @@ impl Provider {
             return Err(match e {
                 TrySendError::Full(_) => {
                     lock(&self.shared).stats.busy += 1;
-                    format!("provider busy: {} requests already waiting", self.queue)
+                    ProviderError::Busy(self.queue)
                 }
-                TrySendError::Closed(_) => "provider stopped".to_string(),
+                TrySendError::Closed(_) => ProviderError::Stopped("its worker ended".into()),
             });
         }
         match tokio::time::timeout_at(deadline + GRACE, answer).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err("provider stopped".into()),
+            Ok(Err(_)) => Err(ProviderError::Stopped("its worker ended".into())),
             Err(_) => {
                 lock(&self.shared).stats.timeouts += 1;
-                Err(format!(
-                    "provider did not answer within {} ms",
-                    self.timeout.as_millis()
-                ))
+                Err(ProviderError::Timeout(self.timeout.as_millis()))
             }
         }
     }
 
-    pub async fn get(&self, paths: &[String]) -> Result<BTreeMap<String, String>, String> {
+    pub async fn get(&self, paths: &[String]) -> Result<BTreeMap<String, String>, ProviderError> {
         let mut body = Map::new();
         body.insert("paths".into(), Value::from(paths.to_vec()));
         let v = self.call("get", body).await?;
         Ok(string_map(&v))
     }
 
-    pub async fn set(&self, values: &[(String, String)]) -> Result<(), String> {
+    pub async fn set(&self, values: &[(String, String)]) -> Result<(), ProviderError> {
         let m: Map<String, Value> = values
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
@@ -303,33 +330,49 @@ impl Provider {
         self.call("set", body).await.map(|_| ())
     }
 
-    pub async fn add(&self, table: &str, instance: u32) -> Result<(), String> {
+    pub async fn add(&self, table: &str, instance: u32) -> Result<(), ProviderError> {
         let mut body = Map::new();
         body.insert("object".into(), Value::from(table));
         body.insert("instance".into(), Value::from(instance));
         self.call("add", body).await.map(|_| ())
     }
 
-    pub async fn delete(&self, object: &str) -> Result<(), String> {
+    pub async fn delete(&self, object: &str) -> Result<(), ProviderError> {
         let mut body = Map::new();
         body.insert("object".into(), Value::from(object));
         self.call("delete", body).await.map(|_| ())
     }
 }
 
-fn not_running_message(sh: &Shared, now: Instant) -> String {
-    let why = sh.stats.last_problem.as_deref().unwrap_or("ended");
-    match sh.retry_at {
-        Some(t) => format!(
-            "provider not running ({why}); next start in {} ms",
-            t.saturating_duration_since(now).as_millis()
-        ),
-        None => format!("provider not running ({why})"),
-    }
+/// Why a provider call gave no answer (the engine turns it into a CWMP fault naming the
+/// provider; docs/PROVIDERS.md).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Backing off after a crash or hang; `retry_in_ms` until the next start.
+    #[error("provider not running ({why}){}", retry_note(*.retry_in_ms))]
+    NotRunning {
+        why: String,
+        retry_in_ms: Option<u128>,
+    },
+    /// Stopped for good (agent shutting down, or the worker is gone).
+    #[error("provider stopped: {0}")]
+    Stopped(String),
+    /// Its request queue is full.
+    #[error("provider busy: {0} requests already waiting")]
+    Busy(usize),
+    /// No answer within the configured timeout (milliseconds).
+    #[error("provider did not answer within {0} ms")]
+    Timeout(u128),
+    /// It answered with an error, a malformed answer, or died while the request was open.
+    #[error("{0}")]
+    Failed(String),
 }
 
-/// Values of an answer or a notify as strings (numbers and booleans converted; other
-/// values skipped).
+fn retry_note(ms: Option<u128>) -> String {
+    ms.map(|ms| format!("; next start in {ms} ms"))
+        .unwrap_or_default()
+}
+
 fn string_map(v: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Value::Object(m) = v {
@@ -617,7 +660,9 @@ impl Task {
             }) = ended
             {
                 for (_, p) in pending {
-                    let _ = p.reply.send(Err(format!("provider {cause}; restarting")));
+                    let _ = p.reply.send(Err(ProviderError::Failed(format!(
+                        "provider {cause}; restarting"
+                    ))));
                 }
                 if let Some((pipe, lines)) = stderr {
                     self.drain_stderr(pipe, lines).await;
@@ -653,7 +698,16 @@ impl Task {
                             let msg = {
                                 let mut sh = lock(&self.shared);
                                 sh.stats.not_running += 1;
-                                not_running_message(&sh, Instant::now())
+                                ProviderError::NotRunning {
+                                    why: sh
+                                        .stats
+                                        .last_problem
+                                        .clone()
+                                        .unwrap_or_else(|| "ended".into()),
+                                    retry_in_ms: sh.retry_at.map(|t| {
+                                        t.saturating_duration_since(Instant::now()).as_millis()
+                                    }),
+                                }
                             };
                             let _ = req.reply.send(Err(msg));
                         }
@@ -805,10 +859,9 @@ impl Task {
         }
         if Instant::now() >= req.deadline {
             lock(&self.shared).stats.timeouts += 1;
-            let _ = req.reply.send(Err(format!(
-                "provider busy: not sent within {} ms",
-                self.timeout.as_millis()
-            )));
+            let _ = req
+                .reply
+                .send(Err(ProviderError::Timeout(self.timeout.as_millis())));
             return;
         }
         let id = self.next_id;
@@ -819,7 +872,9 @@ impl Task {
         out.clear();
         if serde_json::to_writer(&mut *out, &Value::Object(body)).is_err() {
             out.clear();
-            let _ = req.reply.send(Err("request not serialisable".into()));
+            let _ = req.reply.send(Err(ProviderError::Failed(
+                "request not serialisable".into(),
+            )));
             return;
         }
         out.push(b'\n');
@@ -945,10 +1000,12 @@ impl Task {
             }
             let result = match answer_result(p.op, &mut obj) {
                 Ok(v) => Ok(v),
-                Err(AnswerError::Refused(why)) => Err(why),
+                Err(AnswerError::Refused(why)) => Err(ProviderError::Failed(why)),
                 Err(AnswerError::Malformed(why)) => {
                     self.bad(why, line);
-                    Err(format!("provider gave a malformed answer: {why}"))
+                    Err(ProviderError::Failed(format!(
+                        "provider gave a malformed answer: {why}"
+                    )))
                 }
             };
             let _ = p.reply.send(result);

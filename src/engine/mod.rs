@@ -108,7 +108,11 @@ pub enum Done {
 }
 
 /// What providers answered to reads: (provider, paths asked, values or why not).
-pub(crate) type Fetched = Vec<(usize, Vec<String>, Result<BTreeMap<String, String>, String>)>;
+pub(crate) type Fetched = Vec<(
+    usize,
+    Vec<String>,
+    Result<BTreeMap<String, String>, crate::provider::ProviderError>,
+)>;
 
 /// The second half of a control request that needed provider IO.
 pub enum CtlOp {
@@ -123,11 +127,11 @@ pub enum CtlOp {
     Add {
         table: String,
         instance: u32,
-        result: Result<(), String>,
+        result: Result<(), crate::provider::ProviderError>,
     },
     Delete {
         object: String,
-        result: Result<(), String>,
+        result: Result<(), crate::provider::ProviderError>,
     },
 }
 
@@ -141,13 +145,13 @@ pub(crate) struct SetPlan {
 type Values = Vec<(String, String)>;
 
 impl SetPlan {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
 
     /// Writes every provider's part; when one refuses (or fails), the parts already written
     /// are put back to their old values (all or nothing across providers).
-    async fn apply(self) -> Result<(), SetError> {
+    pub(crate) async fn apply(self) -> Result<(), SetError> {
         let mut done: Vec<(Provider, Vec<(String, String)>)> = Vec::new();
         for (p, new, old) in self.writes {
             if let Err(e) = p.set(&new).await {
@@ -166,7 +170,7 @@ impl SetPlan {
                     ),
                     per_param: new
                         .iter()
-                        .map(|(n, _)| (n.clone(), Fault::new(9002, e.clone())))
+                        .map(|(n, _)| (n.clone(), Fault::new(9002, e.to_string())))
                         .collect(),
                 });
             }
@@ -176,7 +180,7 @@ impl SetPlan {
     }
 
     /// The plan that puts every provider back to the old values.
-    fn undo(&self) -> SetPlan {
+    pub(crate) fn undo(&self) -> SetPlan {
         SetPlan {
             writes: self
                 .writes
@@ -188,7 +192,7 @@ impl SetPlan {
 }
 
 /// Reads of provider-backed parameters, as a future that borrows nothing from the engine.
-async fn fetch(reads: Vec<(Provider, Vec<String>)>) -> Fetched {
+pub(crate) async fn fetch(reads: Vec<(Provider, Vec<String>)>) -> Fetched {
     let mut out = Vec::with_capacity(reads.len());
     for (p, paths) in reads {
         let r = p.get(&paths).await;
@@ -594,7 +598,7 @@ impl Engine {
     /// The addresses of the ACS host: an IP literal at once, a name from the last resolution
     /// (starting one when there is none for this host).
     fn acs_addresses(&mut self, acs: &str) -> Option<Vec<SocketAddr>> {
-        let (host, port) = acs_host_port(acs)?;
+        let (host, port) = crate::net::url::Url::host_port(acs)?;
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Some(vec![SocketAddr::new(ip, port)]);
         }
@@ -641,7 +645,7 @@ impl Engine {
     /// which must carry the URL), serving the engine's commands meanwhile.
     pub(crate) async fn ensure_acs_route(&mut self) {
         let acs = self.store.secret(MS_URL).unwrap_or("").to_string();
-        let Some((host, port)) = acs_host_port(&acs) else {
+        let Some((host, port)) = crate::net::url::Url::host_port(&acs) else {
             return;
         };
         let known = host.parse::<IpAddr>().is_ok()
@@ -712,7 +716,7 @@ impl Engine {
     }
 
     /// Writes the state file. Errors are logged and returned.
-    pub fn persist(&mut self) -> Result<(), String> {
+    pub fn persist(&mut self) -> Result<(), crate::model::persist::PersistError> {
         let st = State {
             model: self.store.snapshot(),
             agent: self.agent_state.clone(),
@@ -728,13 +732,16 @@ impl Engine {
                     "cannot save state to {}: {e}",
                     self.state_file.path().display()
                 );
-                Err(format!("state not saved: {e}"))
+                Err(crate::model::persist::PersistError {
+                    path: self.state_file.path().to_path_buf(),
+                    source: e,
+                })
             }
         }
     }
 
     /// The provider reads needed to refresh the cached values among `paths` (None: none).
-    fn external_reads(&self, paths: &[String]) -> Option<Vec<(Provider, Vec<String>)>> {
+    pub(crate) fn external_reads(&self, paths: &[String]) -> Option<Vec<(Provider, Vec<String>)>> {
         let wanted = self.store.external_of(paths);
         if wanted.is_empty() {
             return None;
@@ -752,7 +759,7 @@ impl Engine {
 
     /// Stores what providers answered. A provider that failed (down, hung, refused) makes
     /// the answer a fault 9002 naming it: its cached values are not passed off as current.
-    fn apply_fetched(&mut self, results: Fetched) -> Result<(), Fault> {
+    pub(crate) fn apply_fetched(&mut self, results: Fetched) -> Result<(), Fault> {
         let mut failed = None;
         for (i, asked, r) in results {
             match r {
@@ -778,18 +785,6 @@ impl Engine {
             }
         }
         failed.map_or(Ok(()), Err)
-    }
-
-    /// Refreshes the cached values of provider-backed parameters among `paths`, serving the
-    /// engine's commands while the providers answer.
-    pub async fn refresh_external(&mut self, paths: &[String]) -> Result<(), Fault> {
-        match self.external_reads(paths) {
-            Some(reads) => {
-                let r = self.serving(fetch(reads)).await;
-                self.apply_fetched(r)
-            }
-            None => Ok(()),
-        }
     }
 
     /// One poll of live and provider-backed parameters with notification on. Provider reads
@@ -840,7 +835,7 @@ impl Engine {
     }
 
     /// Checks a SetParameterValues and plans its provider writes; nothing is changed yet.
-    fn set_prepare(
+    pub(crate) fn set_prepare(
         &self,
         list: &[(String, String, Option<String>)],
         origin: Origin,
@@ -880,7 +875,7 @@ impl Engine {
 
     /// The store side of a SetParameterValues whose providers accepted it: applied and made
     /// durable, or undone (a change the caller is told succeeded must survive a power cut).
-    fn set_commit(
+    pub(crate) fn set_commit(
         &mut self,
         list: &[(String, String, Option<String>)],
         origin: Origin,
@@ -893,10 +888,10 @@ impl Engine {
         if let Err(e) = self.persist() {
             self.store.revert_values(&before);
             return Err(SetError {
-                fault: Fault::new(9002, e.clone()),
+                fault: Fault::new(9002, e.to_string()),
                 per_param: list
                     .iter()
-                    .map(|(n, _, _)| (n.clone(), Fault::new(9002, e.clone())))
+                    .map(|(n, _, _)| (n.clone(), Fault::new(9002, e.to_string())))
                     .collect(),
             });
         }
@@ -905,7 +900,7 @@ impl Engine {
 
     /// Puts providers back (`undo`, from [`SetPlan::undo`]) when their part of a set could
     /// not be kept: a task of the engine.
-    fn push_undo(&mut self, undo: SetPlan) {
+    pub(crate) fn push_undo(&mut self, undo: SetPlan) {
         if !undo.is_empty() {
             self.tasks.push(Box::pin(
                 async move { Done::Compensated(undo.apply().await) },
@@ -913,70 +908,26 @@ impl Engine {
         }
     }
 
-    /// A SetParameterValues from any origin: validated, written through to the providers
-    /// (all or nothing across them, the engine serving its commands meanwhile), then stored
-    /// and persisted.
-    pub async fn set_values(
-        &mut self,
-        list: &[(String, String, Option<String>)],
-        origin: Origin,
-    ) -> Result<Vec<String>, SetError> {
-        let plan = self.set_prepare(list, origin)?;
-        if !plan.is_empty() {
-            let undo = plan.undo();
-            self.serving(plan.apply()).await?;
-            let r = self.set_commit(list, origin);
-            if r.is_err() {
-                self.push_undo(undo);
-            }
-            return r;
-        }
-        self.set_commit(list, origin)
-    }
-
-    /// AddObject with provider notification and persistence.
-    pub async fn add_object(&mut self, table: &str, origin: Origin) -> Result<u32, Fault> {
-        let n = self.store.add_object(table, origin)?;
-        if let Some(p) = self.provider_for(table) {
-            let t = table.to_string();
-            if let Err(e) = self.serving(async move { p.add(&t, n).await }).await {
-                let _ = self
-                    .store
-                    .delete_object(&format!("{table}{n}."), Origin::Internal);
-                return Err(Fault::new(9002, format!("provider refused: {e}")));
-            }
-        }
-        self.add_commit(table, n)
-    }
-
-    fn add_commit(&mut self, table: &str, n: u32) -> Result<u32, Fault> {
+    pub(crate) fn add_commit(&mut self, table: &str, n: u32) -> Result<u32, Fault> {
         if let Err(e) = self.persist() {
             // Not durable: undo, so the state matches what the ACS is told (a fault).
             let _ = self
                 .store
                 .delete_object(&format!("{table}{n}."), Origin::Internal);
-            return Err(Fault::new(9002, e));
+            return Err(Fault::new(9002, e.to_string()));
         }
         Ok(n)
     }
 
-    pub async fn delete_object(&mut self, obj: &str, origin: Origin) -> Result<(), Fault> {
-        // Check before telling the provider.
-        if let Some(p) = self.provider_for(obj) {
-            self.store
-                .get_names(obj, true)
-                .map_err(|_| Fault::new(9005, format!("no object {obj}")))?;
-            let o = obj.to_string();
-            self.serving(async move { p.delete(&o).await })
-                .await
-                .map_err(|e| Fault::new(9002, format!("provider refused: {e}")))?;
-        }
+    /// The store side of a DeleteObject whose provider (if any) accepted it.
+    pub(crate) fn acs_delete_commit(&mut self, obj: &str, origin: Origin) -> Result<(), Fault> {
         self.store.delete_object(obj, origin)?;
-        self.persist().map_err(|e| Fault::new(9002, e))?;
+        self.persist()
+            .map_err(|e| Fault::new(9002, e.to_string()))?;
         Ok(())
     }
 
-    fn provider_for(&self, path: &str) -> Option<Provider> {
+    pub(crate) fn provider_for(&self, path: &str) -> Option<Provider> {
         let g = crate::model::schema::generic_path(path);
         self.providers
             .iter()
@@ -1085,7 +1036,7 @@ impl Engine {
         match self.store.delete_object(obj, Origin::Local) {
             Ok(()) => match self.persist() {
                 Ok(()) => json!({"ok": true}),
-                Err(e) => fault_json(&Fault::new(9002, e)),
+                Err(e) => fault_json(&Fault::new(9002, e.to_string())),
             },
             Err(f) => fault_json(&f),
         }
@@ -1286,7 +1237,7 @@ impl Engine {
                 }]) {
                     Ok(()) => match self.persist() {
                         Ok(()) => json!({"ok": true}),
-                        Err(e) => fault_json(&Fault::new(9002, e)),
+                        Err(e) => fault_json(&Fault::new(9002, e.to_string())),
                     },
                     Err(f) => fault_json(&f),
                 }
@@ -1435,26 +1386,6 @@ impl Engine {
 
 fn parse_secret(s: &str) -> Option<[u8; 32]> {
     crate::util::codec::from_hex(s)?.try_into().ok()
-}
-
-/// Host and port of an http(s) URL's authority (brackets of an IPv6 literal removed).
-fn acs_host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    if authority.is_empty() {
-        return None;
-    }
-    let default_port = if url.starts_with("https") { 443 } else { 80 };
-    if let Some(h) = authority.strip_prefix('[') {
-        let (h, after) = h.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((h.to_string(), port.unwrap_or(default_port)));
-    }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((authority.to_string(), default_port)),
-    }
 }
 
 /// Resolves a host name off the engine's thread (tokio's resolver runs getaddrinfo on a

@@ -3,13 +3,15 @@
 //! built twice), plus the deferred effects (reboot, factory reset, scheduled inform) the session
 //! must carry out after it ends.
 
-use super::Engine;
 use super::transfer::UNKNOWN_TIME;
+use super::{Engine, Fetched, SetPlan, fetch};
 use crate::cwmp::soap::{
     self, AcsRequest, CpeMessage, Envelope, Fault as SoapFault, GpnWriter, GpvWriter, ParamAttr,
 };
 use crate::model::store::AttrSet;
+use crate::model::store::SetError;
 use crate::model::{Fault, Origin};
+use crate::provider::{Provider, ProviderError};
 
 /// RPCs this agent serves (GetRPCMethods answer).
 pub const METHODS: &[&str] = &[
@@ -84,8 +86,165 @@ impl Engine {
         }
     }
 
-    /// Serves one ACS request; the response envelope is appended to `out`.
+    /// Serves one ACS request; the response envelope is appended to `out`. The driver's part:
+    /// the pure first half ([`Engine::rpc_begin`]), the provider IO it asks for (the only
+    /// await, the engine serving its commands meanwhile), the pure second half
+    /// ([`Engine::rpc_end`]).
     pub async fn serve_rpc(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) {
+        if let Some((io, resume)) = self.rpc_begin(env, out) {
+            let done = self.serving(io.run()).await;
+            self.rpc_end(env, resume, done, out);
+        }
+    }
+
+    /// Writes a GetParameterValues answer (streamed from the store) or the fault.
+    fn write_gpv(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        names: &[String],
+        count: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Reserve roughly what the answer needs, so the buffer is not grown by doubling.
+        out.reserve(count * 160);
+        let mut w = GpvWriter::begin(out, &env.header());
+        match self
+            .store
+            .for_each_value_ref(&refs, |n, v, t| w.param(n, v, t))
+        {
+            Ok(_) => {
+                w.finish();
+            }
+            Err(f) => {
+                drop(w);
+                out.clear();
+                soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+            }
+        }
+    }
+
+    /// The second half of a request that needed provider IO: commit or undo, then answer.
+    /// Pure: no IO, no clock.
+    pub(crate) fn rpc_end(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        resume: Resume,
+        done: IoDone,
+        out: &mut Vec<u8>,
+    ) {
+        let resp = match (resume, done) {
+            (Resume::Gpv { count }, IoDone::Read(r)) => {
+                // A provider that is down or hung: a fault naming it, never stale values
+                // passed off as current (docs/PROVIDERS.md).
+                if let Err(f) = self.apply_fetched(r) {
+                    fault_env(env, SoapFault::with_string(f.code, f.reason))
+                } else {
+                    if let AcsRequest::GetParameterValues { names } = &env.body {
+                        self.write_gpv(env, names, count, out);
+                    }
+                    return;
+                }
+            }
+            (
+                Resume::Spv {
+                    items,
+                    old_key,
+                    undo,
+                },
+                IoDone::Apply(r),
+            ) => {
+                let r = r.and_then(|()| {
+                    let c = self.set_commit(&items, Origin::Acs);
+                    if c.is_err() {
+                        self.push_undo(undo);
+                    }
+                    c
+                });
+                match r {
+                    Ok(_) => reply(env, CpeMessage::SetParameterValuesResponse { status: 0 }),
+                    Err(e) => {
+                        self.unstage_key(old_key);
+                        spv_fault(env, &e)
+                    }
+                }
+            }
+            (
+                Resume::Add {
+                    table,
+                    instance,
+                    old_key,
+                },
+                IoDone::Provider(r),
+            ) => {
+                let r = match r {
+                    Ok(()) => self.add_commit(&table, instance),
+                    Err(e) => {
+                        let _ = self
+                            .store
+                            .delete_object(&format!("{table}{instance}."), Origin::Internal);
+                        Err(Fault::new(9002, format!("provider refused: {e}")))
+                    }
+                };
+                self.add_answer(env, r, old_key)
+            }
+            (Resume::Delete { object, old_key }, IoDone::Provider(r)) => {
+                let r = match r {
+                    Ok(()) => self.acs_delete_commit(&object, Origin::Acs),
+                    Err(e) => Err(Fault::new(9002, format!("provider refused: {e}"))),
+                };
+                self.delete_answer(env, r, old_key)
+            }
+            // A resume always comes back with the IO its first half asked for.
+            _ => fault_env(env, SoapFault::new(9002)),
+        };
+        soap::emit_cpe(&resp, out);
+    }
+
+    fn add_answer(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        r: Result<u32, Fault>,
+        old_key: Option<String>,
+    ) -> Envelope<CpeMessage> {
+        match r {
+            Ok(n) => reply(
+                env,
+                CpeMessage::AddObjectResponse {
+                    instance_number: n,
+                    status: 0,
+                },
+            ),
+            Err(f) => {
+                self.unstage_key(old_key);
+                fault_env(env, model_fault(&f))
+            }
+        }
+    }
+
+    fn delete_answer(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        r: Result<(), Fault>,
+        old_key: Option<String>,
+    ) -> Envelope<CpeMessage> {
+        match r {
+            Ok(()) => reply(env, CpeMessage::DeleteObjectResponse { status: 0 }),
+            Err(f) => {
+                self.unstage_key(old_key);
+                fault_env(env, model_fault(&f))
+            }
+        }
+    }
+
+    /// The first half of serving a request: answers it into `out` at once, or gives back the
+    /// provider IO it needs and what [`Engine::rpc_end`] must know to finish. Pure: no IO, no
+    /// await; the store is changed only where the second half commits or undoes it.
+    pub(crate) fn rpc_begin(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        out: &mut Vec<u8>,
+    ) -> Option<(RpcIo, Resume)> {
         let resp = match &env.body {
             AcsRequest::GetRPCMethods => reply(
                 env,
@@ -103,45 +262,24 @@ impl Engine {
                     Ok(c) => c,
                     Err(f) => {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                        return;
+                        return None;
                     }
                 };
                 if count > MAX_RESPONSE_ENTRIES {
                     soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
-                    return;
+                    return None;
                 }
                 if !self.providers.is_empty() {
                     let mut paths = Vec::new();
                     for n in names {
                         paths.extend(self.store.expand(n).unwrap_or_default());
                     }
-                    // A provider that is down or hung: a fault naming it, never stale values
-                    // passed off as current (docs/PROVIDERS.md).
-                    if let Err(f) = self.refresh_external(&paths).await {
-                        soap::emit_cpe(
-                            &fault_env(env, SoapFault::with_string(f.code, f.reason)),
-                            out,
-                        );
-                        return;
+                    if let Some(reads) = self.external_reads(&paths) {
+                        return Some((RpcIo::Read(reads), Resume::Gpv { count }));
                     }
                 }
-                // Reserve roughly what the answer needs, so the buffer is not grown by doubling.
-                out.reserve(count * 160);
-                let mut w = GpvWriter::begin(out, &env.header());
-                match self
-                    .store
-                    .for_each_value_ref(&refs, |n, v, t| w.param(n, v, t))
-                {
-                    Ok(_) => {
-                        w.finish();
-                    }
-                    Err(f) => {
-                        drop(w);
-                        out.clear();
-                        soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                    }
-                }
-                return;
+                self.write_gpv(env, names, count, out);
+                return None;
             }
             AcsRequest::GetParameterNames { path, next_level } => {
                 match self.store.get_names(path, *next_level) {
@@ -151,7 +289,7 @@ impl Engine {
                             w.param(n, *wr);
                         }
                         w.finish();
-                        return;
+                        return None;
                     }
                     Err(f) => fault_env(env, model_fault(&f)),
                 }
@@ -164,30 +302,33 @@ impl Engine {
                     .iter()
                     .map(|p| (p.name.clone(), p.value.clone(), p.xsi_type.clone()))
                     .collect();
-                let old = match self.stage_key(parameter_key) {
+                let old_key = match self.stage_key(parameter_key) {
                     Ok(o) => o,
                     Err(f) => {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                        return;
+                        return None;
                     }
                 };
-                match self.set_values(&items, Origin::Acs).await {
+                let r = match self.set_prepare(&items, Origin::Acs) {
+                    Ok(plan) if !plan.is_empty() => {
+                        let undo = plan.undo();
+                        return Some((
+                            RpcIo::Apply(plan),
+                            Resume::Spv {
+                                items,
+                                old_key,
+                                undo,
+                            },
+                        ));
+                    }
+                    Ok(_) => self.set_commit(&items, Origin::Acs),
+                    Err(e) => Err(e),
+                };
+                match r {
                     Ok(_) => reply(env, CpeMessage::SetParameterValuesResponse { status: 0 }),
                     Err(e) => {
-                        self.unstage_key(old);
-                        let mut f = SoapFault::new(e.fault.code);
-                        for (n, pf) in &e.per_param {
-                            f.push_spv_fault(n.clone(), pf.code);
-                        }
-                        tracing::info!(
-                            "SetParameterValues refused: {}",
-                            e.per_param
-                                .iter()
-                                .map(|(n, f)| format!("{n}: {f}"))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        );
-                        fault_env(env, f)
+                        self.unstage_key(old_key);
+                        spv_fault(env, &e)
                     }
                 }
             }
@@ -199,7 +340,7 @@ impl Engine {
                     .is_ok_and(|c| c > MAX_RESPONSE_ENTRIES)
                 {
                     soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
-                    return;
+                    return None;
                 }
                 match self.store.get_attributes(&refs) {
                     Ok(v) => reply(
@@ -243,45 +384,66 @@ impl Engine {
                 object_name,
                 parameter_key,
             } => {
-                let old = match self.stage_key(parameter_key) {
+                let old_key = match self.stage_key(parameter_key) {
                     Ok(o) => o,
                     Err(f) => {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                        return;
+                        return None;
                     }
                 };
-                match self.add_object(object_name, Origin::Acs).await {
-                    Ok(n) => reply(
-                        env,
-                        CpeMessage::AddObjectResponse {
-                            instance_number: n,
-                            status: 0,
-                        },
-                    ),
-                    Err(f) => {
-                        self.unstage_key(old);
-                        fault_env(env, model_fault(&f))
-                    }
-                }
+                let r = match self.store.add_object(object_name, Origin::Acs) {
+                    Ok(instance) => match self.provider_for(object_name) {
+                        Some(provider) => {
+                            return Some((
+                                RpcIo::Add {
+                                    provider,
+                                    table: object_name.clone(),
+                                    instance,
+                                },
+                                Resume::Add {
+                                    table: object_name.clone(),
+                                    instance,
+                                    old_key,
+                                },
+                            ));
+                        }
+                        None => self.add_commit(object_name, instance),
+                    },
+                    Err(f) => Err(f),
+                };
+                self.add_answer(env, r, old_key)
             }
             AcsRequest::DeleteObject {
                 object_name,
                 parameter_key,
             } => {
-                let old = match self.stage_key(parameter_key) {
+                let old_key = match self.stage_key(parameter_key) {
                     Ok(o) => o,
                     Err(f) => {
                         soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-                        return;
+                        return None;
                     }
                 };
-                match self.delete_object(object_name, Origin::Acs).await {
-                    Ok(()) => reply(env, CpeMessage::DeleteObjectResponse { status: 0 }),
-                    Err(f) => {
-                        self.unstage_key(old);
-                        fault_env(env, model_fault(&f))
+                let r = match self.provider_for(object_name) {
+                    // Checked before the provider is told.
+                    Some(_) if self.store.get_names(object_name, true).is_err() => {
+                        Err(Fault::new(9005, format!("no object {object_name}")))
                     }
-                }
+                    Some(provider) => {
+                        return Some((
+                            RpcIo::Delete {
+                                provider,
+                                object: object_name.clone(),
+                            },
+                            Resume::Delete {
+                                object: object_name.clone(),
+                                old_key,
+                            },
+                        ));
+                    }
+                    None => self.acs_delete_commit(object_name, Origin::Acs),
+                };
+                self.delete_answer(env, r, old_key)
             }
             AcsRequest::Reboot { command_key } => {
                 self.record_effect(Effect::Reboot {
@@ -349,5 +511,190 @@ impl Engine {
             ),
         };
         soap::emit_cpe(&resp, out);
+        None
+    }
+}
+
+/// The SetParameterValues fault: the overall code and one entry per refused parameter.
+fn spv_fault(env: &Envelope<AcsRequest>, e: &SetError) -> Envelope<CpeMessage> {
+    let mut f = SoapFault::new(e.fault.code);
+    for (n, pf) in &e.per_param {
+        f.push_spv_fault(n.clone(), pf.code);
+    }
+    tracing::info!(
+        "SetParameterValues refused: {}",
+        e.per_param
+            .iter()
+            .map(|(n, f)| format!("{n}: {f}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    fault_env(env, f)
+}
+
+/// Provider IO a request needs between its two pure halves.
+pub(crate) enum RpcIo {
+    /// Fresh values of provider-backed parameters (GetParameterValues).
+    Read(Vec<(Provider, Vec<String>)>),
+    /// A SetParameterValues's writes, all or nothing across providers.
+    Apply(SetPlan),
+    Add {
+        provider: Provider,
+        table: String,
+        instance: u32,
+    },
+    Delete {
+        provider: Provider,
+        object: String,
+    },
+}
+
+impl RpcIo {
+    /// Runs the IO. Borrows nothing from the engine, so the engine serves its commands
+    /// meanwhile.
+    pub(crate) async fn run(self) -> IoDone {
+        match self {
+            RpcIo::Read(reads) => IoDone::Read(fetch(reads).await),
+            RpcIo::Apply(plan) => IoDone::Apply(plan.apply().await),
+            RpcIo::Add {
+                provider,
+                table,
+                instance,
+            } => IoDone::Provider(provider.add(&table, instance).await),
+            RpcIo::Delete { provider, object } => IoDone::Provider(provider.delete(&object).await),
+        }
+    }
+}
+
+/// What the IO gave.
+pub(crate) enum IoDone {
+    Read(Fetched),
+    Apply(Result<(), SetError>),
+    Provider(Result<(), ProviderError>),
+}
+
+/// What the second half needs to finish a request after its IO.
+pub(crate) enum Resume {
+    Gpv {
+        count: usize,
+    },
+    Spv {
+        items: Vec<(String, String, Option<String>)>,
+        old_key: Option<String>,
+        undo: SetPlan,
+    },
+    Add {
+        table: String,
+        instance: u32,
+        old_key: Option<String>,
+    },
+    Delete {
+        object: String,
+        old_key: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two pure halves of serving a request, without a provider process, a socket or a
+    //! clock: what the first half asks for, and what the second half commits or undoes.
+    use super::*;
+    use crate::config::Config;
+    use crate::cwmp::soap::{AcsRequest, Envelope};
+
+    const KEY: &str = "Device.ManagementServer.ParameterKey";
+    const TABLE: &str = "Device.XMPP.Connection.";
+
+    fn engine(dir: &std::path::Path) -> Engine {
+        let text = format!(
+            "[agent]\nstate_dir = \"{}\"\ndatamodel = [\"{}\"]\ncontrol_socket = \"\"\n",
+            dir.join("state").display(),
+            cwmp_testacs::datamodel_dir().display()
+        );
+        let cfg = Config::parse(&text, &dir.join("cwmpd.toml")).expect("config");
+        let mut e = Engine::new(cfg).expect("engine");
+        // A provider for the XMPP table whose program never runs: the halves never call it.
+        e.providers.push(Provider::detached(0, TABLE));
+        e
+    }
+
+    fn request(body: AcsRequest) -> Envelope<AcsRequest> {
+        let mut env = Envelope::new(body);
+        env.id = Some("1".into());
+        env
+    }
+
+    fn instances(e: &Engine) -> usize {
+        e.store.get_names(TABLE, true).map(|v| v.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn add_object_asks_its_provider_then_commits_or_undoes() {
+        let dir = tempdir();
+        let mut e = engine(&dir);
+        let before = instances(&e);
+        let add = request(AcsRequest::AddObject {
+            object_name: TABLE.into(),
+            parameter_key: "k1".into(),
+        });
+        // First half: the instance is made and the provider must be told; nothing answered.
+        let mut out = Vec::new();
+        let (io, resume) = e.rpc_begin(&add, &mut out).expect("needs the provider");
+        assert!(out.is_empty());
+        let RpcIo::Add {
+            table, instance, ..
+        } = io
+        else {
+            panic!("an Add for the provider")
+        };
+        assert_eq!((table.as_str(), instance), (TABLE, 1));
+        // The provider refuses: the instance goes, the ParameterKey is not changed, and the
+        // ACS gets 9002.
+        e.rpc_end(
+            &add,
+            resume,
+            IoDone::Provider(Err(ProviderError::Failed("no".into()))),
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("<FaultCode>9002</FaultCode>"), "{text}");
+        assert_eq!(instances(&e), before);
+        assert_ne!(e.store.secret(KEY), Some("k1"));
+        // It accepts: the instance stays, the key is the request's, the answer names it.
+        let mut out = Vec::new();
+        let (_, resume) = e.rpc_begin(&add, &mut out).expect("needs the provider");
+        e.rpc_end(&add, resume, IoDone::Provider(Ok(())), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("AddObjectResponse"), "{text}");
+        assert!(instances(&e) > before);
+        assert_eq!(e.store.secret(KEY), Some("k1"));
+    }
+
+    #[test]
+    fn delete_of_a_missing_instance_is_answered_without_provider_io() {
+        let dir = tempdir();
+        let mut e = engine(&dir);
+        let del = request(AcsRequest::DeleteObject {
+            object_name: format!("{TABLE}7."),
+            parameter_key: "k2".into(),
+        });
+        let mut out = Vec::new();
+        assert!(e.rpc_begin(&del, &mut out).is_none());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("<FaultCode>9005</FaultCode>"), "{text}");
+        assert_ne!(e.store.secret(KEY), Some("k2"));
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "cwmpd-rpc-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

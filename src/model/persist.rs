@@ -100,6 +100,15 @@ pub enum Loaded {
     BothBad(String),
 }
 
+/// The state file could not be written (the change it carried is undone and faulted).
+#[derive(Debug, thiserror::Error)]
+#[error("state not saved to {}: {source}", path.display())]
+pub struct PersistError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
 pub struct StateFile {
     path: PathBuf,
     /// Checksum of what the file holds now (written or loaded by us): an identical state is
