@@ -6,6 +6,23 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::engine::{Command, Engine};
 
+/// Why the agent could not start (or its runtime not be built).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("no HTTP connection-request listener could be bound")]
+    NoHttpListener,
+    #[error("control socket {}: {source}", path.display())]
+    ControlSocket {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds the HTTP connection-request listeners and spawns the server (needs the LocalSet).
 async fn start_http_cr(
     cfg: &Config,
@@ -13,7 +30,7 @@ async fn start_http_cr(
     tx: mpsc::Sender<Command>,
     limiter: std::rc::Rc<std::cell::RefCell<crate::connreq::backoff::RateLimiter>>,
     shutdown: &Shutdown,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     use crate::connreq::http::CrEvent;
     if cfg.connreq.http_listen.is_empty() {
         tracing::info!("no HTTP connection-request listener configured");
@@ -33,8 +50,15 @@ async fn start_http_cr(
         }
     }
     if listeners.is_empty() {
-        return Err("no HTTP connection-request listener could be bound".into());
+        return Err(AgentError::NoHttpListener);
     }
+    #[cfg(not(feature = "upnp"))]
+    let _ = shutdown; // only the UPnP mapping task needs to clean up at shutdown
+    #[cfg(not(feature = "upnp"))]
+    if cfg.connreq.upnp {
+        tracing::warn!("connreq.upnp is set, but this cwmpd is built without the upnp feature");
+    }
+    #[cfg(feature = "upnp")]
     if cfg.connreq.upnp
         && let Some(port) = addrs.iter().find(|a| a.is_ipv4()).map(|a| a.port())
     {
@@ -74,6 +98,7 @@ async fn start_http_cr(
 
 /// Binds the UDP connection-request socket (shared with the STUN client) and spawns its task.
 /// A bind failure is logged, not fatal: the other connection-request mechanisms still work.
+#[cfg(feature = "stun")]
 async fn start_udp_cr(
     cfg: &Config,
     engine: &Engine,
@@ -134,18 +159,18 @@ const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Runs the agent on a current-thread runtime until `stop` completes (the binary passes the
 /// SIGTERM/SIGINT wait; the demo a channel), then saves what is unsaved and returns.
-pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("runtime: {e}"))?;
+        .map_err(AgentError::Runtime)?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let (signal, _) = tokio::sync::watch::channel(false);
         let (done, mut all_done) = mpsc::channel::<()>(1);
         let shutdown = Shutdown { signal, done };
-        let mut engine = Engine::new(cfg.clone()).map_err(|e| e.to_string())?;
+        let mut engine = Engine::new(cfg.clone())?;
         engine.start_providers();
         let (tx, rx) = mpsc::channel::<Command>(64);
         // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute, shared by
@@ -157,17 +182,26 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
             ),
         ));
         start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone(), &shutdown).await?;
+        #[cfg(feature = "stun")]
         start_udp_cr(&cfg, &engine, tx.clone(), limiter.clone()).await;
+        #[cfg(not(feature = "stun"))]
+        tracing::info!("built without the stun feature: no UDP connection requests or STUN");
         // The XMPP connection-request client (idle while ConnReqXMPPConnection is empty).
+        #[cfg(feature = "xmpp")]
         tokio::task::spawn_local(crate::connreq::xmpp::run(
             engine.settings(),
             cfg.xmpp.ca_file.clone(),
             limiter,
             tx.clone(),
         ));
+        #[cfg(not(feature = "xmpp"))]
+        drop(limiter);
         if !cfg.agent.control_socket.as_os_str().is_empty() {
-            let l = crate::ctl::bind(&cfg.agent.control_socket).map_err(|e| {
-                format!("control socket {}: {e}", cfg.agent.control_socket.display())
+            let l = crate::ctl::bind(&cfg.agent.control_socket).map_err(|source| {
+                AgentError::ControlSocket {
+                    path: cfg.agent.control_socket.clone(),
+                    source,
+                }
             })?;
             tokio::task::spawn_local(crate::ctl::serve(l, tx.clone()));
         }
@@ -196,6 +230,6 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
         if finished.is_err() {
             tracing::warn!("shutdown took longer than {SHUTDOWN_BOUND:?}; stopping anyway");
         }
-        Ok::<_, String>(())
+        Ok::<_, AgentError>(())
     })
 }

@@ -11,6 +11,7 @@ pub mod connreq;
 pub mod ctl;
 pub mod cwmp;
 pub mod engine;
+#[cfg(all(feature = "stun", feature = "xmpp"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;

@@ -55,7 +55,7 @@ fn run(mut args: Vec<String>) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     if args[..own].iter().any(|a| a == "-V" || a == "--version") {
-        println!("cwmpd {}", env!("CARGO_PKG_VERSION"));
+        println!("cwmpd {} ({})", env!("CARGO_PKG_VERSION"), built_features());
         return Ok(ExitCode::SUCCESS);
     }
     let cmd = if args.first().is_some_and(|a| !a.starts_with('-')) {
@@ -389,6 +389,21 @@ fn print_answer(op: &str, ans: &Value) {
 fn run_agent(file: &Path) -> Result<ExitCode, String> {
     let cfg = Config::load(file).map_err(|e| e.to_string())?;
     cwmpd::logging::init(&cfg.agent.log_level);
-    cwmpd::agent::run(cfg, cwmpd::util::signals::wait_for_shutdown())?;
+    cwmpd::agent::run(cfg, cwmpd::util::signals::wait_for_shutdown()).map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The connection-request mechanisms this binary was built with (`--version`).
+fn built_features() -> String {
+    let mut v = vec!["http"];
+    if cfg!(feature = "stun") {
+        v.push("stun");
+    }
+    if cfg!(feature = "upnp") {
+        v.push("upnp");
+    }
+    if cfg!(feature = "xmpp") {
+        v.push("xmpp");
+    }
+    v.join(" ")
 }

@@ -1,6 +1,8 @@
 //! Replays the fuzz targets' seeds and every input kept in `fuzz/regressions/<target>/` (inputs
 //! that once crashed or hung a target, see fuzz/run.sh) through the same functions the fuzzers
-//! call (`cwmpd::fuzzing`), so a fixed crash stays fixed.
+//! call (`cwmpd::fuzzing`), so a fixed crash stays fixed. The targets cover the STUN and XMPP
+//! parsers, so the replay needs both features.
+#![cfg(all(feature = "stun", feature = "xmpp"))]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,7 +3,9 @@
 
 pub mod backoff;
 pub mod digest;
+#[cfg(feature = "stun")]
 pub mod stun;
+#[cfg(feature = "stun")]
 pub mod stun_client;
 pub mod udpcr;
 pub mod xmpp_policy;
