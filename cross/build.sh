@@ -44,13 +44,12 @@ for TARGET in "$@"; do
       extra+=(--config "target.$TARGET.rustflags=[\"$f\"]")
     done
     echo "== cross: building $TARGET ($PROFILE, std from source with features [$STD_FEATURES])"
-    # Both binaries of the one crate (packaging/build.sh makes a package of each). Should
-    # cwmp-connreq move to a crate of its own (one not in the workspace's default-members), the
-    # fix is `-p cwmpd -p cwmp-connreq` added to the --bin flags below.
+    # The agent (package cwmpd) and the ACS-side tool (package cwmp-connreq); packaging/build.sh
+    # makes a package of each.
     t0=$(date +%s)
     RUSTC_BOOTSTRAP=1 cargo build --locked --config cross/cargo-config.toml "${extra[@]}" \
       -Zbuild-std=std,panic_abort "-Zbuild-std-features=$STD_FEATURES" --target "$TARGET" --profile "$PROFILE" \
-      --bin cwmpd --bin cwmp-connreq
+      -p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq
     echo "== cross: $TARGET built in $(($(date +%s) - t0)) s"
   )
   out="$TD/dist/$TARGET"

@@ -245,10 +245,9 @@ has_bins() { [ -x "$1/cwmpd" ] && [ -x "$1/cwmp-connreq" ]; }
 for arch in "$@"; do
   if [ "$arch" = amd64 ]; then
     echo "== packaging: native build (release)"
-    # Both binaries of the one crate. Should cwmp-connreq move to a crate of its own (one not in
-    # the workspace's default-members), the fix is `-p cwmpd -p cwmp-connreq` added to this line:
-    # `--bin cwmpd -p cwmp-connreq` alone would select only that crate and miss cwmpd.
-    cargo build --locked --release --bin cwmpd --bin cwmp-connreq
+    # The agent (package cwmpd) and the ACS-side tool (package cwmp-connreq, crates/cwmp-connreq):
+    # both packages named, so that neither depends on the workspace's default-members.
+    cargo build --locked --release -p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq
     debbin="$TD/release"
   else
     triple=$(glibc_triple "$arch")

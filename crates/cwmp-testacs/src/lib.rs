@@ -35,6 +35,10 @@
 //! while the test awaits). Tests that drive a separate agent process
 //! synchronously use [`spawn_in_thread`], which runs the ACS on its own
 //! thread and runtime.
+//!
+//! [`binaries`] finds (and builds) the workspace's other binaries next to a test's own.
+
+pub mod binaries;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

@@ -1,20 +1,78 @@
-//! `cwmp-connreq stun-server`: a TR-111-aware STUN server with a binding table, that sends UDP
-//! connection requests from its own STUN socket on request of a small loopback HTTP API.
+//! A TR-111-aware STUN server (RFC 3489 and RFC 5389 Binding) with a binding table, that sends
+//! UDP connection requests from its own STUN socket on request of a small loopback HTTP API:
+//!
+//! * `GET /bindings` → JSON: every CPE binding (by USERNAME, else by source address), `last`,
+//!   counters;
+//! * `POST /cr?to=IP:PORT|last|KEY&user=U&password=P[&copies=N]` → sends a signed UDP
+//!   connection request from the STUN socket, so that it passes the CPE's NAT binding.
+//!
+//! With credentials it uses short-term credentials (401 first, then USERNAME +
+//! MESSAGE-INTEGRITY keyed with the password, either layout). It logs
+//! CONNECTION-REQUEST-BINDING / BINDING-CHANGE and what it sends through [`Options::log`], and
+//! honours RESPONSE-ADDRESS only for the requester's own IP.
+//!
+//! Run it with [`run`] (blocks; `cwmp-connreq stun-server`), [`spawn`] (on a thread of its own,
+//! for a demo or a test), or [`serve`] inside a tokio `LocalSet`. [`bindings`] and
+//! [`request_cr`] are the API's client side.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cwmpd::connreq::stun::{self, Integrity};
-use cwmpd::connreq::udpcr;
+use cwmp_proto::connreq::stun::{self, Integrity};
+use cwmp_proto::connreq::udpcr;
+use cwmp_proto::util::codec::{random_bytes, to_hex};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use super::take_opt;
+/// Where the server's log lines go (one line per call, no newline).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Log lines on stdout, flushed at once (what `cwmp-connreq stun-server` does; tests read them).
+pub fn stdout_log() -> Log {
+    Arc::new(|line| {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    })
+}
+
+/// How to run the server.
+#[derive(Clone)]
+pub struct Options {
+    /// The STUN socket (port 0: any free port, see [`Addrs`]).
+    pub listen: SocketAddr,
+    /// The HTTP API; must be a loopback address.
+    pub api: Option<SocketAddr>,
+    /// Short-term credentials (USERNAME, password) the CPEs must use; `None`: no authentication.
+    pub credentials: Option<(String, String)>,
+    pub log: Log,
+}
+
+impl Options {
+    /// A server on `listen` without API or credentials, logging on stdout.
+    pub fn new(listen: SocketAddr) -> Options {
+        Options {
+            listen,
+            api: None,
+            credentials: None,
+            log: stdout_log(),
+        }
+    }
+}
+
+/// The addresses a running server is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub stun: SocketAddr,
+    pub api: Option<SocketAddr>,
+}
 
 struct Binding {
     addr: SocketAddr,
@@ -45,6 +103,7 @@ struct Server {
     bindings: BTreeMap<String, Binding>,
     last: Option<String>,
     n: Counters,
+    log: Log,
 }
 
 fn unix_now() -> u64 {
@@ -54,100 +113,183 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn log(line: String) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{line}");
-    let _ = o.flush();
+/// Runs the server on a current-thread runtime of its own until `stop` completes.
+pub fn run(opts: Options, stop: impl Future<Output = ()>) -> Result<(), String> {
+    run_with(opts, |_| {}, stop)
 }
 
-pub fn run(mut args: Vec<String>) -> Result<bool, String> {
-    let listen: SocketAddr = take_opt(&mut args, "--listen")?
-        .ok_or("--listen is required")?
-        .parse()
-        .map_err(|e| format!("--listen: {e}"))?;
-    let api: Option<SocketAddr> = match take_opt(&mut args, "--api")? {
-        Some(a) => Some(a.parse().map_err(|e| format!("--api: {e}"))?),
-        None => None,
-    };
-    if api.is_some_and(|a| !a.ip().is_loopback()) {
-        return Err("--api must be a loopback address".into());
-    }
-    let user = take_opt(&mut args, "--user")?;
-    let pass = take_opt(&mut args, "--password")?;
-    let creds = match (user, pass) {
-        (Some(u), Some(p)) if !u.is_empty() => Some((u, p)),
-        (None, None) => None,
-        _ => return Err("--user and --password go together".into()),
-    };
-    let max_s: Option<f64> = match take_opt(&mut args, "--max-seconds")? {
-        Some(v) => Some(v.parse().map_err(|_| format!("bad --max-seconds {v:?}"))?),
-        None => None,
-    };
-    if let Some(a) = args.first() {
-        return Err(format!("unexpected argument {a:?}"));
-    }
+fn run_with(
+    opts: Options,
+    ready: impl FnOnce(Addrs),
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let sock = UdpSocket::bind(listen)
-            .await
-            .map_err(|e| format!("bind {listen}: {e}"))?;
-        let bound = sock.local_addr().map_err(|e| e.to_string())?;
-        let sock = Rc::new(sock);
-        let srv = Rc::new(RefCell::new(Server {
-            sock: sock.clone(),
-            creds,
-            bindings: BTreeMap::new(),
-            last: None,
-            n: Counters::default(),
-        }));
-        if let Some(a) = api {
-            let l = TcpListener::bind(a)
-                .await
-                .map_err(|e| format!("bind {a}: {e}"))?;
-            log(format!(
-                "api listening on {}",
-                l.local_addr().map_err(|e| e.to_string())?
-            ));
-            tokio::task::spawn_local(api_loop(l, srv.clone()));
+    local.block_on(&rt, serve(opts, ready, stop))
+}
+
+/// A server running on a thread of its own (see [`spawn`]); stopped when dropped.
+pub struct StunServer {
+    addrs: Addrs,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl StunServer {
+    /// The STUN socket's address (what the CPE's STUNServerAddress / STUNServerPort name).
+    pub fn stun_addr(&self) -> SocketAddr {
+        self.addrs.stun
+    }
+
+    /// The API's address, if it has one.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.addrs.api
+    }
+
+    /// Stops the server and waits for its thread.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), String> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
         }
-        log(format!("stun listening on {bound}"));
-        let deadline = max_s.map(|s| Instant::now() + Duration::from_secs_f64(s));
-        let mut buf = vec![0u8; 2048];
-        loop {
-            let stop = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let r = tokio::select! {
-                r = sock.recv_from(&mut buf) => r,
-                _ = stop => break,
-            };
-            if let Ok((n, from)) = r {
-                let reply = srv.borrow_mut().on_request(&buf[..n], from);
-                if let Some((bytes, to)) = reply {
-                    let _ = sock.send_to(&bytes, to).await;
-                }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the STUN server thread panicked".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Starts the server on a thread of its own; returns once its sockets are bound.
+pub fn spawn(opts: Options) -> Result<StunServer, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Addrs, String>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let failed_tx = ready_tx.clone();
+    let thread = std::thread::Builder::new()
+        .name("stun-server".into())
+        .spawn(move || {
+            let r = run_with(
+                opts,
+                move |a| {
+                    let _ = ready_tx.send(Ok(a));
+                },
+                async move {
+                    let _ = stop_rx.await;
+                },
+            );
+            if let Err(e) = &r {
+                let _ = failed_tx.send(Err(e.clone()));
+            }
+            r
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    let mut srv = StunServer {
+        addrs: Addrs {
+            stun: SocketAddr::from(([0, 0, 0, 0], 0)),
+            api: None,
+        },
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    };
+    match ready_rx.recv() {
+        Ok(Ok(a)) => {
+            srv.addrs = a;
+            Ok(srv)
+        }
+        Ok(Err(e)) => {
+            let _ = srv.shutdown();
+            Err(e)
+        }
+        Err(_) => Err(srv
+            .shutdown()
+            .err()
+            .unwrap_or_else(|| "the STUN server stopped".into())),
+    }
+}
+
+/// Binds the sockets, calls `ready` with their addresses, and serves until `stop` completes.
+/// Runs inside a tokio `LocalSet` (the API's connections are local tasks).
+pub async fn serve(
+    opts: Options,
+    ready: impl FnOnce(Addrs),
+    stop: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let Options {
+        listen,
+        api,
+        credentials,
+        log,
+    } = opts;
+    if api.is_some_and(|a| !a.ip().is_loopback()) {
+        return Err("--api must be a loopback address".into());
+    }
+    let sock = UdpSocket::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
+    let bound = sock.local_addr().map_err(|e| e.to_string())?;
+    let sock = Rc::new(sock);
+    let srv = Rc::new(RefCell::new(Server {
+        sock: sock.clone(),
+        creds: credentials,
+        bindings: BTreeMap::new(),
+        last: None,
+        n: Counters::default(),
+        log: log.clone(),
+    }));
+    let mut api_bound = None;
+    if let Some(a) = api {
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|e| format!("bind {a}: {e}"))?;
+        let la = l.local_addr().map_err(|e| e.to_string())?;
+        log(&format!("api listening on {la}"));
+        api_bound = Some(la);
+        tokio::task::spawn_local(api_loop(l, srv.clone()));
+    }
+    log(&format!("stun listening on {bound}"));
+    ready(Addrs {
+        stun: bound,
+        api: api_bound,
+    });
+    let mut buf = vec![0u8; 2048];
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let r = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = &mut stop => break,
+        };
+        if let Ok((n, from)) = r {
+            let reply = srv.borrow_mut().on_request(&buf[..n], from);
+            if let Some((bytes, to)) = reply {
+                let _ = sock.send_to(&bytes, to).await;
             }
         }
-        Ok::<_, String>(true)
-    })
+    }
+    Ok(())
 }
 
 impl Server {
     fn on_request(&mut self, data: &[u8], from: SocketAddr) -> Option<(Vec<u8>, SocketAddr)> {
+        let log = self.log.clone();
         if stun::classify(data) != stun::DatagramKind::Stun {
             return None;
         }
         let req = stun::parse_binding_request(data).ok()?;
         self.n.requests += 1;
         if !req.unknown_required.is_empty() {
-            log(format!(
+            log(&format!(
                 "420 to {from}: unknown attributes {:?}",
                 req.unknown_required
             ));
@@ -160,14 +302,14 @@ impl Server {
         if let Some((user, pass)) = &self.creds {
             if !req.has_integrity {
                 self.n.challenges += 1;
-                log(format!("401 challenge to {from}"));
+                log(&format!("401 challenge to {from}"));
                 return stun::unauthorized(&req.txid).ok().map(|b| (b, from));
             }
             let layout = match stun::check_integrity(data, pass.as_bytes()) {
                 Integrity::Valid(l) if req.username.as_deref() == Some(user.as_str()) => l,
                 _ => {
                     self.n.auth_failed += 1;
-                    log(format!(
+                    log(&format!(
                         "401 to {from}: bad credentials (username {:?})",
                         req.username
                     ));
@@ -187,7 +329,7 @@ impl Server {
         if !req.connection_request_binding {
             // Not from a CPE's connection-request socket (e.g. a binding-lifetime probe from a
             // secondary socket): answered, not recorded as the CPE's binding.
-            log(format!(
+            log(&format!(
                 "request from {from} without CONNECTION-REQUEST-BINDING classic={} auth={authenticated}{}",
                 req.is_classic(),
                 if to != from {
@@ -234,7 +376,7 @@ impl Server {
             b.binding_changes += 1;
         }
         self.last = Some(key.clone());
-        log(format!(
+        log(&format!(
             "binding key={key} addr={from} classic={} crb={} binding_change={} auth={} moved={}{}",
             req.is_classic(),
             req.connection_request_binding,
@@ -309,11 +451,8 @@ impl Server {
                 .map_err(|_| format!("`to`: {to:?} is neither IP:PORT nor a binding"))?
         };
         let ts = unix_now();
-        let id = u64::from(u32::from_be_bytes(rand_bytes::<4>()));
-        let cn: String = rand_bytes::<8>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = u64::from(u32::from_be_bytes(random_bytes::<4>()));
+        let cn = to_hex(&random_bytes::<8>());
         let dgram = udpcr::build_udp_cr(&udpcr::authority(addr), ts, id, user, &cn, pass);
         let t0 = Instant::now();
         for _ in 0..copies {
@@ -323,7 +462,7 @@ impl Server {
         }
         let us = t0.elapsed().as_micros() as u64;
         self.n.crs_sent += 1;
-        log(format!(
+        (self.log)(&format!(
             "udp cr to {addr} id={id} ts={ts} copies={copies} from {}",
             self.sock
                 .local_addr()
@@ -335,13 +474,6 @@ impl Server {
                   "bytes": dgram.len(), "send_us": us}),
         )
     }
-}
-
-fn rand_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; N];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    b
 }
 
 fn form_decode(s: &str) -> String {
@@ -432,4 +564,81 @@ async fn api_conn(mut s: TcpStream, srv: Rc<RefCell<Server>>) -> std::io::Result
     );
     s.write_all(resp.as_bytes()).await?;
     s.shutdown().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API's client side.
+
+/// The API's answer: `ok` when the status was 200, and the JSON body as text.
+#[derive(Debug, Clone)]
+pub struct ApiAnswer {
+    pub ok: bool,
+    pub body: String,
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+async fn api_call(api: &str, method: &str, target: &str) -> Result<ApiAnswer, String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(api))
+        .await
+        .map_err(|_| format!("connect {api}: timeout"))?
+        .map_err(|e| format!("connect {api}: {e}"))?;
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {api}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| "no answer from the STUN server API".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(ApiAnswer {
+        ok: text.starts_with("HTTP/1.1 200"),
+        body: text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
+/// `POST /cr` on the server's API at `api`: the server sends `copies` UDP connection requests
+/// from its STUN socket to `to` (`IP:PORT`, `last` for the last CPE seen, or a binding's key),
+/// signed with the CPE's ConnectionRequestUsername / Password.
+pub async fn request_cr(
+    api: &str,
+    to: &str,
+    user: &str,
+    pass: &str,
+    copies: u32,
+) -> Result<ApiAnswer, String> {
+    let target = format!(
+        "/cr?to={}&user={}&password={}&copies={copies}",
+        pct(to),
+        pct(user),
+        pct(pass)
+    );
+    api_call(api, "POST", &target).await
+}
+
+/// `GET /bindings` on the server's API at `api`: the bindings it knows (see the module docs).
+pub async fn bindings(api: &str) -> Result<Value, String> {
+    let a = api_call(api, "GET", "/bindings").await?;
+    if !a.ok {
+        return Err(format!("GET /bindings: {}", a.body));
+    }
+    serde_json::from_str(&a.body).map_err(|e| format!("GET /bindings: {e}: {}", a.body))
 }

@@ -9,33 +9,26 @@ use std::time::{Duration, Instant};
 use cwmp_testacs::{AcsOptions, spawn_in_thread};
 use cwmpd::cwmp::soap::{AcsRequest, CpeMessage};
 
-/// The release agent binary next to this one, built on demand when run through cargo.
-pub fn agent_binary() -> Result<PathBuf, String> {
+/// The `cwmpd` and `cwmp-connreq` binaries next to this one (what `cargo build --release -p cwmpd
+/// -p cwmp-connreq` puts there). Built first when missing or older than their sources (with the
+/// profile and target directory of this executable), as when run by `cargo run --release -p
+/// cwmpd-bench`, which builds only the bench itself.
+pub fn sibling_binaries() -> Result<(PathBuf, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let agent = exe.with_file_name("cwmpd");
-    if !agent.exists()
-        && let Ok(cargo) = std::env::var("CARGO")
-    {
-        let release = exe.parent().is_some_and(|p| p.ends_with("release"));
-        let mut c = Command::new(cargo);
-        c.args(["build", "--quiet", "--bins"]);
-        if release {
-            c.arg("--release");
-        }
-        c.current_dir(env!("CARGO_MANIFEST_DIR"));
-        let st = c.status().map_err(|e| e.to_string())?;
-        if !st.success() {
-            return Err("building the agent failed".into());
-        }
-    }
-    if agent.exists() {
-        Ok(agent)
-    } else {
-        Err(format!(
-            "{} not found: run cargo build --release --bins",
-            agent.display()
-        ))
-    }
+    let packages = ["cwmpd", "cwmp-connreq"];
+    let agent = cwmp_testacs::binaries::sibling(
+        &exe,
+        "cwmpd",
+        &packages,
+        &["src", "Cargo.toml", "crates/cwmp-proto/src"],
+    )?;
+    let connreq = cwmp_testacs::binaries::sibling(
+        &exe,
+        "cwmp-connreq",
+        &packages,
+        &["crates/cwmp-connreq/src", "crates/cwmp-connreq/Cargo.toml"],
+    )?;
+    Ok((agent, connreq))
 }
 
 /// Kilobytes of a /proc/PID/status field (VmRSS, VmHWM).
@@ -113,7 +106,7 @@ pub fn run(params: usize, runs: usize) -> Result<(), String> {
 /// Runs `runs` sessions each carrying a GPV of the whole tree (a model of about `params`
 /// parameters) against the release agent; returns the figures.
 pub fn measure(params: usize, runs: usize) -> Result<SessionFigures, String> {
-    let agent_bin = agent_binary()?;
+    let (agent_bin, _) = sibling_binaries()?;
     let dir = std::env::temp_dir().join(format!("cwmpd-bench-session-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     write_bench_model(&dir.join("vendor")).map_err(|e| e.to_string())?;

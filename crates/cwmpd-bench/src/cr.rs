@@ -1428,14 +1428,7 @@ fn footprint(
 // ---------------------------------------------------------------------------------------------
 
 pub fn run(o: &Opts) -> Result<Report, String> {
-    let agent_bin = crate::session::agent_binary()?;
-    let connreq_bin = agent_bin.with_file_name("cwmp-connreq");
-    if !connreq_bin.exists() {
-        return Err(format!(
-            "{} not found: run cargo build --release --bins",
-            connreq_bin.display()
-        ));
-    }
+    let (agent_bin, connreq_bin) = crate::session::sibling_binaries()?;
     let base = std::env::temp_dir().join(format!("cwmpd-bench-cr-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;

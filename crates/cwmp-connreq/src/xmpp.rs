@@ -1,0 +1,154 @@
+//! XMPP connection requests (TR-069 Annex K): log in as the ACS's JID with the agent's own
+//! client (STARTTLS, the certificate checked against a CA file or the Mozilla roots, SASL) and
+//! send `connectionRequest` IQs to the CPE's JID (its ConnReqJabberID).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cwmpd::connreq::xmpp::{self, ConnectParams, Target};
+use tokio_xmpp::Stanza;
+use tokio_xmpp::parsers::iq::Iq;
+pub use tokio_xmpp::parsers::jid::Jid;
+
+/// How the CPE answered one connection-request IQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// An IQ result: the CPE accepted the request and opens a session.
+    Result,
+    /// An IQ error with its defined condition (`not-authorized`, `service-unavailable`, …).
+    Error(String),
+    /// No answer within the timeout.
+    Timeout,
+    /// The stream ended (why); the client cannot send more.
+    Closed(String),
+}
+
+/// An ACS's logged-in XMPP client.
+pub struct AcsClient {
+    conn: xmpp::Connection,
+    /// The full JID the server bound.
+    pub jid: String,
+    /// The stream is TLS-protected.
+    pub tls: bool,
+    /// The SASL mechanism used.
+    pub mechanism: String,
+}
+
+/// Checks the arguments of [`AcsClient::login`] without connecting: `jid` (the ACS's JID, with
+/// or without resource), `server` (`HOST:PORT`), `ca` (PEM file; `None`: the Mozilla roots).
+pub fn connect_params(
+    jid: &str,
+    password: &str,
+    server: &str,
+    ca: Option<&Path>,
+) -> Result<ConnectParams, String> {
+    let jid = Jid::new(jid).map_err(|e| format!("--jid: {e}"))?;
+    let (host, port) = server
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?)))
+        .ok_or_else(|| format!("--server {server:?}: HOST:PORT expected"))?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = xmpp::tls_config(ca)?;
+    Ok(ConnectParams {
+        jid: jid.to_bare(),
+        password: password.to_string(),
+        resource: jid.resource().map(|r| r.to_string()),
+        target: Target::Host(host, port),
+        require_tls: true,
+        tls,
+        keepalive: Duration::from_secs(300),
+    })
+}
+
+impl AcsClient {
+    /// Connects and logs in (TLS required), within the agent's connect timeout.
+    pub async fn login(params: &ConnectParams) -> Result<AcsClient, String> {
+        let conn = tokio::time::timeout(xmpp::CONNECT_TIMEOUT, xmpp::connect(params))
+            .await
+            .map_err(|_| "login timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(AcsClient {
+            jid: conn.jid.to_string(),
+            tls: conn.tls,
+            mechanism: conn.mechanism.clone(),
+            conn,
+        })
+    }
+
+    /// Sends one connectionRequest IQ to `to` with the CPE's ConnectionRequestUsername /
+    /// Password and waits up to `timeout` for its answer. Returns the answer and the round-trip
+    /// time; an error only when the IQ could not be sent.
+    pub async fn connection_request(
+        &mut self,
+        to: &Jid,
+        user: &str,
+        pass: &str,
+        timeout: Duration,
+    ) -> Result<(Answer, Duration), String> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("cr-{}-{n}", std::process::id());
+        let iq = Iq::Get {
+            from: None,
+            to: Some(to.clone()),
+            id: id.clone(),
+            payload: xmpp::connection_request_element(user, pass),
+        };
+        let t = Instant::now();
+        self.conn
+            .send(iq.into())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let answer = tokio::time::timeout(timeout, async {
+            loop {
+                match self.conn.recv().await {
+                    xmpp::Received::Stanza(st) => match *st {
+                        Stanza::Iq(Iq::Result { id: rid, .. }) if rid == id => {
+                            return Answer::Result;
+                        }
+                        Stanza::Iq(Iq::Error { id: rid, error, .. }) if rid == id => {
+                            let cond = format!("{:?}", error.defined_condition);
+                            return Answer::Error(kebab(&cond));
+                        }
+                        _ => {}
+                    },
+                    xmpp::Received::Closed(why) => return Answer::Closed(why),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(Answer::Timeout);
+        Ok((answer, t.elapsed()))
+    }
+
+    /// Closes the stream politely (bounded).
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
+
+/// `NotAuthorized` -> `not-authorized` (the wire name of a defined condition).
+fn kebab(s: &str) -> String {
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn defined_conditions_get_their_wire_names() {
+        assert_eq!(super::kebab("NotAuthorized"), "not-authorized");
+        assert_eq!(super::kebab("ServiceUnavailable"), "service-unavailable");
+    }
+}
