@@ -1,6 +1,8 @@
 //! Tests of `cwmpd::net::acs::AcsClient` against small hyper servers on
 //! 127.0.0.1 started in each test.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -461,7 +463,7 @@ async fn connect_refused_and_bad_url() {
 #[tokio::test(flavor = "current_thread")]
 async fn ipv6_literal_url() {
     let Ok(listener) = TcpListener::bind("[::1]:0").await else {
-        println!("SKIPPED ipv6_literal_url: cannot bind [::1]");
+        common::skip("ipv6_literal_url", "cannot bind [::1]");
         return;
     };
     let srv = serve_on(listener, Arc::new(|_| resp(200, "v6")), None);
@@ -667,7 +669,10 @@ fn tls_acceptor_with(pki: &Pki, require_client_cert: bool) -> tokio_rustls::TlsA
 #[tokio::test(flavor = "current_thread")]
 async fn https_with_self_signed_ca() {
     let Some(pki) = make_pki() else {
-        println!("SKIPPED https_with_self_signed_ca: the `openssl` command is not installed");
+        common::skip(
+            "https_with_self_signed_ca",
+            "the `openssl` command is not installed",
+        );
         return;
     };
     let srv = serve(Arc::new(|_| resp(200, "secure")), Some(tls_acceptor(&pki))).await;
@@ -730,7 +735,10 @@ async fn https_with_self_signed_ca() {
 #[tokio::test(flavor = "current_thread")]
 async fn https_client_certificate() {
     let Some(pki) = make_pki() else {
-        println!("SKIPPED https_client_certificate: the `openssl` command is not installed");
+        common::skip(
+            "https_client_certificate",
+            "the `openssl` command is not installed",
+        );
         return;
     };
     let srv = serve(
@@ -1205,7 +1213,10 @@ async fn basic_over_plain_http_is_refused_by_default() {
 #[tokio::test(flavor = "current_thread")]
 async fn basic_over_https_is_allowed() {
     let Some(pki) = make_pki() else {
-        println!("SKIPPED basic_over_https_is_allowed: the `openssl` command is not installed");
+        common::skip(
+            "basic_over_https_is_allowed",
+            "the `openssl` command is not installed",
+        );
         return;
     };
     let srv = serve(basic_handler(), Some(tls_acceptor(&pki))).await;

@@ -32,10 +32,10 @@ fn has_cr(s: &SessionRecord) -> bool {
 
 /// Sends a CR with the project's ACS-side tool, optionally from inside a namespace.
 fn send_cr(rig: Option<(&Rig, &str)>, url: &str) -> (bool, String) {
-    let bin = env!("CARGO_BIN_EXE_cwmp-connreq");
+    let bin = connreq_path();
     let mut cmd = match rig {
-        Some((r, ns)) => r.command(ns, bin),
-        None => Command::new(bin),
+        Some((r, ns)) => r.command(ns, &bin),
+        None => Command::new(&bin),
     };
     let out = cmd
         .args(["http", url, "--user", USER, "--password", PASS])
@@ -142,7 +142,7 @@ fn acs_in(rig: &Rig, ns: &str, ip: &str) -> TestAcsHandle {
 #[test]
 fn routed_namespaces_cr_and_address_change_reported() {
     if let Some(why) = unavailable() {
-        println!("SKIPPED routed_namespaces_cr_and_address_change_reported: {why}");
+        common::skip("routed_namespaces_cr_and_address_change_reported", &why);
         return;
     }
     let rig = Rig::new("cwr", &["acs", "cpe"]);
@@ -195,7 +195,7 @@ fn routed_namespaces_cr_and_address_change_reported() {
 #[test]
 fn port_forward_through_nat_gateway() {
     if let Some(why) = unavailable() {
-        println!("SKIPPED port_forward_through_nat_gateway: {why}");
+        common::skip("port_forward_through_nat_gateway", &why);
         return;
     }
     let rig = Rig::new("cwp", &["acs", "gw", "cpe"]);
@@ -238,7 +238,7 @@ fn port_forward_through_nat_gateway() {
 #[test]
 fn port_forward_with_the_public_address_learned_by_stun() {
     if let Some(why) = unavailable() {
-        println!("SKIPPED port_forward_with_the_public_address_learned_by_stun: {why}");
+        common::skip("port_forward_with_the_public_address_learned_by_stun", &why);
         return;
     }
     let mut rig = Rig::new("cws", &["acs", "gw", "cpe"]);
@@ -252,7 +252,7 @@ fn port_forward_with_the_public_address_learned_by_stun() {
     );
     // The project's STUN server on the ACS side.
     let stun = rig
-        .command("acs", env!("CARGO_BIN_EXE_cwmp-connreq"))
+        .command("acs", &connreq_path())
         .args([
             "stun-server",
             "--listen",
@@ -292,11 +292,14 @@ fn port_forward_with_the_public_address_learned_by_stun() {
 #[test]
 fn port_forward_opened_by_upnp_igd() {
     if let Some(why) = unavailable() {
-        println!("SKIPPED port_forward_opened_by_upnp_igd: {why}");
+        common::skip("port_forward_opened_by_upnp_igd", &why);
         return;
     }
     if !std::path::Path::new("/usr/sbin/miniupnpd").exists() {
-        println!("SKIPPED port_forward_opened_by_upnp_igd: miniupnpd is not installed");
+        common::skip(
+            "port_forward_opened_by_upnp_igd",
+            "miniupnpd is not installed",
+        );
         return;
     }
     // miniupnpd refuses reserved WAN addresses (documentation and benchmark ranges), so the
@@ -380,7 +383,7 @@ fn port_forward_opened_by_upnp_igd() {
 fn hanging_resolver_never_stalls_the_agent_nor_publishes_a_loopback_url() {
     if let Some(why) = unavailable() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI: {why}");
-        println!("SKIPPED hanging_resolver_never_stalls_the_agent: {why}");
+        common::skip("hanging_resolver_never_stalls_the_agent", &why);
         return;
     }
     let rig = Rig::new("cwdns", &["cpe", "dns"]);

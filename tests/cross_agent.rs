@@ -111,7 +111,7 @@ fn http_cr_and_gpv_spv_round_trip() {
 
     // HTTP CR from the host's cwmp-connreq.
     let url = wait_nonempty(&a, CR_URL);
-    let host_connreq = vec![env!("CARGO_BIN_EXE_cwmp-connreq").to_string()];
+    let host_connreq = vec![connreq_path()];
     send_http_cr(&host_connreq, &url);
     wait_cr_session(&acs, &a, 2);
     eprintln!("HTTP CR session after {:?}", t0.elapsed());

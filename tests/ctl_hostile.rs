@@ -110,7 +110,7 @@ fn cr_url(a: &Agent) -> String {
 /// long the tool took.
 fn cr(url: &str) -> Duration {
     let t0 = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+    let out = Command::new(connreq_bin())
         .args([
             "http",
             url,
@@ -759,7 +759,7 @@ fn device_side_cannot_write_a_read_only_value_its_provider_owns() {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        println!("SKIPPED: python3 not installed");
+        common::skip("ctl_hostile", "python3 not installed");
         return;
     }
     let d = TempDir::new("ctlprov");

@@ -110,7 +110,7 @@ fn have(cmd: &str, arg: &str) -> bool {
 #[test]
 fn curl_digest_wrong_password_and_post() {
     if !have("curl", "--version") {
-        println!("SKIPPED: curl not installed");
+        common::skip("http_cr", "curl not installed");
         return;
     }
     let d = TempDir::new("crcurl");
@@ -178,7 +178,10 @@ fn python() -> Option<String> {
 #[test]
 fn python_requests_digest() {
     let Some(py) = python() else {
-        println!("SKIPPED: no python with `requests` (set CWMPD_TEST_PYTHON, see .ci/run)");
+        common::skip(
+            "http_cr",
+            "no python with `requests` (set CWMPD_TEST_PYTHON, see .ci/run)",
+        );
         return;
     };
     let d = TempDir::new("crpy");
@@ -298,7 +301,7 @@ fn disabling_http_cr_closes_the_port_and_clears_the_url() {
 fn cwmp_connreq_http_against_agent() {
     let d = TempDir::new("crtool");
     let (a, url) = start(&d, "");
-    let out = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+    let out = Command::new(connreq_bin())
         .args([
             "http",
             &url,
@@ -319,7 +322,7 @@ fn cwmp_connreq_http_against_agent() {
         assert!(l.starts_with("200 OK in ") && l.ends_with(" ms"), "{l}");
     }
     assert_eq!(wait_count(&a, 2), 2);
-    let out = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+    let out = Command::new(connreq_bin())
         .args(["http", &url, "--user", USER, "--password", "wrong"])
         .output()
         .unwrap();

@@ -845,7 +845,10 @@ fn inform_current_time_is_unknown_while_the_clock_is_not_set() {
             std::env::var("CI").as_deref() != Ok("true"),
             "CI: libfaketime is not installed"
         );
-        println!("SKIPPED inform_current_time_is_unknown: libfaketime not installed");
+        common::skip(
+            "inform_current_time_is_unknown",
+            "libfaketime not installed",
+        );
         return;
     };
     let acs = spawn_in_thread(AcsOptions::default());

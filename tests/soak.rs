@@ -58,7 +58,7 @@ fn stun_server(port: u16) -> StunSrv {
         .unwrap()
         .local_addr()
         .unwrap();
-    let c = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+    let c = Command::new(connreq_bin())
         .args([
             "stun-server",
             "--listen",
@@ -110,7 +110,7 @@ fn http_cr(hostport: &str, path: &str, nc: u32) -> u16 {
 }
 
 fn xmpp_cr(p: &Prosody) -> bool {
-    Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+    Command::new(connreq_bin())
         .args([
             "xmpp",
             "--jid",

@@ -2,6 +2,8 @@
 //! agent binary against `cwmp-connreq stun-server` and the test ACS, on loopback; and (as root)
 //! behind a real Linux NAT built in network namespaces, with coturn and the project's server.
 
+#![cfg(feature = "stun")]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -68,7 +70,7 @@ impl Drop for Proc {
 }
 
 fn stun_server(dir: &Path, listen: &str, api: &str, extra: &[&str]) -> Proc {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"));
+    let mut c = Command::new(connreq_bin());
     c.args([
         "stun-server",
         "--listen",
@@ -146,10 +148,7 @@ fn agent_config(dir: &Path, udp: &str, acs_url: &str, stun: Option<&str>, extra:
 }
 
 fn connreq_tool(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(connreq_bin()).args(args).output().unwrap();
     (
         out.status.success(),
         format!(
@@ -761,11 +760,11 @@ fn turnserver(rig: &Rig, dir: &Path) -> Proc {
 #[test]
 fn netns_coturn_nat_detection_and_routed() {
     if let Some(why) = netns_prereqs() {
-        println!("SKIPPED (network namespaces): {why}");
+        common::skip("(network namespaces)", &why);
         return;
     }
     if !have_tool("turnserver", "--help") && !Path::new("/usr/bin/turnserver").exists() {
-        println!("SKIPPED (coturn): turnserver is missing");
+        common::skip("(coturn)", "turnserver is missing");
         return;
     }
     for nat in [true, false] {
@@ -909,13 +908,13 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn netns_nat_end_to_end_udp_cr_and_rebinding() {
     if let Some(why) = netns_prereqs() {
-        println!("SKIPPED (network namespaces): {why}");
+        common::skip("(network namespaces)", &why);
         return;
     }
     let mut rig = build_rig("e", true).expect("rig");
     let (acs_ns, gw_ns, cpe_ns) = (rig.ns("acs"), rig.ns("gw"), rig.ns("cpe"));
     let d = TempDir::new("ns-e2e");
-    let mut c = in_ns(&acs_ns, env!("CARGO_BIN_EXE_cwmp-connreq"));
+    let mut c = in_ns(&acs_ns, &connreq_path());
     c.args([
         "stun-server",
         "--listen",
@@ -968,7 +967,7 @@ fn netns_nat_end_to_end_udp_cr_and_rebinding() {
         nsx(
             &acs_ns,
             &[
-                env!("CARGO_BIN_EXE_cwmp-connreq"),
+                &connreq_path(),
                 "udp",
                 to,
                 "--user",
@@ -997,7 +996,7 @@ fn netns_nat_end_to_end_udp_cr_and_rebinding() {
     let out = nsx(
         &acs_ns,
         &[
-            env!("CARGO_BIN_EXE_cwmp-connreq"),
+            &connreq_path(),
             "udp",
             &addr,
             "--user",
@@ -1070,7 +1069,7 @@ fn netns_binding_lifetime_discovery_behind_nat() {
     // becomes 90 % of the longest interval survived: 2.7 s (3 s survived) or 1.8 s (3 s
     // did not, at the edge). All seen from the STUN server.
     if let Some(why) = netns_prereqs() {
-        println!("SKIPPED (network namespaces): {why}");
+        common::skip("(network namespaces)", &why);
         return;
     }
     let rig = build_rig("d", true).expect("rig");
@@ -1413,7 +1412,7 @@ fn netns_discovery_keeps_the_cr_binding_alive_behind_nat() {
     // after 4 idle seconds finds its binding gone, but the CR binding is never left idle, so it
     // neither expires nor moves, and a UDP CR sent to it during that probe gets through.
     if let Some(why) = netns_prereqs() {
-        println!("SKIPPED (network namespaces): {why}");
+        common::skip("(network namespaces)", &why);
         return;
     }
     let mut rig = build_rig("k", true).expect("rig");

@@ -619,8 +619,9 @@ impl Drop for Mount {
 #[test]
 fn download_that_cannot_fit_is_refused_before_it_starts() {
     if !is_root() {
-        println!(
-            "SKIPPED: download_that_cannot_fit_is_refused_before_it_starts needs root to mount a tmpfs"
+        common::skip(
+            "transfer",
+            "download_that_cannot_fit_is_refused_before_it_starts needs root to mount a tmpfs",
         );
         return;
     }
@@ -633,8 +634,9 @@ fn download_that_cannot_fit_is_refused_before_it_starts() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        println!(
-            "SKIPPED: download_that_cannot_fit_is_refused_before_it_starts: cannot mount a tmpfs here"
+        common::skip(
+            "transfer",
+            "download_that_cannot_fit_is_refused_before_it_starts: cannot mount a tmpfs here",
         );
         return;
     }

@@ -8,6 +8,8 @@
 //! Every test starts its own Prosody on a free loopback port with a throw-away CA. Tests skip
 //! (with a printed message) when `prosody`, `prosodyctl` or `openssl` is missing.
 
+#![cfg(feature = "xmpp")]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -117,7 +119,7 @@ fn wait_idle(acs: &TestAcsHandle) {
 
 /// `cwmp-connreq xmpp` as ACS JID `from`; returns (exit code, stdout, stderr).
 fn connreq(p: &Prosody, from: &str, pw: &str, cr_pass: &str, count: u32) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cwmp-connreq"))
+    let out = Command::new(connreq_bin())
         .args([
             "xmpp",
             "--jid",
@@ -217,7 +219,10 @@ fn agent_connects_and_serves_connection_requests() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_slix {
-        println!("SKIPPED (slixmpp part): {py} cannot import slixmpp (set CWMPD_TEST_PYTHON)");
+        common::skip(
+            "(slixmpp part)",
+            &format!("{py} cannot import slixmpp (set CWMPD_TEST_PYTHON)"),
+        );
     } else {
         let before = cr_sessions(&acs);
         let out = Command::new(&py)

@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Reports a test (or part of one) that cannot run here because a peer or privilege is
+/// missing. In CI (`CI=true`, where .ci/run installs every peer and runs as root) a missing
+/// peer is a failure, never a silent skip; elsewhere the reason is printed and the test returns.
+pub fn skip(what: &str, why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} cannot run in CI: {why}"
+    );
+    println!("SKIPPED {what}: {why}");
+}
+
 pub fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -66,6 +77,31 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 /// cross/qemu-test.sh), else the `cwmpd` binary of this build.
 pub fn agent_argv() -> Vec<String> {
     external_argv("CWMPD_AGENT_CMD").unwrap_or_else(|| vec![env!("CARGO_BIN_EXE_cwmpd").into()])
+}
+
+/// The `cwmp-connreq` binary (package `crates/cwmp-connreq`) of this build: next to
+/// `CARGO_BIN_EXE_cwmpd`, built there once per test process with `cargo build -p cwmpd -p
+/// cwmp-connreq` (same profile and target directory) when it is missing or older than its own
+/// crate's sources (a change of the agent's library alone does not rebuild it). `cargo
+/// test`/`nextest` of the workspace build it anyway; `cargo test -p cwmpd` does not, since it is
+/// another package's binary.
+pub fn connreq_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        cwmp_testacs::binaries::sibling(
+            Path::new(env!("CARGO_BIN_EXE_cwmpd")),
+            "cwmp-connreq",
+            &["cwmpd", "cwmp-connreq"],
+            &["crates/cwmp-connreq/src", "crates/cwmp-connreq/Cargo.toml"],
+        )
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("the cwmp-connreq binary: {e}"))
+}
+
+/// [`connreq_bin`] as a string (for command lines).
+pub fn connreq_path() -> String {
+    connreq_bin().to_string_lossy().into_owned()
 }
 
 /// A command line from environment variable `var` (whitespace-separated), if set and not empty.

@@ -78,8 +78,9 @@ impl Prosody {
     pub fn setup(d: &TempDir) -> Option<Prosody> {
         for t in ["prosody", "prosodyctl", "openssl"] {
             if !have(t) {
-                println!(
-                    "SKIPPED: {t} not installed (apt-get install prosody lua-unbound openssl)"
+                super::skip(
+                    "prosody",
+                    &format!("{t} not installed (apt-get install prosody lua-unbound openssl)"),
                 );
                 return None;
             }
