@@ -433,7 +433,7 @@ async fn timeout() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn body_too_large() {
-    let big = "x".repeat(16 * 1024 * 1024 + 1);
+    let big = "x".repeat(cwmpd::net::acs::MAX_BODY + 1);
     let srv = serve(Arc::new(move |_| resp(200, &big)), None).await;
     let mut c = client(&srv.url("/"), "", "");
     assert_eq!(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use cwmpd::ctl::{MAX_CLIENTS, MAX_NAMES};
+use cwmpd::engine::rpc::MAX_RESPONSE_ENTRIES;
 use serde_json::{Value, json};
 
 const USER: &str = "acs-user";
@@ -514,8 +515,8 @@ fn amplification_within_the_names_cap_is_refused_with_9004_before_anything_is_bu
     let params = a.ctl(json!({"op": "status"}))["parameters"]
         .as_u64()
         .unwrap() as usize;
-    // Few enough names, but an expansion over the SOAP side's 100,000 entries.
-    let n = 100_000 / params + 1;
+    // Few enough names, but an expansion over the SOAP side's entry limit.
+    let n = MAX_RESPONSE_ENTRIES / params + 1;
     assert!(n <= MAX_NAMES, "the model is too large for this test");
     let watch = RssWatch::start(pid(&a));
     let mut worst = Duration::ZERO;
@@ -570,7 +571,7 @@ fn an_answer_at_the_limit_is_served_and_its_memory_given_back() {
     let params = a.ctl(json!({"op": "status"}))["parameters"]
         .as_u64()
         .unwrap() as usize;
-    let n = 100_000 / params;
+    let n = MAX_RESPONSE_ENTRIES / params;
     let before = rss_kb(pid(&a));
     let (v, dt) = timed(&a.sock, json!({"op": "get", "names": vec!["Device."; n]}));
     assert_eq!(v["ok"], true, "{}", short(&v));

@@ -39,7 +39,13 @@ const PARAMETER_KEY: &str = "Device.ManagementServer.ParameterKey";
 /// Most entries one GetParameterValues or GetParameterAttributes answer may hold; more gives
 /// 9004 Resources exceeded. Without it a request naming `Device.` 100,000 times (3 MB, within
 /// the parse limits) asks for an answer of tens of gigabytes (issue #9).
-pub const MAX_RESPONSE_ENTRIES: usize = 100_000;
+pub const MAX_RESPONSE_ENTRIES: usize = 32_768;
+
+/// Largest GetParameterValues / GetParameterNames answer, in bytes; a larger one is given up
+/// while it is written and answered 9004 Resources exceeded, so one request can never make the
+/// agent hold more than this (an STB shares its RAM with the video pipeline). A 10,000-parameter
+/// GPV answer is about 1.5 MB.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// What must happen after the session because of a request served in it. Recorded (and
 /// persisted) when the response is written, carried out after the session however it ends.
@@ -106,22 +112,28 @@ impl Engine {
         out: &mut Vec<u8>,
     ) {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        // Reserve roughly what the answer needs, so the buffer is not grown by doubling.
-        out.reserve(count * 160);
+        // Reserve roughly what the answer needs (within the budget), so the buffer is not grown
+        // by doubling.
+        out.reserve((count * 160).min(MAX_ANSWER_BYTES));
         let mut w = GpvWriter::begin(out, &env.header());
-        match self
-            .store
-            .for_each_value_ref(&refs, |n, v, t| w.param(n, v, t))
-        {
-            Ok(_) => {
+        let mut over = false;
+        let r = self.store.for_each_value_ref(&refs, |n, v, t| {
+            if !over {
+                w.param(n, v, t);
+                over = w.bytes() > MAX_ANSWER_BYTES;
+            }
+        });
+        let fault = match r {
+            Ok(_) if !over => {
                 w.finish();
+                return;
             }
-            Err(f) => {
-                drop(w);
-                out.clear();
-                soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
-            }
-        }
+            Ok(_) => SoapFault::new(9004),
+            Err(f) => model_fault(&f),
+        };
+        drop(w);
+        out.clear();
+        soap::emit_cpe(&fault_env(env, fault), out);
     }
 
     /// The second half of a request that needed provider IO: commit or undo, then answer.
@@ -287,6 +299,12 @@ impl Engine {
                         let mut w = GpnWriter::begin(out, &env.header());
                         for (n, wr) in &list {
                             w.param(n, *wr);
+                            if w.bytes() > MAX_ANSWER_BYTES {
+                                drop(w);
+                                out.clear();
+                                soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                                return None;
+                            }
                         }
                         w.finish();
                         return None;
@@ -683,6 +701,44 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("<FaultCode>9005</FaultCode>"), "{text}");
         assert_ne!(e.store.secret(KEY), Some("k2"));
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_byte_budget_is_9004_not_a_built_copy() {
+        let dir = tempdir();
+        let mut e = engine(&dir);
+        let name = "Device.DeviceInfo.";
+        let gpv = |n: usize| {
+            request(AcsRequest::GetParameterValues {
+                names: vec![name.into(); n],
+            })
+        };
+        let per = e.store.expand(name).unwrap().len();
+        let mut len = |n: usize| {
+            let mut out = Vec::new();
+            assert!(e.rpc_begin(&gpv(n), &mut out).is_none());
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("GetParameterValuesResponse"), "{text}");
+            text.len()
+        };
+        // Bytes per repeat of the name, and of the envelope around the list.
+        let (one, two) = (len(1), len(2));
+        let step = two - one;
+        let base = one - step;
+        // Enough repeats to pass the byte budget while staying within the entry limit.
+        let n = (MAX_ANSWER_BYTES - base) / step + 2;
+        assert!(n * per <= MAX_RESPONSE_ENTRIES, "{n} x {per} entries");
+        let mut out = Vec::new();
+        assert!(e.rpc_begin(&gpv(n), &mut out).is_none());
+        let text = String::from_utf8(std::mem::take(&mut out)).unwrap();
+        assert!(text.contains("<FaultCode>9004</FaultCode>"), "{text}");
+        assert!(text.len() < 4096, "only the fault is left: {} bytes", text.len());
+        // Just under the budget: answered in full.
+        let n = (MAX_ANSWER_BYTES - base) / step - 1;
+        assert!(e.rpc_begin(&gpv(n), &mut out).is_none());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("GetParameterValuesResponse"));
+        assert_eq!(text.matches("<Name>").count(), n * per);
     }
 
     fn tempdir() -> std::path::PathBuf {

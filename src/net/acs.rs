@@ -41,7 +41,7 @@ use crate::connreq::digest::{
 };
 
 /// Largest response body accepted, in bytes.
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Most redirects followed by one [`AcsClient::post`].
 pub const MAX_REDIRECTS: usize = 5;
 /// Most authentication rounds (challenge, stale re-challenge) in one POST.

@@ -452,6 +452,11 @@ impl<'a> GpvWriter<'a> {
         self.0.count
     }
 
+    /// Bytes in the output buffer so far (for a caller's size budget).
+    pub fn bytes(&self) -> usize {
+        self.0.out.len()
+    }
+
     /// Closes the document and returns the number of entries.
     pub fn finish(self) -> usize {
         self.0.finish()
@@ -489,6 +494,11 @@ impl<'a> GpnWriter<'a> {
     /// Entries written so far.
     pub fn count(&self) -> usize {
         self.0.count
+    }
+
+    /// Bytes in the output buffer so far (for a caller's size budget).
+    pub fn bytes(&self) -> usize {
+        self.0.out.len()
     }
 
     /// Closes the document and returns the number of entries.

@@ -60,10 +60,10 @@ pub struct ParseLimits {
 impl Default for ParseLimits {
     fn default() -> Self {
         ParseLimits {
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024,
             max_depth: 32,
-            max_items: 100_000,
-            max_elements: 400_000,
+            max_items: 32_768,
+            max_elements: 131_072,
             max_name_len: 256,
             max_value_len: 64 * 1024,
         }
@@ -1931,7 +1931,7 @@ mod tests {
             }
         );
 
-        // Array items: 100 000 pass, 100 001 do not (default limits).
+        // Array items: 32 768 pass, 32 769 do not (default limits).
         let items = |n: usize| {
             let mut s = String::from("<cwmp:GetParameterValues><ParameterNames>");
             for _ in 0..n {
@@ -1940,18 +1940,18 @@ mod tests {
             s.push_str("</ParameterNames></cwmp:GetParameterValues>");
             req(&s)
         };
-        match parse_acs_message(items(100_000).as_bytes()) {
+        match parse_acs_message(items(32_768).as_bytes()) {
             Ok(Envelope {
                 body: AcsMessage::Request(AcsRequest::GetParameterValues { names }),
                 ..
             }) => {
-                assert_eq!(names.len(), 100_000)
+                assert_eq!(names.len(), 32_768)
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
-        let e = parse_acs_message(items(100_001).as_bytes()).unwrap_err();
+        let e = parse_acs_message(items(32_769).as_bytes()).unwrap_err();
         assert!(
-            matches!(&e, ParseError::TooLarge { what, id } if what.contains("100000 children") && *id == id7()),
+            matches!(&e, ParseError::TooLarge { what, id } if what.contains("32768 children") && *id == id7()),
             "{e:?}"
         );
 
