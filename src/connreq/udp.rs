@@ -268,7 +268,7 @@ impl ReplayStore {
     fn save(&mut self, v: &Validator) {
         self.save_at = None;
         let Some(path) = &self.path else { return };
-        match crate::util::fsutil::write_atomic(path, &v.encode_state(), false) {
+        match crate::util::fsutil::write_atomic(path, &[&v.encode_state()], false) {
             Ok(()) => {
                 if self.failing {
                     tracing::info!("UDP connection-request replay state written again");

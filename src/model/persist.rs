@@ -138,9 +138,9 @@ impl StateFile {
         if self.current.as_deref() == Some(sum.as_str()) && self.path.exists() {
             return Ok(());
         }
-        let mut data = format!("{MAGIC} {sum} {}\n", body.len()).into_bytes();
-        data.extend_from_slice(&body);
-        write_atomic(&self.path, &data, true)?;
+        // Header and body written as two parts: no second copy of a large state in memory.
+        let header = format!("{MAGIC} {sum} {}\n", body.len());
+        write_atomic(&self.path, &[header.as_bytes(), &body], true)?;
         self.current = Some(sum);
         Ok(())
     }

@@ -5,10 +5,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Writes `data` to `path` so that after a crash the file holds either the old or the new
+/// Writes `parts` (concatenated) to `path` so that after a crash the file holds either the old or the new
 /// content, never a mix. When `keep_previous` is set the old content is first renamed to
 /// `<path>.prev`, so a reader has a second good copy to fall back to.
-pub fn write_atomic(path: &Path, data: &[u8], keep_previous: bool) -> io::Result<()> {
+pub fn write_atomic(path: &Path, parts: &[&[u8]], keep_previous: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -23,7 +23,9 @@ pub fn write_atomic(path: &Path, data: &[u8], keep_previous: bool) -> io::Result
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {
-            f.write_all(data)?;
+            for data in parts {
+                f.write_all(data)?;
+            }
             f.sync_all()
         });
     if let Err(e) = written {
