@@ -17,9 +17,13 @@ pub fn workspace_root() -> PathBuf {
 fn layout(exe: &Path) -> Option<(PathBuf, Option<String>, String)> {
     let profile_dir = exe.parent()?;
     let dir_name = profile_dir.file_name()?.to_str()?;
-    // target/<profile>/ or target/<triple>/<profile>/ (cargo marks the target directory).
+    // target/<profile>/ or target/<triple>/<profile>/. Cargo keeps `.rustc_info.json` in the
+    // target directory itself (CACHEDIR.TAG only when cargo created the directory: a CI script
+    // that made `target/` first leaves it out).
     let up = profile_dir.parent()?;
-    let (target_dir, triple) = if up.join("CACHEDIR.TAG").exists() {
+    let is_target_dir =
+        |d: &Path| d.join(".rustc_info.json").exists() || d.join("CACHEDIR.TAG").exists();
+    let (target_dir, triple) = if is_target_dir(up) || !up.parent().is_some_and(is_target_dir) {
         (up.to_path_buf(), None)
     } else {
         let t = up.file_name()?.to_str()?.to_string();
@@ -112,5 +116,34 @@ pub fn sibling(
             "{} not found: build it with `{how}`",
             bin.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_tells_the_target_dir_triple_and_profile() {
+        let t = std::env::temp_dir().join(format!("cwmp-testacs-layout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&t);
+        std::fs::create_dir_all(t.join("debug")).unwrap();
+        std::fs::create_dir_all(t.join("armv7-unknown-linux-gnueabihf/release-z")).unwrap();
+        // A target directory made before cargo ran: no CACHEDIR.TAG, only cargo's own file.
+        std::fs::write(t.join(".rustc_info.json"), "{}").unwrap();
+        assert_eq!(
+            layout(&t.join("debug/cwmpd")),
+            Some((t.clone(), None, "dev".into()))
+        );
+        assert_eq!(
+            layout(&t.join("armv7-unknown-linux-gnueabihf/release-z/cwmpd")),
+            Some((
+                t.clone(),
+                Some("armv7-unknown-linux-gnueabihf".into()),
+                "release-z".into()
+            ))
+        );
+        assert!(build_command(&t.join("release/x"), &["a"]).ends_with("--release -p a"));
+        std::fs::remove_dir_all(&t).unwrap();
     }
 }
