@@ -157,23 +157,23 @@ fn relay_listener(path: &Path) -> Result<mpsc::Receiver<(String, Instant)>, Stri
 // One environment (loopback or the namespace topology) with the agent running
 // ---------------------------------------------------------------------------------------------
 
-struct XmppTarget {
+pub(crate) struct XmppTarget {
     host: String,
     port: u16,
     ca: PathBuf,
 }
 
-struct Env {
+pub(crate) struct Env {
     mode: &'static str,
     acs_ns: Option<String>,
     cpe_ns: Option<String>,
     acs: TestAcsHandle,
-    agent: Proc,
+    pub(crate) agent: Proc,
     sock: PathBuf,
     http_url: String,
     fwd_url: Option<String>,
-    stun_api: SocketAddr,
-    xmpp: Result<XmppTarget, String>,
+    pub(crate) stun_api: SocketAddr,
+    pub(crate) xmpp: Result<XmppTarget, String>,
     relay: mpsc::Receiver<(String, Instant)>,
     floor_tcp: SocketAddr,
     floor_tcp_fwd: Option<SocketAddr>,
@@ -215,20 +215,20 @@ fn wait_value(
 }
 
 /// The environment's addresses.
-struct Layout {
-    mode: &'static str,
-    acs_ns: Option<String>,
-    cpe_ns: Option<String>,
+pub(crate) struct Layout {
+    pub(crate) mode: &'static str,
+    pub(crate) acs_ns: Option<String>,
+    pub(crate) cpe_ns: Option<String>,
     /// Where the ACS-side services listen.
-    acs_ip: &'static str,
+    pub(crate) acs_ip: &'static str,
     /// The agent's HTTP and UDP listen addresses.
-    http_listen: String,
-    udp_listen: String,
-    public_url: Option<String>,
+    pub(crate) http_listen: String,
+    pub(crate) udp_listen: String,
+    pub(crate) public_url: Option<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn start_env(
+pub(crate) fn start_env(
     lay: Layout,
     dir: &Path,
     agent_bin: &Path,
@@ -1078,7 +1078,7 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-fn stun_requests(api: SocketAddr) -> u64 {
+pub(crate) fn stun_requests(api: SocketAddr) -> u64 {
     (|| -> Option<u64> {
         let mut s = TcpStream::connect(api).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -1288,7 +1288,7 @@ fn xmpp_floor(
 // ---------------------------------------------------------------------------------------------
 
 /// Size of a stripped copy of `bin` (the release profile strips already; this makes sure).
-fn stripped_size(bin: &Path) -> Result<(u64, String), String> {
+pub(crate) fn stripped_size(bin: &Path) -> Result<(u64, String), String> {
     let size = std::fs::metadata(bin)
         .map_err(|e| format!("{}: {e}", bin.display()))?
         .len();

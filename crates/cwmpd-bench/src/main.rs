@@ -5,6 +5,10 @@
 //! * `cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns]`: connection requests by every
 //!   mechanism, the physical floor and the footprint; writes `DIR/README-table.md`, `cr.csv`
 //!   and `cr.svg` (default `results/`);
+//! * `footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile]
+//!   [--settle-seconds S]`: stripped sizes per target and feature set, idle memory with every
+//!   mechanism up, peak RSS of the 10,000-parameter GPV and of hostile/huge ACS messages, judged
+//!   against the footprint targets (issue #14); writes `DIR/footprint.md` and `footprint.csv`;
 //! * `all [cr options]`: store, session and cr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -15,6 +19,7 @@ use cwmpd::model::store::{LiveKind, LiveSource};
 use cwmpd::model::{Schema, Store};
 
 mod cr;
+mod footprint;
 mod report;
 mod rig;
 mod session;
@@ -49,7 +54,7 @@ impl LiveSource for NoLive {
     }
 }
 
-const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | all [cr options]]";
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | all [cr options]]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +68,12 @@ fn main() {
             report_err("session", session::run(n, 20))
         }
         Some("cr") => report_err("cr", bench_cr(&args[1..])),
+        Some("footprint") => report_err(
+            "footprint",
+            footprint::Opts::parse(&args[1..])
+                .map_err(|e| format!("{e}\n{USAGE}"))
+                .and_then(|o| footprint::run(&o)),
+        ),
         Some("all") => {
             bench_store(10_000);
             println!();

@@ -39,7 +39,7 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// A vendor data-model file with a 10-parameter table; `rows` instances come from the config.
-fn write_bench_model(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn write_bench_model(dir: &Path) -> std::io::Result<()> {
     let mut xml = String::from(
         "<dm:document xmlns:dm=\"urn:broadband-forum-org:cwmp:datamodel-1-14\" spec=\"urn:cwmpd:bench\"><model name=\"Device:2.19\">\
          <object base=\"Device.\"><parameter name=\"X_00D09E_RowNumberOfEntries\" access=\"readOnly\"><syntax><unsignedInt/></syntax></parameter></object>\
