@@ -2,7 +2,7 @@
 # needs, and installing it from Debian (bookworm + bookworm-security) when it is missing.
 # Expects TARGET to be set; sets arch, gnu, musl, qemu, sysroot, strip, cc.
 
-cross_targets="armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu mipsel-unknown-linux-gnu
+cross_targets="x86_64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu mipsel-unknown-linux-gnu
 armv7-unknown-linux-musleabihf aarch64-unknown-linux-musl mipsel-unknown-linux-musl"
 
 cross_die() {
@@ -15,6 +15,8 @@ cross_die() {
 cross_target_info() {
   musl=""
   case "$1" in
+    # The host's own target, built the same way (std for size) for the amd64 package; no qemu.
+    x86_64-unknown-linux-gnu) arch=amd64 gnu=x86_64-linux-gnu qemu=env ;;
     armv7-unknown-linux-gnueabihf) arch=armhf gnu=arm-linux-gnueabihf qemu=qemu-arm ;;
     aarch64-unknown-linux-gnu) arch=arm64 gnu=aarch64-linux-gnu qemu=qemu-aarch64 ;;
     mipsel-unknown-linux-gnu) arch=mipsel gnu=mipsel-linux-gnu qemu=qemu-mipsel ;;
@@ -27,6 +29,9 @@ cross_target_info() {
   if [ -n "$musl" ]; then
     cc="$musl-gcc"
     sysroot=""  # static binaries: qemu needs no -L
+  elif [ "$arch" = amd64 ]; then
+    cc="$gnu-gcc"
+    sysroot=""  # native: the host's own libc
   else
     cc="$gnu-gcc"
     sysroot="/usr/$gnu"
@@ -41,8 +46,13 @@ cross_install() {
   [ -x /usr/bin/rustc ] && /usr/bin/rustc --version 2>/dev/null | grep -q '^rustc 1\.9[6-9]' || want+=(rustc-web cargo-web)
   [ -x /usr/bin/cargo ] || want+=(cargo-web)
   [ -d /usr/lib/rustlib/src/rust/library ] || want+=(rust-web-src)
-  command -v "$gnu-gcc" >/dev/null || want+=("gcc-$gnu")
-  [ -e "/usr/$gnu/lib/libc.so" ] || want+=("libc6-dev-$arch-cross")
+  if [ "$arch" = amd64 ]; then
+    command -v "$gnu-gcc" >/dev/null || want+=(gcc)
+    [ -e "/usr/lib/$gnu/libc.so" ] || want+=(libc6-dev)
+  else
+    command -v "$gnu-gcc" >/dev/null || want+=("gcc-$gnu")
+    [ -e "/usr/$gnu/lib/libc.so" ] || want+=("libc6-dev-$arch-cross")
+  fi
   if [ -n "$musl" ] && ! command -v "$musl-gcc" >/dev/null; then
     dpkg --print-foreign-architectures | grep -qx "$arch" || {
       [ "$(id -u)" = 0 ] || cross_die "need 'dpkg --add-architecture $arch' (run as root)"

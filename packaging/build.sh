@@ -6,11 +6,12 @@
 #   cwmp-connreq_<ver>-<rev>_<arch>.deb/.ipk  the ACS-side tool (connection-request senders and
 #                                             the TR-111 STUN server), for ACS hosts and test rigs.
 # The .ipk names carry the opkg architecture (cwmpd_0.1.0-1_x86_64.ipk, see ipk_arch below).
-#   amd64: from the native build (cargo build --release, run here; incremental);
+#   amd64: from cross/build.sh x86_64-unknown-linux-gnu (std built for size, like the other
+#          targets; run here, incremental); PKG_NATIVE=1: from a plain cargo build --release;
 #   others: from cross/build.sh's stripped binaries in $CARGO_TARGET_DIR/dist/<triple>/ (built
 #           here when missing): the glibc build for the .deb; for the .ipk the static musl build
 #           when it exists (OpenWrt uses musl), else the glibc one.
-# Env: CARGO_TARGET_DIR, PKG_OUT, PKG_VERSION (default: Cargo.toml's), PKG_REVISION (1),
+# Env: CARGO_TARGET_DIR, PKG_OUT, PKG_NATIVE, PKG_VERSION (default: Cargo.toml's), PKG_REVISION (1),
 #      PKG_MAINTAINER, IPK_ARCH_<arch> (opkg architecture name, see below).
 # Layout:
 #   cwmpd: /usr/sbin/cwmpd, /etc/cwmpd/cwmpd.toml (conffile), /etc/cwmpd/datamodel.d/,
@@ -243,12 +244,17 @@ build_ipk() {
 has_bins() { [ -x "$1/cwmpd" ] && [ -x "$1/cwmp-connreq" ]; }
 
 for arch in "$@"; do
-  if [ "$arch" = amd64 ]; then
-    echo "== packaging: native build (release)"
+  if [ "$arch" = amd64 ] && [ "${PKG_NATIVE:-}" = 1 ]; then
+    echo "== packaging: native build (release, PKG_NATIVE=1)"
     # The agent (package cwmpd) and the ACS-side tool (package cwmp-connreq, crates/cwmp-connreq):
     # both packages named, so that neither depends on the workspace's default-members.
     cargo build --locked --release -p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq
     debbin="$TD/release"
+  elif [ "$arch" = amd64 ]; then
+    # Like every shipped target: the size profile with std built for size (cross/build.sh;
+    # cargo is incremental, so a second call only checks).
+    debbin="$TD/dist/x86_64-unknown-linux-gnu"
+    cross/build.sh x86_64-unknown-linux-gnu
   else
     triple=$(glibc_triple "$arch")
     debbin="$TD/dist/$triple"
