@@ -302,15 +302,15 @@ async fn connect_host(host: &str, port: u16) -> io::Result<TcpStream> {
 }
 
 /// One SRV query to one nameserver (bounded wait; answers to other queries are ignored).
-async fn srv_query(ns: IpAddr, name: &str) -> Result<SrvAnswer, String> {
+async fn srv_query(ns: SocketAddr, name: &str) -> Result<SrvAnswer, String> {
     let id = (rand_u32() & 0xffff) as u16;
     let query = dns_srv::build_query(id, name).map_err(|e| e.to_string())?;
     let local: SocketAddr = match ns {
-        IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
-        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
-    sock.connect((ns, 53)).await.map_err(|e| e.to_string())?;
+    sock.connect(ns).await.map_err(|e| e.to_string())?;
     sock.send(&query).await.map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; dns_srv::MAX_RESPONSE];
     tokio::time::timeout(DNS_TIMEOUT, async {
@@ -332,13 +332,24 @@ async fn srv_lookup(domain: &str) -> Result<Option<Vec<SrvRecordTarget>>, String
     let conf = tokio::fs::read_to_string("/etc/resolv.conf")
         .await
         .unwrap_or_default();
-    let mut servers = dns_srv::nameservers(&conf);
+    let mut servers: Vec<SocketAddr> = dns_srv::nameservers(&conf)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
     if servers.is_empty() {
-        servers.push(IpAddr::from([127, 0, 0, 1]));
+        servers.push(SocketAddr::from(([127, 0, 0, 1], 53)));
     }
+    srv_lookup_via(&servers, domain).await
+}
+
+/// [`srv_lookup`] through the given nameservers, each tried [`DNS_ATTEMPTS`] times.
+async fn srv_lookup_via(
+    servers: &[SocketAddr],
+    domain: &str,
+) -> Result<Option<Vec<SrvRecordTarget>>, String> {
     let name = dns_srv::xmpp_client_name(domain);
     let mut last = String::from("no nameserver");
-    for ns in servers {
+    for &ns in servers {
         for _ in 0..DNS_ATTEMPTS {
             match srv_query(ns, &name).await {
                 Ok(SrvAnswer::NoRecords) => return Ok(None),
@@ -1271,6 +1282,56 @@ mod tests {
         let two = req.clone().with_child(Element::new("x", "urn:x"));
         assert!(iq_request(&two).is_none());
         assert!(iq_request(&req.clone().with_attr("type", "result")).is_none());
+    }
+
+    /// A nameserver on loopback: first a stray answer with another id, then the SRV records
+    /// (or NXDOMAIN for `none.test`).
+    async fn fake_nameserver() -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let mut p = buf[..n].to_vec();
+                let nx = p.windows(4).any(|w| w == b"none");
+                p[2] = 0x81;
+                p[3] = if nx { 0x83 } else { 0x80 };
+                let mut stray = p.clone();
+                stray[0] ^= 0xff;
+                let _ = sock.send_to(&stray, from).await;
+                if !nx {
+                    p[7] = 2;
+                    for (prio, port, host) in [(20u16, 5269u16, "b"), (10, 5223, "a")] {
+                        p.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 60]);
+                        p.extend_from_slice(&[0, 6 + 5]);
+                        p.extend_from_slice(&prio.to_be_bytes());
+                        p.extend_from_slice(&[0, 1]);
+                        p.extend_from_slice(&port.to_be_bytes());
+                        p.extend_from_slice(&[1, host.as_bytes()[0], 1, b't', 0]);
+                    }
+                }
+                let _ = sock.send_to(&p, from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn srv_lookup_over_udp() {
+        let ns = fake_nameserver().await;
+        // A dead nameserver first (nothing listens on the port): the next one answers.
+        let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let r = srv_lookup_via(&[dead_addr, ns], "example.test").await;
+        assert_eq!(
+            r,
+            Ok(Some(vec![
+                ("a.t".to_string(), 5223),
+                ("b.t".to_string(), 5269)
+            ]))
+        );
+        assert_eq!(srv_lookup_via(&[ns], "none.test").await, Ok(None));
     }
 
     #[test]

@@ -244,6 +244,10 @@ pub struct StreamReader {
     events: VecDeque<Event>,
     ended: bool,
     failed: Option<XmlError>,
+    /// Bytes of the incomplete token at the start of `buf` already scanned for its end, and
+    /// the quote open there (start tags): a token fed byte by byte is not rescanned.
+    resume: usize,
+    resume_quote: Option<u8>,
 }
 
 impl StreamReader {
@@ -284,6 +288,8 @@ impl StreamReader {
             }
             match self.token(pos) {
                 Ok(Some(used)) => {
+                    self.resume = 0;
+                    self.resume_quote = None;
                     if self.stack.len() > 1 || used.1 {
                         self.stanza_bytes += used.0;
                         if self.stanza_bytes > MAX_STANZA {
@@ -311,9 +317,13 @@ impl StreamReader {
     /// Parses one token at `pos`: Some((bytes used, part of a stanza)), None when incomplete.
     fn token(&mut self, pos: usize) -> Result<Option<(usize, bool)>, XmlError> {
         let rest = &self.buf[pos..];
+        let from = self.resume.min(rest.len());
         if rest[0] != b'<' {
             // Character data up to the next tag.
-            let end = rest.iter().position(|&b| b == b'<');
+            let end = rest[from..]
+                .iter()
+                .position(|&b| b == b'<')
+                .map(|i| i + from);
             if self.stack.len() <= 1 {
                 // Between stanzas (or before the header): only whitespace (keep-alives).
                 let n = end.unwrap_or(rest.len());
@@ -322,7 +332,10 @@ impl StreamReader {
                 }
                 return Ok(Some((n, false)));
             }
-            let Some(n) = end else { return Ok(None) };
+            let Some(n) = end else {
+                self.resume = rest.len();
+                return Ok(None);
+            };
             let raw = std::str::from_utf8(&rest[..n]).map_err(|_| bad("invalid UTF-8"))?;
             if raw.contains("]]>") {
                 return Err(bad("']]>' in text"));
@@ -338,7 +351,8 @@ impl StreamReader {
         }
         match rest[1] {
             b'?' => {
-                let Some(n) = find(rest, b"?>") else {
+                let Some(n) = find_from(rest, b"?>", from) else {
+                    self.resume = rest.len();
                     return Ok(None);
                 };
                 if !self.stack.is_empty() || !rest.starts_with(b"<?xml") {
@@ -358,7 +372,8 @@ impl StreamReader {
                 if !rest.starts_with(CDATA) || self.stack.len() <= 1 {
                     return Err(bad("comment or DTD"));
                 }
-                let Some(n) = find(rest, b"]]>") else {
+                let Some(n) = find_from(rest, b"]]>", from.max(CDATA.len())) else {
+                    self.resume = rest.len();
                     return Ok(None);
                 };
                 let text = std::str::from_utf8(&rest[CDATA.len()..n])
@@ -370,7 +385,12 @@ impl StreamReader {
                 Ok(Some((n + 3, true)))
             }
             b'/' => {
-                let Some(n) = rest.iter().position(|&b| b == b'>') else {
+                let Some(n) = rest[from..]
+                    .iter()
+                    .position(|&b| b == b'>')
+                    .map(|i| i + from)
+                else {
+                    self.resume = rest.len();
                     return Ok(None);
                 };
                 let name = std::str::from_utf8(&rest[2..n])
@@ -387,8 +407,13 @@ impl StreamReader {
                 Ok(Some((n + 1, in_stanza)))
             }
             _ => {
-                let Some(n) = tag_end(rest) else {
-                    return Ok(None);
+                let n = match tag_end(rest, from.max(1), self.resume_quote) {
+                    Ok(n) => n,
+                    Err(quote) => {
+                        self.resume = rest.len();
+                        self.resume_quote = quote;
+                        return Ok(None);
+                    }
                 };
                 let in_stanza = !self.stack.is_empty();
                 let raw = std::str::from_utf8(&rest[1..n]).map_err(|_| bad("invalid UTF-8"))?;
@@ -533,22 +558,27 @@ impl StreamReader {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// The index of `needle` in `hay`, the search starting where a match may end at `from` or later.
+fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(needle.len() - 1);
+    hay.get(start..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + start)
 }
 
-/// The index of the `>` ending a start tag (quotes respected).
-fn tag_end(s: &[u8]) -> Option<usize> {
-    let mut quote = None;
-    for (i, &b) in s.iter().enumerate().skip(1) {
+/// The index of the `>` ending a start tag (quotes respected), scanning from `from` with
+/// `quote` open there; Err(the quote open at the end) when the tag is incomplete.
+fn tag_end(s: &[u8], from: usize, mut quote: Option<u8>) -> Result<usize, Option<u8>> {
+    for (i, &b) in s.iter().enumerate().skip(from) {
         match (quote, b) {
             (None, b'\'' | b'"') => quote = Some(b),
             (Some(q), _) if q == b => quote = None,
-            (None, b'>') => return Some(i),
+            (None, b'>') => return Ok(i),
             _ => {}
         }
     }
-    None
+    Err(quote)
 }
 
 fn check_name(n: &str) -> Result<(), XmlError> {
@@ -931,6 +961,27 @@ mod tests {
             ev.extend(all(&mut r));
         }
         check(&ev);
+    }
+
+    #[test]
+    fn large_tokens_fed_byte_by_byte() {
+        // Text, a start tag with '>' inside a quoted value, and CDATA near the bound, one byte
+        // at a time (each byte only scanned once per token).
+        let big = "q".repeat(MAX_STANZA / 4);
+        let input = format!(
+            "<stream:stream xmlns:stream='{NS_STREAM}' xmlns='{NS_CLIENT}'>\
+             <m a='>{big}' b=\"'\">{big}<![CDATA[{big}]]]></m>"
+        );
+        let mut r = StreamReader::new();
+        for b in input.as_bytes() {
+            r.feed(&[*b]).unwrap();
+        }
+        let ev = all(&mut r);
+        let Event::Element(m) = &ev[1] else { panic!() };
+        assert_eq!(m.attr("a").map(str::len), Some(big.len() + 1));
+        assert_eq!(m.attr("b"), Some("'"));
+        assert_eq!(m.text.len(), 2 * big.len() + 1);
+        assert!(m.text.ends_with("q]"));
     }
 
     #[test]
