@@ -1284,6 +1284,52 @@ mod tests {
         assert!(iq_request(&req.clone().with_attr("type", "result")).is_none());
     }
 
+    #[test]
+    fn sasl_mechanism_choice() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name = |offered: &[&str], cb: Option<Vec<u8>>, tls: bool| {
+            choose_mechanism(&l(offered), "u", "p", cb, tls).map(|(_, first, n)| (n, first))
+        };
+        let all = [
+            "PLAIN",
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-256-PLUS",
+        ];
+        let (n, first) = name(&all, Some(vec![7; 32]), true).unwrap();
+        assert_eq!(n, "SCRAM-SHA-256-PLUS");
+        assert!(first.starts_with(b"p=tls-exporter,,n=u,r="));
+        // No channel binding (TLS 1.2): plain SCRAM, telling the server we could have bound.
+        let (n, first) = name(&all, None, true).unwrap();
+        assert_eq!(n, "SCRAM-SHA-256");
+        assert!(first.starts_with(b"y,,"));
+        let (n, first) = name(&["SCRAM-SHA-1", "PLAIN"], None, false).unwrap();
+        assert_eq!(n, "SCRAM-SHA-1");
+        assert!(first.starts_with(b"n,,"));
+        assert_eq!(
+            name(&["SCRAM-SHA-1-PLUS", "PLAIN"], Some(vec![1; 32]), true)
+                .unwrap()
+                .0,
+            "SCRAM-SHA-1-PLUS"
+        );
+        let (n, first) = name(&["PLAIN"], None, true).unwrap();
+        assert_eq!((n.as_str(), first.as_slice()), ("PLAIN", &b"\0u\0p"[..]));
+        // PLAIN never on a clear stream; nothing usable; non-ASCII credentials.
+        assert!(matches!(
+            name(&["PLAIN"], None, false),
+            Err(ConnectError::Auth(_))
+        ));
+        assert!(matches!(
+            name(&["DIGEST-MD5"], None, true),
+            Err(ConnectError::Auth(_))
+        ));
+        assert!(matches!(
+            choose_mechanism(&l(&["SCRAM-SHA-1"]), "u", "pä", None, true),
+            Err(ConnectError::Auth(_))
+        ));
+    }
+
     /// A nameserver on loopback: first a stray answer with another id, then the SRV records
     /// (or NXDOMAIN for `none.test`).
     async fn fake_nameserver() -> SocketAddr {
