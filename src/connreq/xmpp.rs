@@ -590,10 +590,8 @@ pub async fn connect(p: &ConnectParams) -> Result<Connection, ConnectError> {
         .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
     let mut plain = Wire::new(tcp);
     let features = plain.open(&domain).await?;
-    let (io, binding, tls): (Box<dyn Io>, Option<Vec<u8>>, bool) = if features
-        .get_child("starttls", NS_TLS)
-        .is_some()
-    {
+    // TLS means a new stream (RFC 6120 §5.4.3.3); without it the first stream goes on.
+    let (mut w, features, binding, tls) = if features.get_child("starttls", NS_TLS).is_some() {
         plain
             .write(&wire::starttls())
             .await
@@ -620,17 +618,21 @@ pub async fn connect(p: &ConnectParams) -> Result<Connection, ConnectError> {
                 .ok(),
             _ => None,
         };
-        (Box::new(tls), binding, true)
+        let mut w = Wire::new(Box::new(tls) as Box<dyn Io>);
+        let features = w.open(&domain).await?;
+        (w, features, binding, true)
     } else if p.require_tls {
         return Err(ConnectError::Misconfigured(format!(
             "UseTLS is true but {domain} ({peer}) does not offer STARTTLS"
         )));
     } else {
         tracing::warn!("XMPP server {domain} ({peer}) offers no STARTTLS: continuing without TLS");
-        (Box::new(plain.io), None, false)
+        let w = Wire {
+            io: Box::new(plain.io) as Box<dyn Io>,
+            reader: plain.reader,
+        };
+        (w, features, None, false)
     };
-    let mut w = Wire::new(io);
-    let features = w.open(&domain).await?;
     let mechanism = authenticate(&mut w, &features, &username, &p.password, binding, tls).await?;
     let features = w.open(&domain).await?;
     if features.get_child("bind", NS_BIND).is_none() {
@@ -1328,6 +1330,139 @@ mod tests {
             choose_mechanism(&l(&["SCRAM-SHA-1"]), "u", "pä", None, true),
             Err(ConnectError::Auth(_))
         ));
+    }
+
+    /// A scripted XMPP server on loopback for one connection: for each step, waits until the
+    /// client has sent `until`, then writes the reply. Gives everything the client sent.
+    async fn scripted_server(
+        steps: Vec<(&'static str, String)>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = String::new();
+            let mut seen = 0;
+            let mut buf = [0u8; 1024];
+            for (until, reply) in steps {
+                while !got[seen..].contains(until) {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return got,
+                        Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    }
+                }
+                seen = got[seen..].find(until).unwrap() + seen + until.len();
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+            // Until the client closes.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            got
+        });
+        (addr, h)
+    }
+
+    fn server_header(features: &str) -> String {
+        format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='{NS_STREAM}' from='d.test' id='s1' version='1.0'>\
+             <stream:features>{features}</stream:features>"
+        )
+    }
+
+    fn mechanisms(m: &[&str]) -> String {
+        let m: String = m
+            .iter()
+            .map(|m| format!("<mechanism>{m}</mechanism>"))
+            .collect();
+        format!("<mechanisms xmlns='{NS_SASL}'>{m}</mechanisms>")
+    }
+
+    async fn login(addr: SocketAddr, require_tls: bool) -> Result<Connection, ConnectError> {
+        let p = ConnectParams {
+            jid: Jid::new("cpe@d.test").unwrap(),
+            password: "sekrit".into(),
+            resource: None,
+            target: Target::Host("127.0.0.1".into(), addr.port()),
+            require_tls,
+            tls: tls_config(None).unwrap(),
+            keepalive: Duration::from_secs(300),
+        };
+        tokio::time::timeout(Duration::from_secs(10), connect(&p))
+            .await
+            .unwrap_or_else(|_| panic!("connect to {addr} (require_tls {require_tls}) hangs"))
+    }
+
+    #[tokio::test]
+    async fn login_failures_map_onto_status() {
+        // SASL failure: Error_AuthenticationFailure; the password is never sent in the clear.
+        let (addr, h) = scripted_server(vec![
+            (
+                "<stream:stream",
+                server_header(&mechanisms(&["SCRAM-SHA-1"])),
+            ),
+            (
+                "</auth>",
+                format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>"),
+            ),
+        ])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::ErrorAuthenticationFailure, "{e}");
+        assert!(e.to_string().contains("not-authorized"), "{e}");
+        let sent = h.await.unwrap();
+        assert!(sent.contains("mechanism='SCRAM-SHA-1'") && sent.contains(" to='d.test'"));
+        assert!(!sent.contains("sekrit"));
+
+        // Only PLAIN on a clear stream: refused before anything is sent.
+        let (addr, h) = scripted_server(vec![(
+            "<stream:stream",
+            server_header(&mechanisms(&["PLAIN"])),
+        )])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::ErrorAuthenticationFailure, "{e}");
+        assert!(!h.await.unwrap().contains("<auth"));
+
+        // UseTLS without STARTTLS offered: Error_Misconfigured.
+        let (addr, _h) = scripted_server(vec![(
+            "<stream:stream",
+            server_header(&mechanisms(&["PLAIN"])),
+        )])
+        .await;
+        let e = login(addr, true).await.err().unwrap();
+        assert_eq!(e.status(), Status::ErrorMisconfigured, "{e}");
+
+        // A stream error, and malformed XML, during negotiation: Error.
+        let (addr, _h) = scripted_server(vec![(
+            "<stream:stream",
+            format!(
+                "<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}'>\
+                 <stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+                 </stream:error></stream:stream>"
+            ),
+        )])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::Error, "{e}");
+        assert!(e.to_string().contains("host-unknown"), "{e}");
+        let (addr, _h) = scripted_server(vec![(
+            "<stream:stream",
+            format!("<stream:stream xmlns:stream='{NS_STREAM}'><a></b>"),
+        )])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert!(matches!(e, ConnectError::Protocol(_)), "{e}");
+        // Nobody listening: ServerNotPresent.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gone.local_addr().unwrap();
+        drop(gone);
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::ServerNotPresent, "{e}");
     }
 
     /// A nameserver on loopback: first a stray answer with another id, then the SRV records
