@@ -4,8 +4,10 @@
 //! * [`connect`]: one client session to an XMPP server — TCP, STARTTLS with cwmpd's own rustls
 //!   configuration (so the CA is configurable per agent: `[xmpp] ca_file`), SASL (SCRAM-SHA-256/
 //!   SCRAM-SHA-1, their `-PLUS` variants when the server offers them and TLS 1.3 gives a
-//!   channel binding, PLAIN only inside TLS) and resource binding. Built on the low-level
-//!   `tokio_xmpp::xmlstream` API, so reconnection, keep-alive and timeouts stay under cwmpd's
+//!   channel binding, PLAIN only inside TLS) and resource binding, on tokio and tokio-rustls
+//!   with the sans-IO pieces of cwmp-proto (`xmpp_wire`: the bounded XML stream reader and the
+//!   stanzas; `xmpp_sasl`; `dns_srv`: the SRV lookup of RFC 6120 §3.2.1, sent to the
+//!   nameservers of /etc/resolv.conf). Reconnection, keep-alive and timeouts stay under cwmpd's
 //!   control. The ACS tool `cwmp-connreq xmpp` uses it too.
 //! * [`run`]: the agent's client for the connection named by
 //!   `ManagementServer.ConnReqXMPPConnection`, a thin driver of the sans-IO
@@ -19,42 +21,26 @@
 //! Which server, when to reconnect, when to ping and when the stream is dead are all decided
 //! in `xmpp_policy.rs`; its types are re-exported here.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use cwmp_proto::connreq::dns_srv::{self, SrvAnswer};
+use cwmp_proto::connreq::xmpp_sasl::{ChannelBinding, SaslError, Scram, ScramHash};
+use cwmp_proto::connreq::xmpp_wire::{
+    Event, NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, NS_TLS, StreamReader, XmlError,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use sasl::client::Mechanism;
-use sasl::client::mechanisms::{Plain, Scram};
-use sasl::common::scram::{Sha1, Sha256};
-use sasl::common::{ChannelBinding, Credentials};
-use tokio::io::BufStream;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
-use tokio_xmpp::connect::{AsyncReadAndWrite, DnsConfig};
-use tokio_xmpp::minidom::Element;
-use tokio_xmpp::parsers::bind::{BindQuery, BindResponse};
-use tokio_xmpp::parsers::iq::Iq;
-use tokio_xmpp::parsers::jid::{BareJid, FullJid, Jid};
-use tokio_xmpp::parsers::ping::Ping;
-use tokio_xmpp::parsers::presence::Presence;
-use tokio_xmpp::parsers::sasl::{Auth, Mechanism as SaslMechanism, Nonza, Response};
-use tokio_xmpp::parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
-use tokio_xmpp::parsers::starttls;
-use tokio_xmpp::xmlstream::{
-    ReadError, StreamHeader, Timeouts, XmppStream, XmppStreamElement, initiate_stream,
-};
-use tokio_xmpp::{Stanza, parsers::ns};
 
 use super::backoff::RateLimiter;
 use super::xmpp_policy::{self as policy, Idle, IqRequest, Output, Phase, XmppPolicy};
@@ -65,11 +51,22 @@ pub use super::xmpp_policy::{
     CONNECT_TIMEOUT, ConnSettings, ConnectError, DEFAULT_KEEPALIVE, STATS_PERIOD, ServerRow,
     Status, Target, Verdict, XmppSettings, connection_path, targets,
 };
+pub use cwmp_proto::connreq::xmpp_wire as wire;
+pub use cwmp_proto::connreq::xmpp_wire::{
+    Element, Jid, NS_CONNREQ, connection_request_element, error_condition, parse_connection_request,
+};
 
-/// Namespace of the connection-request IQ payload (BBF cwmp-xmppConnReq-1-0.xsd).
-pub const NS_CONNREQ: &str = "urn:broadband-forum-org:cwmp:xmppConnReq-1-0";
+/// The byte stream under an XMPP stream (TCP, or TLS over it).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-type Io = Box<dyn AsyncReadAndWrite>;
+/// Time allowed for one write (a peer that stops reading must not stall the client).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// DNS: time per query attempt, and attempts per nameserver.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+const DNS_ATTEMPTS: usize = 2;
+/// RFC 6120 §3.2.1: the port when there is no SRV record.
+const XMPP_CLIENT_PORT: u16 = 5222;
 
 // ------------------------------------------------------------------------------------------
 // Connecting
@@ -78,8 +75,8 @@ type Io = Box<dyn AsyncReadAndWrite>;
 /// Everything [`connect`] needs.
 #[derive(Clone)]
 pub struct ConnectParams {
-    /// `Username@Domain`: SASL authentication id and the stream's `to`.
-    pub jid: BareJid,
+    /// `Username@Domain` (bare): SASL authentication id and the stream's `to`.
+    pub jid: Jid,
     /// SASL password.
     pub password: String,
     /// Requested resource (`None`: the server picks one).
@@ -90,8 +87,8 @@ pub struct ConnectParams {
     pub require_tls: bool,
     /// The TLS client configuration (roots from `[xmpp] ca_file`).
     pub tls: Arc<rustls::ClientConfig>,
-    /// Silence before a keep-alive is due ([`ReadError::SoftTimeout`]), and the time the peer
-    /// then has to say anything before the stream counts as dead.
+    /// The stream's own read timeout: after twice this in silence the stream counts as dead
+    /// (a backstop behind the policy's keep-alive).
     pub keepalive: Duration,
 }
 
@@ -99,68 +96,167 @@ fn proto(what: &str, e: impl std::fmt::Display) -> ConnectError {
     ConnectError::Protocol(format!("{what}: {e}"))
 }
 
+/// Why reading the stream stopped.
+enum WireError {
+    Io(io::Error),
+    Eof,
+    Xml(XmlError),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "{e}"),
+            WireError::Eof => f.write_str("connection closed"),
+            WireError::Xml(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// One XMPP stream over a byte stream: the incremental reader and the writes.
+struct Wire<S> {
+    io: S,
+    reader: StreamReader,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    fn new(io: S) -> Wire<S> {
+        Wire {
+            io,
+            reader: StreamReader::new(),
+        }
+    }
+
+    async fn write(&mut self, s: &str) -> io::Result<()> {
+        tokio::time::timeout(WRITE_TIMEOUT, async {
+            self.io.write_all(s.as_bytes()).await?;
+            self.io.flush().await
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+    }
+
+    /// The next stream event. Cancel-safe: bytes read are parsed before the next await.
+    async fn next(&mut self) -> Result<Event, WireError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(ev) = self.reader.next_event() {
+                return Ok(ev);
+            }
+            let n = self.io.read(&mut buf).await.map_err(WireError::Io)?;
+            if n == 0 {
+                return Err(WireError::Eof);
+            }
+            self.reader.feed(&buf[..n]).map_err(WireError::Xml)?;
+        }
+    }
+
+    /// Restarts the stream (RFC 6120 §4.3.3): our header, the server's, its features.
+    async fn open(&mut self, domain: &str) -> Result<Element, ConnectError> {
+        self.reader = StreamReader::new();
+        self.write(&wire::stream_header(domain))
+            .await
+            .map_err(|e| proto("stream header", e))?;
+        match self.next().await {
+            Ok(Event::StreamStart(_)) => {}
+            Ok(_) => return Err(ConnectError::Protocol("no stream header".into())),
+            Err(e) => return Err(proto("stream header", e)),
+        }
+        let features = self.element().await?;
+        if !features.is("features", NS_STREAM) {
+            return Err(ConnectError::Protocol(format!(
+                "<{}> instead of stream features",
+                features.name
+            )));
+        }
+        Ok(features)
+    }
+
+    /// The next top-level element during negotiation (a stream error or end fails).
+    async fn element(&mut self) -> Result<Element, ConnectError> {
+        match self.next().await {
+            Ok(Event::Element(el)) if el.is("error", NS_STREAM) => Err(ConnectError::Protocol(
+                format!("stream error: {}", stream_error_condition(&el)),
+            )),
+            Ok(Event::Element(el)) => Ok(el),
+            Ok(Event::StreamEnd) | Err(WireError::Eof) => {
+                Err(ConnectError::Protocol("server closed the stream".into()))
+            }
+            Ok(Event::StreamStart(_)) => Err(ConnectError::Protocol("second stream header".into())),
+            Err(e) => Err(proto("stream", e)),
+        }
+    }
+}
+
+fn stream_error_condition(el: &Element) -> String {
+    el.children
+        .iter()
+        .find(|c| c.name != "text")
+        .map_or_else(|| "(no condition)".to_string(), |c| c.name.clone())
+}
+
 /// An established, authenticated and bound client stream.
 pub struct Connection {
-    stream: XmppStream<Io>,
+    wire: Wire<Box<dyn Io>>,
     /// The full JID the server bound.
-    pub jid: FullJid,
+    pub jid: Jid,
     /// The stream is TLS-protected.
     pub tls: bool,
     /// The SASL mechanism used.
     pub mechanism: String,
     /// The server's socket address.
     pub peer: SocketAddr,
+    /// Silence after which the stream counts as dead (the backstop).
+    dead_after: Duration,
 }
 
 /// What [`Connection::recv`] gives.
 #[derive(Debug)]
 pub enum Received {
-    /// A stanza.
-    Stanza(Box<Stanza>),
-    /// A stanza that did not parse (counted, otherwise ignored).
+    /// A stanza (`iq`, `message` or `presence` in `jabber:client`).
+    Stanza(Box<Element>),
+    /// A top-level element that is no stanza (counted, otherwise ignored).
     Invalid(String),
-    /// The keep-alive interval passed in silence: send something that needs an answer.
-    Idle,
-    /// The stream is over (closed, timed out, stream error).
+    /// The stream is over (closed, timed out, stream error, malformed XML).
     Closed(String),
 }
 
 impl Connection {
     /// Sends one stanza.
-    pub async fn send(&mut self, st: Stanza) -> io::Result<()> {
-        self.stream.send(&XmppStreamElement::Stanza(st)).await
+    pub async fn send(&mut self, st: &Element) -> io::Result<()> {
+        self.wire.write(&st.to_stanza()).await
     }
 
     /// Waits for the next stanza or stream event. Cancel-safe.
     pub async fn recv(&mut self) -> Received {
-        match self.stream.next().await {
-            None => Received::Closed("connection closed".into()),
-            Some(Ok(el)) => match el.into_read_error() {
-                Ok(XmppStreamElement::Stanza(st)) => Received::Stanza(Box::new(st)),
-                Ok(XmppStreamElement::StreamError(e)) => {
-                    Received::Closed(format!("stream error from server: {e:?}"))
-                }
-                Ok(other) => Received::Invalid(format!("unexpected element {other:?}")),
-                Err(ReadError::HardError(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                    Received::Invalid(e.to_string())
-                }
-                Err(e) => Received::Closed(e.to_string()),
-            },
-            Some(Err(ReadError::SoftTimeout)) => Received::Idle,
-            Some(Err(ReadError::ParseError(e))) => Received::Invalid(e.to_string()),
-            Some(Err(ReadError::StreamFooterReceived)) => {
-                Received::Closed("stream closed by the server".into())
+        match tokio::time::timeout(self.dead_after, self.wire.next()).await {
+            Err(_) => Received::Closed("no answer from the server (dead stream)".into()),
+            Ok(Ok(Event::Element(el))) if el.is("error", NS_STREAM) => Received::Closed(format!(
+                "stream error from server: {}",
+                stream_error_condition(&el)
+            )),
+            Ok(Ok(Event::Element(el)))
+                if el.ns == NS_CLIENT
+                    && matches!(el.name.as_str(), "iq" | "message" | "presence") =>
+            {
+                Received::Stanza(Box::new(el))
             }
-            Some(Err(ReadError::HardError(e))) if e.kind() == io::ErrorKind::TimedOut => {
-                Received::Closed("no answer from the server (dead stream)".into())
+            Ok(Ok(Event::Element(el))) => {
+                Received::Invalid(format!("unexpected element <{}> in {}", el.name, el.ns))
             }
-            Some(Err(ReadError::HardError(e))) => Received::Closed(e.to_string()),
+            Ok(Ok(Event::StreamStart(_))) => Received::Invalid("second stream header".into()),
+            Ok(Ok(Event::StreamEnd)) => Received::Closed("stream closed by the server".into()),
+            Ok(Err(e)) => Received::Closed(e.to_string()),
         }
     }
 
     /// Closes the stream politely (best effort, bounded).
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.wire.io.write_all(wire::STREAM_END.as_bytes()).await;
+            let _ = self.wire.io.shutdown().await;
+        })
+        .await;
     }
 }
 
@@ -190,290 +286,376 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
     ))
 }
 
+/// TCP to a host name (every address in turn) or IP literal.
+async fn connect_host(host: &str, port: u16) -> io::Result<TcpStream> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return TcpStream::connect(SocketAddr::new(ip, port)).await;
+    }
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// One SRV query to one nameserver (bounded wait; answers to other queries are ignored).
+async fn srv_query(ns: SocketAddr, name: &str) -> Result<SrvAnswer, String> {
+    let id = (rand_u32() & 0xffff) as u16;
+    let query = dns_srv::build_query(id, name).map_err(|e| e.to_string())?;
+    let local: SocketAddr = match ns {
+        SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
+    sock.connect(ns).await.map_err(|e| e.to_string())?;
+    sock.send(&query).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; dns_srv::MAX_RESPONSE];
+    tokio::time::timeout(DNS_TIMEOUT, async {
+        loop {
+            let n = sock.recv(&mut buf).await.map_err(|e| e.to_string())?;
+            match dns_srv::parse_response(id, name, &buf[..n]) {
+                Err(dns_srv::DnsError::NotOurs) => continue,
+                r => return r.map_err(|e| e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("no answer from {ns}"))?
+}
+
+/// `_xmpp-client._tcp.<domain>` (RFC 6120 §3.2.1) through the nameservers of
+/// /etc/resolv.conf. Ok(None): no SRV records.
+async fn srv_lookup(domain: &str) -> Result<Option<Vec<SrvRecordTarget>>, String> {
+    let conf = tokio::fs::read_to_string("/etc/resolv.conf")
+        .await
+        .unwrap_or_default();
+    let mut servers: Vec<SocketAddr> = dns_srv::nameservers(&conf)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
+    if servers.is_empty() {
+        servers.push(SocketAddr::from(([127, 0, 0, 1], 53)));
+    }
+    srv_lookup_via(&servers, domain).await
+}
+
+/// [`srv_lookup`] through the given nameservers, each tried [`DNS_ATTEMPTS`] times.
+async fn srv_lookup_via(
+    servers: &[SocketAddr],
+    domain: &str,
+) -> Result<Option<Vec<SrvRecordTarget>>, String> {
+    let name = dns_srv::xmpp_client_name(domain);
+    let mut last = String::from("no nameserver");
+    for &ns in servers {
+        for _ in 0..DNS_ATTEMPTS {
+            match srv_query(ns, &name).await {
+                Ok(SrvAnswer::NoRecords) => return Ok(None),
+                Ok(SrvAnswer::Records(r)) => {
+                    return dns_srv::order(r, rand_u32)
+                        .map(Some)
+                        .ok_or_else(|| format!("{name}: service not available (SRV \".\")"));
+                }
+                Err(e) => last = e,
+            }
+        }
+    }
+    Err(last)
+}
+
+type SrvRecordTarget = (String, u16);
+
 async fn open_tcp(target: &Target) -> Result<TcpStream, ConnectError> {
     let unreachable =
         |e: &dyn std::fmt::Display| ConnectError::Unreachable(format!("{target}: {e}"));
     match target {
-        Target::Host(h, p) => {
-            if let Ok(ip) = h.parse::<std::net::IpAddr>() {
-                TcpStream::connect(SocketAddr::new(ip, *p))
+        Target::Host(h, p) => connect_host(h, *p).await.map_err(|e| unreachable(&e)),
+        Target::Srv(d) => {
+            if d.parse::<IpAddr>().is_ok() {
+                return connect_host(d, XMPP_CLIENT_PORT)
                     .await
-                    .map_err(|e| unreachable(&e))
-            } else {
-                DnsConfig::no_srv(h, *p)
-                    .resolve()
-                    .await
-                    .map_err(|e| unreachable(&e))
+                    .map_err(|e| unreachable(&e));
             }
-        }
-        Target::Srv(d) => DnsConfig::srv(d, "_xmpp-client._tcp", 5222)
-            .resolve()
-            .await
-            .map_err(|e| unreachable(&e)),
-    }
-}
-
-fn header(domain: &str) -> StreamHeader<'_> {
-    StreamHeader {
-        to: Some(Cow::Borrowed(domain)),
-        from: None,
-        id: None,
-    }
-}
-
-/// Reads the next element during negotiation, skipping soft timeouts.
-async fn next_element<S>(stream: &mut XmppStream<S>) -> Result<XmppStreamElement, ConnectError>
-where
-    S: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        match stream.next().await {
-            None | Some(Err(ReadError::StreamFooterReceived)) => {
-                return Err(ConnectError::Protocol("server closed the stream".into()));
-            }
-            Some(Err(ReadError::SoftTimeout)) => continue,
-            Some(Err(e)) => return Err(proto("stream", e)),
-            Some(Ok(el)) => match el.into_read_error() {
-                Ok(XmppStreamElement::StreamError(e)) => {
-                    return Err(ConnectError::Protocol(format!("stream error: {e:?}")));
+            let hosts = match srv_lookup(d).await {
+                Ok(Some(h)) => h,
+                Ok(None) => vec![(d.clone(), XMPP_CLIENT_PORT)],
+                Err(e) if e.contains("service not available") => return Err(unreachable(&e)),
+                Err(e) => {
+                    tracing::debug!("XMPP: SRV lookup for {d} failed ({e}): trying {d}:5222");
+                    vec![(d.clone(), XMPP_CLIENT_PORT)]
                 }
-                Ok(el) => return Ok(el),
-                Err(e) => return Err(proto("stream", e)),
-            },
+            };
+            let mut last = String::new();
+            for (h, p) in hosts {
+                match connect_host(&h, p).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = format!("{h}:{p}: {e}"),
+                }
+            }
+            Err(unreachable(&last))
         }
     }
 }
 
-/// Opens, secures, authenticates and binds one client stream (no overall timeout: wrap it).
-pub async fn connect(p: &ConnectParams) -> Result<Connection, ConnectError> {
-    let domain = p.jid.domain().as_str().to_string();
-    let Some(node) = p.jid.node() else {
-        return Err(ConnectError::Misconfigured("JID has no username".into()));
-    };
-    let username = node.as_str().to_string();
-    let timeouts = Timeouts {
-        read_timeout: p.keepalive,
-        response_timeout: p.keepalive,
-    };
-    let tcp = open_tcp(&p.target).await?;
-    let _ = tcp.set_nodelay(true);
-    let peer = tcp
-        .peer_addr()
-        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
-    let plain = initiate_stream(
-        BufStream::new(tcp),
-        ns::JABBER_CLIENT,
-        header(&domain),
-        timeouts,
-    )
-    .await
-    .map_err(|e| proto("stream header", e))?;
-    let (features, mut plain) = plain
-        .recv_features::<tokio_xmpp::xmlstream::FallibleStreamElement>()
-        .await
-        .map_err(|e| proto("stream features", e))?;
-    let (io, binding, tls): (Io, ChannelBinding, bool) = if features.can_starttls() {
-        plain
-            .send(&XmppStreamElement::Starttls(starttls::Nonza::Request(
-                starttls::Request,
-            )))
-            .await
-            .map_err(|e| proto("starttls", e))?;
-        loop {
-            match next_element(&mut plain).await? {
-                XmppStreamElement::Starttls(starttls::Nonza::Proceed(_)) => break,
-                XmppStreamElement::Starttls(_) => {
-                    return Err(ConnectError::Tls("server refused STARTTLS".into()));
-                }
-                _ => {}
-            }
-        }
-        let tcp = plain.into_inner().into_inner();
-        let name = ServerName::try_from(domain.clone())
-            .map_err(|e| ConnectError::Misconfigured(format!("domain {domain:?}: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(p.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ConnectError::Tls(format!("handshake with {domain} ({peer}): {e}")))?;
-        let (_, conn) = tls.get_ref();
-        let binding = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => conn
-                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-                .map(ChannelBinding::TlsExporter)
-                .unwrap_or(ChannelBinding::Unsupported),
-            _ => ChannelBinding::Unsupported,
-        };
-        (Box::new(BufStream::new(tls)), binding, true)
-    } else if p.require_tls {
-        return Err(ConnectError::Misconfigured(format!(
-            "UseTLS is true but {domain} ({peer}) does not offer STARTTLS"
-        )));
-    } else {
-        tracing::warn!("XMPP server {domain} ({peer}) offers no STARTTLS: continuing without TLS");
-        let tcp = plain.into_inner().into_inner();
-        (Box::new(BufStream::new(tcp)), ChannelBinding::None, false)
-    };
-    let stream = initiate_stream(io, ns::JABBER_CLIENT, header(&domain), timeouts)
-        .await
-        .map_err(|e| proto("stream header", e))?;
-    let (features, mut stream) = stream
-        .recv_features::<tokio_xmpp::xmlstream::FallibleStreamElement>()
-        .await
-        .map_err(|e| proto("stream features", e))?;
-
-    // SASL.
-    let (mut mech, name) = choose_mechanism(
-        &features.sasl_mechanisms,
-        &username,
-        &p.password,
-        binding,
-        tls,
-    )?;
-    let mech_name = SaslMechanism::from_str(&name).map_err(|e| proto("SASL", e))?;
-    stream
-        .send(&XmppStreamElement::Sasl(Nonza::Auth(Auth {
-            mechanism: mech_name,
-            data: mech.initial(),
-        })))
-        .await
-        .map_err(|e| proto("SASL", e))?;
-    loop {
-        match next_element(&mut stream).await? {
-            XmppStreamElement::Sasl(Nonza::Challenge(c)) => {
-                let data = mech
-                    .response(&c.data)
-                    .map_err(|e| ConnectError::Auth(format!("{name}: {e:?}")))?;
-                stream
-                    .send(&XmppStreamElement::Sasl(Nonza::Response(Response { data })))
-                    .await
-                    .map_err(|e| proto("SASL", e))?;
-            }
-            XmppStreamElement::Sasl(Nonza::Success(s)) => {
-                mech.success(&s.data).map_err(|e| {
-                    ConnectError::Auth(format!("{name}: server signature invalid: {e:?}"))
-                })?;
-                break;
-            }
-            XmppStreamElement::Sasl(Nonza::Failure(f)) => {
-                return Err(ConnectError::Auth(format!(
-                    "{name} as {username}@{domain}: {:?}",
-                    f.defined_condition
-                )));
-            }
-            _ => {}
-        }
-    }
-    let stream = stream
-        .initiate_reset()
-        .send_header(header(&domain))
-        .await
-        .map_err(|e| proto("stream restart", e))?;
-    let (features, mut stream) = stream
-        .recv_features::<tokio_xmpp::xmlstream::FallibleStreamElement>()
-        .await
-        .map_err(|e| proto("stream features", e))?;
-    if !features.can_bind() {
-        return Err(ConnectError::Protocol(
-            "server offers no resource binding".into(),
-        ));
-    }
-    let bind = Iq::from_set("bind-1", BindQuery::new(p.resource.clone()));
-    stream
-        .send(&XmppStreamElement::Stanza(bind.into()))
-        .await
-        .map_err(|e| proto("bind", e))?;
-    let jid = loop {
-        match next_element(&mut stream).await? {
-            XmppStreamElement::Stanza(Stanza::Iq(Iq::Result {
-                id,
-                payload: Some(payload),
-                ..
-            })) if id == "bind-1" => {
-                break BindResponse::try_from(payload)
-                    .map_err(|e| proto("bind result", e))?
-                    .jid;
-            }
-            XmppStreamElement::Stanza(Stanza::Iq(Iq::Error { id, error, .. }))
-                if id == "bind-1" =>
-            {
-                return Err(ConnectError::Protocol(format!(
-                    "bind refused: {:?}",
-                    error.defined_condition
-                )));
-            }
-            _ => {}
-        }
-    };
-    Ok(Connection {
-        stream,
-        jid,
-        tls,
-        mechanism: name,
-        peer,
-    })
+/// The SASL mechanism chosen for a stream.
+enum Mech {
+    Scram(Box<Scram>),
+    Plain,
 }
 
 /// SCRAM-SHA-256(-PLUS), SCRAM-SHA-1(-PLUS), then PLAIN (inside TLS only).
 fn choose_mechanism(
-    offered: &std::collections::BTreeSet<String>,
+    offered: &[String],
     user: &str,
     password: &str,
-    binding: ChannelBinding,
+    binding: Option<Vec<u8>>,
     tls: bool,
-) -> Result<(Box<dyn Mechanism + Send>, String), ConnectError> {
-    let creds = |cb: ChannelBinding| {
-        Credentials::default()
-            .with_username(user)
-            .with_password(password)
-            .with_channel_binding(cb)
+) -> Result<(Mech, Vec<u8>, String), ConnectError> {
+    let has = |n: &str| offered.iter().any(|o| o == n);
+    let auth = |e: SaslError| ConnectError::Auth(e.to_string());
+    let scram = |hash, cb| -> Result<(Mech, Vec<u8>, String), ConnectError> {
+        let mut s = Scram::with_random_nonce(hash, user, password, cb).map_err(auth)?;
+        let name = s.mechanism().to_string();
+        let first = s.initial();
+        Ok((Mech::Scram(Box::new(s)), first, name))
     };
-    let has_binding = !matches!(binding, ChannelBinding::None | ChannelBinding::Unsupported);
-    let plus = |n: &str| has_binding && offered.contains(&format!("{n}-PLUS"));
+    if let Some(b) = &binding {
+        if has("SCRAM-SHA-256-PLUS") {
+            return scram(ScramHash::Sha256, ChannelBinding::TlsExporter(b.clone()));
+        }
+        if has("SCRAM-SHA-1-PLUS") {
+            return scram(ScramHash::Sha1, ChannelBinding::TlsExporter(b.clone()));
+        }
+    }
     // Without a binding to offer, tell the server whether we could have used one ("y" vs "n").
-    let no_plus = if tls {
-        ChannelBinding::Unsupported
-    } else {
-        ChannelBinding::None
+    let no_plus = || {
+        if tls {
+            ChannelBinding::NotOffered
+        } else {
+            ChannelBinding::None
+        }
     };
-    let mk = |e: sasl::client::MechanismError| ConnectError::Auth(format!("{e:?}"));
-    if plus("SCRAM-SHA-256") {
-        let m = Scram::<Sha256>::from_credentials(creds(binding)).map_err(mk)?;
-        return Ok((Box::new(m), "SCRAM-SHA-256-PLUS".into()));
+    if has("SCRAM-SHA-256") {
+        return scram(ScramHash::Sha256, no_plus());
     }
-    if plus("SCRAM-SHA-1") {
-        let m = Scram::<Sha1>::from_credentials(creds(binding)).map_err(mk)?;
-        return Ok((Box::new(m), "SCRAM-SHA-1-PLUS".into()));
+    if has("SCRAM-SHA-1") {
+        return scram(ScramHash::Sha1, no_plus());
     }
-    if offered.contains("SCRAM-SHA-256") {
-        let m = Scram::<Sha256>::from_credentials(creds(no_plus)).map_err(mk)?;
-        return Ok((Box::new(m), "SCRAM-SHA-256".into()));
-    }
-    if offered.contains("SCRAM-SHA-1") {
-        let m = Scram::<Sha1>::from_credentials(creds(no_plus)).map_err(mk)?;
-        return Ok((Box::new(m), "SCRAM-SHA-1".into()));
-    }
-    if offered.contains("PLAIN") {
+    if has("PLAIN") {
         if !tls {
             return Err(ConnectError::Auth(
                 "only PLAIN offered on an unencrypted stream; refusing to send the password".into(),
             ));
         }
-        let m = Plain::from_credentials(creds(ChannelBinding::None)).map_err(mk)?;
-        return Ok((Box::new(m), "PLAIN".into()));
+        let first = cwmp_proto::connreq::xmpp_sasl::plain(user, password).map_err(auth)?;
+        return Ok((Mech::Plain, first, "PLAIN".into()));
     }
     Err(ConnectError::Auth(format!(
         "no usable SASL mechanism among {offered:?}"
     )))
 }
 
+/// The data of a SASL challenge/success (base64, `=` for empty).
+fn sasl_data(el: &Element) -> Result<Vec<u8>, ConnectError> {
+    let t = el.text.trim();
+    if t.is_empty() || t == "=" {
+        return Ok(Vec::new());
+    }
+    cwmp_proto::connreq::xmpp_sasl::base64_decode(t)
+        .ok_or_else(|| ConnectError::Protocol("SASL data not base64".into()))
+}
+
+/// Authenticates on an open stream whose features offered `mechanisms`.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    w: &mut Wire<S>,
+    features: &Element,
+    user: &str,
+    password: &str,
+    binding: Option<Vec<u8>>,
+    tls: bool,
+) -> Result<String, ConnectError> {
+    let offered: Vec<String> = features
+        .get_child("mechanisms", NS_SASL)
+        .map(|m| {
+            m.children
+                .iter()
+                .filter(|c| c.is("mechanism", NS_SASL))
+                .map(|c| c.text.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (mut mech, first, name) = choose_mechanism(&offered, user, password, binding, tls)?;
+    w.write(&wire::sasl_auth(&name, &first))
+        .await
+        .map_err(|e| proto("SASL", e))?;
+    let mut verified = false;
+    loop {
+        let el = w.element().await?;
+        if el.ns != NS_SASL {
+            continue;
+        }
+        let sasl_err = |e: SaslError| match e {
+            SaslError::BadServerSignature => {
+                ConnectError::Auth(format!("{name}: server signature invalid"))
+            }
+            e => ConnectError::Auth(format!("{name}: {e}")),
+        };
+        match el.name.as_str() {
+            "challenge" => {
+                let data = sasl_data(&el)?;
+                let reply = match &mut mech {
+                    Mech::Scram(s) if !verified => match s.respond(&data) {
+                        Ok(r) => r,
+                        // Some servers send the server-final message as a last challenge.
+                        Err(SaslError::Protocol(_)) if s.finish(&data).is_ok() => {
+                            verified = true;
+                            Vec::new()
+                        }
+                        Err(e) => return Err(sasl_err(e)),
+                    },
+                    _ => {
+                        return Err(ConnectError::Auth(format!("{name}: unexpected challenge")));
+                    }
+                };
+                w.write(&wire::sasl_response(&reply))
+                    .await
+                    .map_err(|e| proto("SASL", e))?;
+            }
+            "success" => {
+                if let Mech::Scram(s) = &mut mech
+                    && !verified
+                {
+                    s.finish(&sasl_data(&el)?).map_err(sasl_err)?;
+                }
+                return Ok(name);
+            }
+            "failure" => {
+                let cond = el
+                    .children
+                    .iter()
+                    .find(|c| c.name != "text")
+                    .map_or("(no condition)", |c| c.name.as_str());
+                return Err(ConnectError::Auth(format!("{name} as {user}: {cond}")));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Binds the resource on the restarted stream; the full JID the server gave.
+async fn bind<S: AsyncRead + AsyncWrite + Unpin>(
+    w: &mut Wire<S>,
+    resource: Option<&str>,
+) -> Result<Jid, ConnectError> {
+    const ID: &str = "bind-1";
+    w.write(&wire::bind(ID, resource).to_stanza())
+        .await
+        .map_err(|e| proto("bind", e))?;
+    loop {
+        let el = w.element().await?;
+        if !el.is("iq", NS_CLIENT) || el.attr("id") != Some(ID) {
+            continue;
+        }
+        match el.attr("type") {
+            Some("result") => {
+                let jid = el
+                    .get_child("bind", NS_BIND)
+                    .and_then(|b| b.get_child("jid", NS_BIND))
+                    .ok_or_else(|| ConnectError::Protocol("bind result without JID".into()))?;
+                return Jid::new(jid.text.trim()).map_err(|e| proto("bind result", e));
+            }
+            Some("error") => {
+                return Err(ConnectError::Protocol(format!(
+                    "bind refused: {}",
+                    error_condition(&el).unwrap_or("(no condition)")
+                )));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Opens, secures, authenticates and binds one client stream (no overall timeout: wrap it).
+pub async fn connect(p: &ConnectParams) -> Result<Connection, ConnectError> {
+    let domain = p.jid.domain().to_string();
+    let Some(username) = p.jid.local().map(str::to_string) else {
+        return Err(ConnectError::Misconfigured("JID has no username".into()));
+    };
+    let tcp = open_tcp(&p.target).await?;
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp
+        .peer_addr()
+        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let mut plain = Wire::new(tcp);
+    let features = plain.open(&domain).await?;
+    // TLS means a new stream (RFC 6120 §5.4.3.3); without it the first stream goes on.
+    let (mut w, features, binding, tls) = if features.get_child("starttls", NS_TLS).is_some() {
+        plain
+            .write(&wire::starttls())
+            .await
+            .map_err(|e| proto("starttls", e))?;
+        loop {
+            let el = plain.element().await?;
+            if el.is("proceed", NS_TLS) {
+                break;
+            }
+            if el.ns == NS_TLS {
+                return Err(ConnectError::Tls("server refused STARTTLS".into()));
+            }
+        }
+        let name = ServerName::try_from(domain.clone())
+            .map_err(|e| ConnectError::Misconfigured(format!("domain {domain:?}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(p.tls.clone())
+            .connect(name, plain.io)
+            .await
+            .map_err(|e| ConnectError::Tls(format!("handshake with {domain} ({peer}): {e}")))?;
+        let (_, conn) = tls.get_ref();
+        let binding = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => conn
+                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok(),
+            _ => None,
+        };
+        let mut w = Wire::new(Box::new(tls) as Box<dyn Io>);
+        let features = w.open(&domain).await?;
+        (w, features, binding, true)
+    } else if p.require_tls {
+        return Err(ConnectError::Misconfigured(format!(
+            "UseTLS is true but {domain} ({peer}) does not offer STARTTLS"
+        )));
+    } else {
+        tracing::warn!("XMPP server {domain} ({peer}) offers no STARTTLS: continuing without TLS");
+        let w = Wire {
+            io: Box::new(plain.io) as Box<dyn Io>,
+            reader: plain.reader,
+        };
+        (w, features, None, false)
+    };
+    let mechanism = authenticate(&mut w, &features, &username, &p.password, binding, tls).await?;
+    let features = w.open(&domain).await?;
+    if features.get_child("bind", NS_BIND).is_none() {
+        return Err(ConnectError::Protocol(
+            "server offers no resource binding".into(),
+        ));
+    }
+    let jid = bind(&mut w, p.resource.as_deref()).await?;
+    Ok(Connection {
+        wire: w,
+        jid,
+        tls,
+        mechanism,
+        peer,
+        dead_after: p.keepalive.saturating_mul(2),
+    })
+}
+
 // ------------------------------------------------------------------------------------------
 // Connection requests: the wire side (the rules are in xmpp_policy.rs)
 // ------------------------------------------------------------------------------------------
 
-/// The canonical form of a JID as written (None when it is no valid JID).
-fn canonical_jid(s: &str) -> Option<String> {
-    Jid::new(s).ok().map(|j| j.to_string())
-}
+use cwmp_proto::connreq::xmpp_wire::canonical_jid;
 
 /// `ConnReqAllowedJabberIDs` check (SPEC-NOTES §d.3) on a parsed sender: an empty list allows
 /// everyone; a bare item matches any resource of that JID; a full item needs an exact match. A
@@ -481,31 +663,6 @@ fn canonical_jid(s: &str) -> Option<String> {
 pub fn sender_allowed(allowed: &[String], from: Option<&Jid>) -> bool {
     let from = from.map(|j| j.to_string());
     policy::sender_allowed(allowed, from.as_deref(), &canonical_jid)
-}
-
-/// The credentials of a `connectionRequest` element (None if it is not one).
-pub fn parse_connection_request(el: &Element) -> Option<(String, String)> {
-    if !el.is("connectionRequest", NS_CONNREQ) {
-        return None;
-    }
-    let text = |n: &str| el.get_child(n, NS_CONNREQ).map(|c| c.text());
-    Some((text("username")?, text("password")?))
-}
-
-/// Builds a `connectionRequest` element (for the ACS side).
-pub fn connection_request_element(username: &str, password: &str) -> Element {
-    Element::builder("connectionRequest", NS_CONNREQ)
-        .append(
-            Element::builder("username", NS_CONNREQ)
-                .append(username)
-                .build(),
-        )
-        .append(
-            Element::builder("password", NS_CONNREQ)
-                .append(password)
-                .build(),
-        )
-        .build()
 }
 
 /// Decides on an incoming IQ get/set read off the wire ([`policy::judge`]; the rate limiter is
@@ -526,30 +683,45 @@ pub fn judge(
     policy::judge(s, &iq, &canonical_jid, &mut limiter.borrow_mut(), now)
 }
 
-fn error_iq(to: Option<Jid>, id: String, cond: DefinedCondition, payload: Element) -> Iq {
-    let mut error = StanzaError::new(ErrorType::Cancel, cond, "en", "");
-    error.texts.clear();
-    Iq::Error {
-        from: None,
-        to,
-        id,
-        error,
-        payload: Some(payload),
+/// An IQ request (get or set) read off the wire.
+#[derive(Debug)]
+pub struct IqIn<'a> {
+    /// `id`.
+    pub id: &'a str,
+    /// `from` as written (None: absent).
+    pub from_raw: Option<&'a str>,
+    /// `from` parsed and normalised.
+    pub from: Option<Jid>,
+    /// The one payload element.
+    pub payload: &'a Element,
+}
+
+/// Reads an IQ get/set (None for other stanzas and for IQs RFC 6120 §8.2.3 calls invalid: no
+/// id, an invalid `from`, not exactly one payload).
+pub fn iq_request(st: &Element) -> Option<IqIn<'_>> {
+    if !st.is("iq", NS_CLIENT) || !matches!(st.attr("type"), Some("get" | "set")) {
+        return None;
     }
+    let id = st.attr("id")?;
+    let from_raw = st.attr("from");
+    let from = match from_raw {
+        Some(f) => Some(Jid::new(f).ok()?),
+        None => None,
+    };
+    let [payload] = st.children.as_slice() else {
+        return None;
+    };
+    Some(IqIn {
+        id,
+        from_raw,
+        from,
+        payload,
+    })
 }
 
 // ------------------------------------------------------------------------------------------
 // The agent's client task: the driver of XmppPolicy
 // ------------------------------------------------------------------------------------------
-
-fn is_error(st: &Stanza) -> bool {
-    match st {
-        Stanza::Iq(Iq::Error { .. }) => true,
-        Stanza::Message(m) => m.type_ == tokio_xmpp::parsers::message::MessageType::Error,
-        Stanza::Presence(p) => p.type_ == tokio_xmpp::parsers::presence::Type::Error,
-        _ => false,
-    }
-}
 
 fn rand_u32() -> u32 {
     use ring::rand::SecureRandom;
@@ -558,17 +730,20 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
-/// The stream's own read timeouts for a keep-alive interval. The policy pings after one
-/// interval of silence and declares the stream dead after another; tokio-xmpp's timers are only
-/// a backstop behind it (its soft timeout, after 1.5 intervals, is ignored; its hard timeout
-/// comes after 3).
+/// The stream's own read timeout for a keep-alive interval. The policy pings after one interval
+/// of silence and declares the stream dead after another; the connection's own timer is only a
+/// backstop behind it (twice this: 3 intervals).
 fn stream_timeout(keepalive: Duration) -> Duration {
     keepalive.saturating_add(keepalive / 2)
 }
 
 /// `Username@Domain`, the login JID.
-fn login_jid(c: &ConnSettings) -> Result<BareJid, String> {
-    BareJid::new(&format!("{}@{}", c.username, c.domain)).map_err(|e| format!("JID: {e}"))
+fn login_jid(c: &ConnSettings) -> Result<Jid, String> {
+    let j = Jid::new(&format!("{}@{}", c.username, c.domain)).map_err(|e| format!("JID: {e}"))?;
+    if j.resource().is_some() {
+        return Err(format!("JID {j}: a bare JID is needed"));
+    }
+    Ok(j)
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<Connection>, ConnectError>>>>;
@@ -707,7 +882,7 @@ impl Client {
                 }
                 Output::SendPresence => {
                     if let Link::Online(c) = &mut self.link
-                        && c.send(Presence::available().into()).await.is_ok()
+                        && c.send(&wire::presence()).await.is_ok()
                     {
                         self.policy.stanza_sent(Instant::now(), false);
                     }
@@ -716,11 +891,10 @@ impl Client {
                     let Link::Online(c) = &self.link else {
                         continue;
                     };
-                    let domain = Jid::from(c.jid.to_bare().domain().to_owned());
                     self.pings += 1;
-                    let ping = Iq::from_get(format!("ping-{}", self.pings), Ping).with_to(domain);
+                    let ping = wire::ping(&format!("ping-{}", self.pings), c.jid.domain());
                     tracing::trace!("XMPP keep-alive ping");
-                    self.send(ping.into()).await;
+                    self.send(ping).await;
                 }
                 Output::Status { path, status } => {
                     tracing::info!("XMPP {path}Status = {status}");
@@ -799,17 +973,14 @@ impl Client {
                 tracing::warn!("XMPP {}: disconnected: {why}", self.path());
                 self.policy.stream_error(now);
             }
-            LinkEvent::Received(Received::Idle) => {
-                // tokio-xmpp's soft timeout: the policy decides about keep-alives.
-            }
             LinkEvent::Received(Received::Invalid(why)) => {
                 self.policy.stanza_received(now, false);
                 tracing::debug!("XMPP: unparsable stanza ignored: {why}");
             }
             LinkEvent::Received(Received::Stanza(st)) => {
-                self.policy.stanza_received(now, is_error(&st));
-                if let Some(reply) = self.handle(*st, now) {
-                    self.send(reply.into()).await;
+                self.policy.stanza_received(now, wire::is_error(&st));
+                if let Some(reply) = self.handle(&st, now) {
+                    self.send(reply).await;
                 }
             }
         }
@@ -833,12 +1004,12 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, st: Stanza) {
+    async fn send(&mut self, st: Element) {
         let Link::Online(c) = &mut self.link else {
             return;
         };
-        let err = is_error(&st);
-        match c.send(st).await {
+        let err = wire::is_error(&st);
+        match c.send(&st).await {
             Ok(()) => self.policy.stanza_sent(Instant::now(), err),
             Err(e) => {
                 tracing::warn!("XMPP send failed: {e}");
@@ -886,28 +1057,18 @@ impl Client {
     }
 
     /// Handles one stanza; returns the reply to send, if any.
-    fn handle(&mut self, st: Stanza, now: Instant) -> Option<Iq> {
-        let (from, id, payload) = match st {
-            Stanza::Iq(Iq::Get {
-                from, id, payload, ..
-            })
-            | Stanza::Iq(Iq::Set {
-                from, id, payload, ..
-            }) => (from, id, payload),
-            _ => return None,
-        };
-        let sender = from
-            .as_ref()
-            .map_or_else(|| "(no from)".to_string(), |j| j.to_string());
-        let credentials = parse_connection_request(&payload);
-        let from_canonical = from.as_ref().map(|j| j.to_string());
-        let iq = IqRequest {
+    fn handle(&mut self, st: &Element, now: Instant) -> Option<Element> {
+        let iq = iq_request(st)?;
+        let sender = iq.from_raw.unwrap_or("(no from)").to_string();
+        let credentials = parse_connection_request(iq.payload);
+        let from_canonical = iq.from.as_ref().map(|j| j.to_string());
+        let req = IqRequest {
             from: from_canonical.as_deref(),
             credentials: credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
         };
         let verdict = {
             let mut limiter = self.limiter.borrow_mut();
-            self.policy.judge(now, &iq, &canonical_jid, &mut limiter)
+            self.policy.judge(now, &req, &canonical_jid, &mut limiter)
         };
         match verdict {
             Verdict::Accept => {
@@ -918,16 +1079,16 @@ impl Client {
                     received: now,
                     peer,
                 }));
-                Some(Iq::Result {
-                    from: None,
-                    to: from,
-                    id,
-                    payload: None,
-                })
+                Some(wire::iq_result(iq.id, iq.from_raw))
             }
             Verdict::NotAuthorized => {
                 tracing::warn!("XMPP connection request from {sender}: wrong credentials");
-                Some(error_iq(from, id, DefinedCondition::NotAuthorized, payload))
+                Some(wire::iq_error(
+                    iq.id,
+                    iq.from_raw,
+                    "not-authorized",
+                    Some(iq.payload.clone()),
+                ))
             }
             Verdict::Unavailable(why) => {
                 if credentials.is_some() {
@@ -935,14 +1096,14 @@ impl Client {
                 } else {
                     tracing::debug!(
                         "XMPP: IQ {} from {sender}: service-unavailable",
-                        payload.name()
+                        iq.payload.name
                     );
                 }
-                Some(error_iq(
-                    from,
-                    id,
-                    DefinedCondition::ServiceUnavailable,
-                    payload,
+                Some(wire::iq_error(
+                    iq.id,
+                    iq.from_raw,
+                    "service-unavailable",
+                    Some(iq.payload.clone()),
                 ))
             }
         }
@@ -1066,16 +1227,15 @@ mod tests {
             judge(&s, Some(&from), &good, &lim, now),
             Verdict::Unavailable("rate limited")
         );
-        let other = Element::builder("query", "jabber:iq:version").build();
+        let other = Element::new("query", "jabber:iq:version");
         assert_eq!(
             judge(&s, Some(&from), &other, &lim, now),
             Verdict::Unavailable("not a connection request")
         );
         // Wrong namespace: not a connection request.
-        let wrong_ns = Element::builder("connectionRequest", "urn:example")
-            .append(Element::builder("username", "urn:example").append("u"))
-            .append(Element::builder("password", "urn:example").append("p"))
-            .build();
+        let wrong_ns = Element::new("connectionRequest", "urn:example")
+            .with_child(Element::new("username", "urn:example").with_text("u"))
+            .with_child(Element::new("password", "urn:example").with_text("p"));
         assert_eq!(parse_connection_request(&wrong_ns), None);
         let p = parse_connection_request(&good).unwrap();
         assert_eq!(p, ("u".to_string(), "p".to_string()));
@@ -1089,27 +1249,276 @@ mod tests {
 
     #[test]
     fn error_reply_shape() {
-        let iq = error_iq(
-            Some(jid("acs@d.test/x")),
-            "id1".into(),
-            DefinedCondition::NotAuthorized,
+        let req = wire::iq_request(
+            "get",
+            "id1",
+            Some("cpe@d.test/r"),
             connection_request_element("u", "p"),
+        )
+        .with_attr("from", "acs@d.test/x");
+        let iq = iq_request(&req).unwrap();
+        assert_eq!(iq.from, Some(jid("acs@d.test/x")));
+        let el = wire::iq_error(
+            iq.id,
+            iq.from_raw,
+            "not-authorized",
+            Some(iq.payload.clone()),
         );
-        let el: Element = iq.into();
-        let s = String::from(&el);
+        let s = el.to_stanza();
+        assert!(s.contains("type='error'"), "{s}");
         assert!(
-            s.contains("type=\"error\"") || s.contains("type='error'"),
+            s.contains("to='acs@d.test/x'") && s.contains("id='id1'"),
             "{s}"
         );
         assert!(s.contains("not-authorized"), "{s}");
         assert!(s.contains("cancel"), "{s}");
         assert!(s.contains(NS_CONNREQ), "{s}");
+        // Invalid IQs are not requests: no id, a bad from, no payload, two payloads, results.
+        let mut no_id = req.clone();
+        no_id.attrs.retain(|(n, _)| n != "id");
+        assert!(iq_request(&no_id).is_none());
+        assert!(iq_request(&req.clone().with_attr("from", "@@")).is_none());
+        let mut empty = req.clone();
+        empty.children.clear();
+        assert!(iq_request(&empty).is_none());
+        let two = req.clone().with_child(Element::new("x", "urn:x"));
+        assert!(iq_request(&two).is_none());
+        assert!(iq_request(&req.clone().with_attr("type", "result")).is_none());
+    }
+
+    #[test]
+    fn sasl_mechanism_choice() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name = |offered: &[&str], cb: Option<Vec<u8>>, tls: bool| {
+            choose_mechanism(&l(offered), "u", "p", cb, tls).map(|(_, first, n)| (n, first))
+        };
+        let all = [
+            "PLAIN",
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-256-PLUS",
+        ];
+        let (n, first) = name(&all, Some(vec![7; 32]), true).unwrap();
+        assert_eq!(n, "SCRAM-SHA-256-PLUS");
+        assert!(first.starts_with(b"p=tls-exporter,,n=u,r="));
+        // No channel binding (TLS 1.2): plain SCRAM, telling the server we could have bound.
+        let (n, first) = name(&all, None, true).unwrap();
+        assert_eq!(n, "SCRAM-SHA-256");
+        assert!(first.starts_with(b"y,,"));
+        let (n, first) = name(&["SCRAM-SHA-1", "PLAIN"], None, false).unwrap();
+        assert_eq!(n, "SCRAM-SHA-1");
+        assert!(first.starts_with(b"n,,"));
+        assert_eq!(
+            name(&["SCRAM-SHA-1-PLUS", "PLAIN"], Some(vec![1; 32]), true)
+                .unwrap()
+                .0,
+            "SCRAM-SHA-1-PLUS"
+        );
+        let (n, first) = name(&["PLAIN"], None, true).unwrap();
+        assert_eq!((n.as_str(), first.as_slice()), ("PLAIN", &b"\0u\0p"[..]));
+        // PLAIN never on a clear stream; nothing usable; non-ASCII credentials.
+        assert!(matches!(
+            name(&["PLAIN"], None, false),
+            Err(ConnectError::Auth(_))
+        ));
+        assert!(matches!(
+            name(&["DIGEST-MD5"], None, true),
+            Err(ConnectError::Auth(_))
+        ));
+        assert!(matches!(
+            choose_mechanism(&l(&["SCRAM-SHA-1"]), "u", "pä", None, true),
+            Err(ConnectError::Auth(_))
+        ));
+    }
+
+    /// A scripted XMPP server on loopback for one connection: for each step, waits until the
+    /// client has sent `until`, then writes the reply. Gives everything the client sent.
+    async fn scripted_server(
+        steps: Vec<(&'static str, String)>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = String::new();
+            let mut seen = 0;
+            let mut buf = [0u8; 1024];
+            for (until, reply) in steps {
+                while !got[seen..].contains(until) {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return got,
+                        Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    }
+                }
+                seen = got[seen..].find(until).unwrap() + seen + until.len();
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+            // Until the client closes.
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            got
+        });
+        (addr, h)
+    }
+
+    fn server_header(features: &str) -> String {
+        format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='{NS_STREAM}' from='d.test' id='s1' version='1.0'>\
+             <stream:features>{features}</stream:features>"
+        )
+    }
+
+    fn mechanisms(m: &[&str]) -> String {
+        let m: String = m
+            .iter()
+            .map(|m| format!("<mechanism>{m}</mechanism>"))
+            .collect();
+        format!("<mechanisms xmlns='{NS_SASL}'>{m}</mechanisms>")
+    }
+
+    async fn login(addr: SocketAddr, require_tls: bool) -> Result<Connection, ConnectError> {
+        let p = ConnectParams {
+            jid: Jid::new("cpe@d.test").unwrap(),
+            password: "sekrit".into(),
+            resource: None,
+            target: Target::Host("127.0.0.1".into(), addr.port()),
+            require_tls,
+            tls: tls_config(None).unwrap(),
+            keepalive: Duration::from_secs(300),
+        };
+        tokio::time::timeout(Duration::from_secs(10), connect(&p))
+            .await
+            .unwrap_or_else(|_| panic!("connect to {addr} (require_tls {require_tls}) hangs"))
+    }
+
+    #[tokio::test]
+    async fn login_failures_map_onto_status() {
+        // SASL failure: Error_AuthenticationFailure; the password is never sent in the clear.
+        let (addr, h) = scripted_server(vec![
+            (
+                "<stream:stream",
+                server_header(&mechanisms(&["SCRAM-SHA-1"])),
+            ),
+            (
+                "</auth>",
+                format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>"),
+            ),
+        ])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::ErrorAuthenticationFailure, "{e}");
+        assert!(e.to_string().contains("not-authorized"), "{e}");
+        let sent = h.await.unwrap();
+        assert!(sent.contains("mechanism='SCRAM-SHA-1'") && sent.contains(" to='d.test'"));
+        assert!(!sent.contains("sekrit"));
+
+        // Only PLAIN on a clear stream: refused before anything is sent.
+        let (addr, h) = scripted_server(vec![(
+            "<stream:stream",
+            server_header(&mechanisms(&["PLAIN"])),
+        )])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::ErrorAuthenticationFailure, "{e}");
+        assert!(!h.await.unwrap().contains("<auth"));
+
+        // UseTLS without STARTTLS offered: Error_Misconfigured.
+        let (addr, _h) = scripted_server(vec![(
+            "<stream:stream",
+            server_header(&mechanisms(&["PLAIN"])),
+        )])
+        .await;
+        let e = login(addr, true).await.err().unwrap();
+        assert_eq!(e.status(), Status::ErrorMisconfigured, "{e}");
+
+        // A stream error, and malformed XML, during negotiation: Error.
+        let (addr, _h) = scripted_server(vec![(
+            "<stream:stream",
+            format!(
+                "<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}'>\
+                 <stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+                 </stream:error></stream:stream>"
+            ),
+        )])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::Error, "{e}");
+        assert!(e.to_string().contains("host-unknown"), "{e}");
+        let (addr, _h) = scripted_server(vec![(
+            "<stream:stream",
+            format!("<stream:stream xmlns:stream='{NS_STREAM}'><a></b>"),
+        )])
+        .await;
+        let e = login(addr, false).await.err().unwrap();
+        assert!(matches!(e, ConnectError::Protocol(_)), "{e}");
+        // Nobody listening: ServerNotPresent.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = gone.local_addr().unwrap();
+        drop(gone);
+        let e = login(addr, false).await.err().unwrap();
+        assert_eq!(e.status(), Status::ServerNotPresent, "{e}");
+    }
+
+    /// A nameserver on loopback: first a stray answer with another id, then the SRV records
+    /// (or NXDOMAIN for `none.test`).
+    async fn fake_nameserver() -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let mut p = buf[..n].to_vec();
+                let nx = p.windows(4).any(|w| w == b"none");
+                p[2] = 0x81;
+                p[3] = if nx { 0x83 } else { 0x80 };
+                let mut stray = p.clone();
+                stray[0] ^= 0xff;
+                let _ = sock.send_to(&stray, from).await;
+                if !nx {
+                    p[7] = 2;
+                    for (prio, port, host) in [(20u16, 5269u16, "b"), (10, 5223, "a")] {
+                        p.extend_from_slice(&[0xc0, 12, 0, 33, 0, 1, 0, 0, 0, 60]);
+                        p.extend_from_slice(&[0, 6 + 5]);
+                        p.extend_from_slice(&prio.to_be_bytes());
+                        p.extend_from_slice(&[0, 1]);
+                        p.extend_from_slice(&port.to_be_bytes());
+                        p.extend_from_slice(&[1, host.as_bytes()[0], 1, b't', 0]);
+                    }
+                }
+                let _ = sock.send_to(&p, from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn srv_lookup_over_udp() {
+        let ns = fake_nameserver().await;
+        // A dead nameserver first (nothing listens on the port): the next one answers.
+        let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let r = srv_lookup_via(&[dead_addr, ns], "example.test").await;
+        assert_eq!(
+            r,
+            Ok(Some(vec![
+                ("a.t".to_string(), 5223),
+                ("b.t".to_string(), 5269)
+            ]))
+        );
+        assert_eq!(srv_lookup_via(&[ns], "none.test").await, Ok(None));
     }
 
     #[test]
     fn stream_timeouts_stay_behind_the_policy() {
-        // The policy declares the stream dead after 2 intervals; tokio-xmpp's hard timeout
-        // (read + response timeout) comes after 3.
+        // The policy declares the stream dead after 2 intervals; the connection's own timeout
+        // (twice the stream timeout) comes after 3.
         for ka in [1u64, 2, 60, 300] {
             let ka = Duration::from_secs(ka);
             assert!(stream_timeout(ka) * 2 > ka * 2);

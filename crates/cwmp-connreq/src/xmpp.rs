@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub use cwmpd::connreq::xmpp::Jid;
+use cwmpd::connreq::xmpp::wire;
 use cwmpd::connreq::xmpp::{self, ConnectParams, Target};
-use tokio_xmpp::Stanza;
-use tokio_xmpp::parsers::iq::Iq;
-pub use tokio_xmpp::parsers::jid::Jid;
 
 /// How the CPE answered one connection-request IQ.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,30 +87,34 @@ impl AcsClient {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("cr-{}-{n}", std::process::id());
-        let iq = Iq::Get {
-            from: None,
-            to: Some(to.clone()),
-            id: id.clone(),
-            payload: xmpp::connection_request_element(user, pass),
-        };
+        let to = to.to_string();
+        let iq = wire::iq_request(
+            "get",
+            &id,
+            Some(&to),
+            xmpp::connection_request_element(user, pass),
+        );
         let t = Instant::now();
         self.conn
-            .send(iq.into())
+            .send(&iq)
             .await
             .map_err(|e| format!("send: {e}"))?;
         let answer = tokio::time::timeout(timeout, async {
             loop {
                 match self.conn.recv().await {
-                    xmpp::Received::Stanza(st) => match *st {
-                        Stanza::Iq(Iq::Result { id: rid, .. }) if rid == id => {
-                            return Answer::Result;
+                    xmpp::Received::Stanza(st)
+                        if st.is("iq", wire::NS_CLIENT) && st.attr("id") == Some(id.as_str()) =>
+                    {
+                        match st.attr("type") {
+                            Some("result") => return Answer::Result,
+                            Some("error") => {
+                                let cond =
+                                    wire::error_condition(&st).unwrap_or("undefined-condition");
+                                return Answer::Error(cond.to_string());
+                            }
+                            _ => {}
                         }
-                        Stanza::Iq(Iq::Error { id: rid, error, .. }) if rid == id => {
-                            let cond = format!("{:?}", error.defined_condition);
-                            return Answer::Error(kebab(&cond));
-                        }
-                        _ => {}
-                    },
+                    }
                     xmpp::Received::Closed(why) => return Answer::Closed(why),
                     _ => {}
                 }
@@ -128,27 +131,18 @@ impl AcsClient {
     }
 }
 
-/// `NotAuthorized` -> `not-authorized` (the wire name of a defined condition).
-fn kebab(s: &str) -> String {
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if ch.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('-');
-            }
-            out.push(ch.to_ascii_lowercase());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn defined_conditions_get_their_wire_names() {
-        assert_eq!(super::kebab("NotAuthorized"), "not-authorized");
-        assert_eq!(super::kebab("ServiceUnavailable"), "service-unavailable");
+    fn connect_params_from_arguments() {
+        let p = connect_params("ACS@D.test/r1", "pw", "[::1]:5222", None).unwrap();
+        assert_eq!(p.jid.to_string(), "acs@d.test");
+        assert_eq!(p.resource.as_deref(), Some("r1"));
+        assert_eq!(p.target, Target::Host("::1".into(), 5222));
+        assert!(p.require_tls);
+        assert!(connect_params("@@", "pw", "h:1", None).is_err());
+        assert!(connect_params("a@d", "pw", "h", None).is_err());
     }
 }

@@ -652,12 +652,11 @@ struct XmppAcs {
 }
 
 fn xmpp_login(t: &XmppTarget, user: &str, pw: &str, resource: &str) -> Result<XmppAcs, String> {
-    use cwmpd::connreq::xmpp::{self, ConnectParams, Target};
-    use tokio_xmpp::parsers::jid::BareJid;
+    use cwmpd::connreq::xmpp::{self, ConnectParams, Jid, Target};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = xmpp::tls_config(Some(&t.ca))?;
     let params = ConnectParams {
-        jid: BareJid::new(&format!("{user}@{}", rig::XMPP_DOMAIN)).map_err(|e| e.to_string())?,
+        jid: Jid::new(&format!("{user}@{}", rig::XMPP_DOMAIN)).map_err(|e| e.to_string())?,
         password: pw.to_string(),
         resource: Some(resource.to_string()),
         target: Target::Host(t.host.clone(), t.port),
@@ -687,39 +686,35 @@ impl XmppAcs {
     fn iq(
         &mut self,
         to: &str,
-        payload: tokio_xmpp::minidom::Element,
+        payload: cwmpd::connreq::xmpp::Element,
     ) -> Result<(Instant, Duration), String> {
-        use cwmpd::connreq::xmpp::Received;
-        use tokio_xmpp::Stanza;
-        use tokio_xmpp::parsers::iq::Iq;
-        use tokio_xmpp::parsers::jid::Jid;
+        use cwmpd::connreq::xmpp::{Jid, Received, wire};
         self.n += 1;
         let id = format!("bench-{}", self.n);
-        let to = Jid::new(to).map_err(|e| e.to_string())?;
+        let to = Jid::new(to).map_err(|e| e.to_string())?.to_string();
         let conn = self.conn.as_mut().ok_or("no XMPP connection")?;
         self.rt.block_on(async {
-            let iq = Iq::Get {
-                from: None,
-                to: Some(to),
-                id: id.clone(),
-                payload,
-            };
+            let iq = wire::iq_request("get", &id, Some(&to), payload);
             let t0 = Instant::now();
-            conn.send(iq.into())
-                .await
-                .map_err(|e| format!("send: {e}"))?;
+            conn.send(&iq).await.map_err(|e| format!("send: {e}"))?;
             let r = tokio::time::timeout(Duration::from_secs(10), async {
                 loop {
                     match conn.recv().await {
-                        Received::Stanza(st) => match *st {
-                            Stanza::Iq(Iq::Result { id: rid, .. }) if rid == id => {
-                                return Ok(t0.elapsed());
+                        Received::Stanza(st)
+                            if st.is("iq", wire::NS_CLIENT)
+                                && st.attr("id") == Some(id.as_str()) =>
+                        {
+                            match st.attr("type") {
+                                Some("result") => return Ok(t0.elapsed()),
+                                Some("error") => {
+                                    return Err(format!(
+                                        "IQ error {}",
+                                        wire::error_condition(&st).unwrap_or("(no condition)")
+                                    ));
+                                }
+                                _ => {}
                             }
-                            Stanza::Iq(Iq::Error { id: rid, error, .. }) if rid == id => {
-                                return Err(format!("IQ error {:?}", error.defined_condition));
-                            }
-                            _ => {}
-                        },
+                        }
                         Received::Closed(why) => return Err(format!("XMPP closed: {why}")),
                         _ => {}
                     }
@@ -757,9 +752,7 @@ fn xmpp_responder(
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let h = std::thread::spawn(move || {
-        use cwmpd::connreq::xmpp::Received;
-        use tokio_xmpp::Stanza;
-        use tokio_xmpp::parsers::iq::Iq;
+        use cwmpd::connreq::xmpp::{Received, wire};
         if let Some(ns) = &ns
             && let Err(e) = rig::enter_ns(ns)
         {
@@ -785,14 +778,12 @@ fn xmpp_responder(
                 };
                 match r {
                     Received::Stanza(st) => {
-                        if let Stanza::Iq(Iq::Get { from, id, .. }) = *st {
-                            let res = Iq::Result {
-                                from: None,
-                                to: from,
-                                id,
-                                payload: None,
-                            };
-                            if conn.send(res.into()).await.is_err() {
+                        if st.is("iq", wire::NS_CLIENT)
+                            && st.attr("type") == Some("get")
+                            && let Some(id) = st.attr("id")
+                        {
+                            let res = wire::iq_result(id, st.attr("from"));
+                            if conn.send(&res).await.is_err() {
                                 break;
                             }
                         }
@@ -1269,7 +1260,8 @@ fn xmpp_floor(
         let to = format!("plain-b@{}/b", rig::XMPP_DOMAIN);
         let mut v = Vec::new();
         for k in 0..n + 5 {
-            let ping: tokio_xmpp::minidom::Element = tokio_xmpp::parsers::ping::Ping.into();
+            let ping =
+                cwmpd::connreq::xmpp::Element::new("ping", cwmpd::connreq::xmpp::wire::NS_PING);
             let (_, rtt) = a.iq(&to, ping)?;
             if k >= 5 {
                 v.push(rtt);
