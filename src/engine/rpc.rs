@@ -732,7 +732,11 @@ mod tests {
         assert!(e.rpc_begin(&gpv(n), &mut out).is_none());
         let text = String::from_utf8(std::mem::take(&mut out)).unwrap();
         assert!(text.contains("<FaultCode>9004</FaultCode>"), "{text}");
-        assert!(text.len() < 4096, "only the fault is left: {} bytes", text.len());
+        assert!(
+            text.len() < 4096,
+            "only the fault is left: {} bytes",
+            text.len()
+        );
         // Just under the budget: answered in full.
         let n = (MAX_ANSWER_BYTES - base) / step - 1;
         assert!(e.rpc_begin(&gpv(n), &mut out).is_none());
