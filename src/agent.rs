@@ -53,8 +53,6 @@ async fn start_http_cr(
         return Err(AgentError::NoHttpListener);
     }
     #[cfg(not(feature = "upnp"))]
-    let _ = shutdown; // only the UPnP mapping task needs to clean up at shutdown
-    #[cfg(not(feature = "upnp"))]
     if cfg.connreq.upnp {
         tracing::warn!("connreq.upnp is set, but this cwmpd is built without the upnp feature");
     }
@@ -78,12 +76,17 @@ async fn start_http_cr(
     }
     engine.set_cr_listen(addrs);
     let (etx, mut erx) = mpsc::channel::<CrEvent>(16);
+    let drain = crate::connreq::http::Drain {
+        stop: shutdown.signal.subscribe(),
+        done: shutdown.done.clone(),
+    };
     tokio::task::spawn_local(crate::connreq::http::serve(
         listeners,
         engine.cr_settings(),
         limiter,
         etx,
         engine.cr_secret(),
+        drain,
     ));
     // Forward accepted requests to the engine without ever blocking the listener.
     tokio::task::spawn_local(async move {
@@ -146,9 +149,9 @@ async fn start_udp_cr(
     });
 }
 
-/// Graceful shutdown (the mini-redis pattern): tasks that must clean up (the UPnP mapping)
-/// watch `signal` and hold a clone of `done`; the agent waits, bounded, until every clone is
-/// dropped.
+/// Graceful shutdown (the mini-redis pattern): tasks that must clean up (the UPnP mapping, the
+/// HTTP connection-request connections in flight) watch `signal` and hold a clone of `done`; the
+/// agent waits, bounded, until every clone is dropped.
 struct Shutdown {
     signal: tokio::sync::watch::Sender<bool>,
     done: mpsc::Sender<()>,
@@ -215,9 +218,9 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
         let engine_task = tokio::task::spawn_local(engine.run(rx));
         stop.await;
         tracing::info!("shutting down");
-        // Every task is told; the engine saves what is unsaved; tasks that clean up (the UPnP
-        // mapping) finish; all within SHUTDOWN_BOUND, then the runtime (listeners and the
-        // rest) is dropped.
+        // Every task is told; the engine saves what is unsaved; the CR ports close and the
+        // connections in flight finish their request; the UPnP mapping is removed; all within
+        // SHUTDOWN_BOUND, then the runtime (and whatever is left) is dropped.
         let Shutdown { signal, done } = shutdown;
         let _ = signal.send(true);
         drop(done);

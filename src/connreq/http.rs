@@ -163,12 +163,22 @@ impl Handler {
 /// the other CR mechanisms; accepted requests go to `events` (never blocking: when the channel
 /// is full the ACS still gets 200, the engine coalesces). `secret` keys the Digest nonces.
 /// Must run on a tokio `LocalSet`.
+/// How the agent stops the listener (graceful shutdown): when `stop` turns true every port is
+/// closed, connections in flight finish the request they are on (hyper's graceful shutdown)
+/// and each drops its clone of `done`, which the agent waits on (bounded).
+#[derive(Clone)]
+pub struct Drain {
+    pub stop: watch::Receiver<bool>,
+    pub done: mpsc::Sender<()>,
+}
+
 pub async fn serve(
     listeners: Vec<TcpListener>,
     settings: watch::Receiver<CrSettings>,
     limiter: Rc<RefCell<RateLimiter>>,
     events: mpsc::Sender<CrEvent>,
     secret: [u8; 32],
+    drain: Drain,
 ) {
     let handler = Rc::new(Handler {
         digest: RefCell::new(DigestServer::new(secret, REALM, NONCE_LIFETIME)),
@@ -184,8 +194,10 @@ pub async fn serve(
             l,
             handler.clone(),
             slots.clone(),
+            drain.clone(),
         )));
     }
+    drop(drain);
     for t in tasks {
         let _ = t.await;
     }
@@ -194,13 +206,22 @@ pub async fn serve(
 /// Serves one listening address. While HTTP connection requests are disabled
 /// (HTTPConnectionRequestEnable or EnableCWMP false) the port is closed (TR-069 rule H12) and
 /// re-opened on the same address when they are enabled again.
-async fn accept_loop(listener: TcpListener, handler: Rc<Handler>, slots: Arc<Semaphore>) {
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Rc<Handler>,
+    slots: Arc<Semaphore>,
+    mut drain: Drain,
+) {
     let Ok(local) = listener.local_addr() else {
         return;
     };
     let mut listener = Some(listener);
     let mut settings = handler.settings.clone();
     loop {
+        if *drain.stop.borrow_and_update() {
+            tracing::debug!(%local, "connection-request port closed for shutdown");
+            return;
+        }
         let enabled = settings.borrow_and_update().enabled;
         if !enabled && listener.is_some() {
             listener = None;
@@ -219,8 +240,14 @@ async fn accept_loop(listener: TcpListener, handler: Rc<Handler>, slots: Arc<Sem
             }
         }
         let Some(l) = listener.as_ref() else {
-            if settings.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = settings.changed() => if r.is_err() {
+                    return;
+                },
+                // A stop, or the agent gone: either way the loop ends.
+                r = drain.stop.changed() => if r.is_err() {
+                    return;
+                },
             }
             continue;
         };
@@ -240,6 +267,12 @@ async fn accept_loop(listener: TcpListener, handler: Rc<Handler>, slots: Arc<Sem
                 }
                 continue;
             }
+            r = drain.stop.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection request refused: too many connections ({MAX_CONNECTIONS})");
@@ -248,9 +281,10 @@ async fn accept_loop(listener: TcpListener, handler: Rc<Handler>, slots: Arc<Sem
         };
         let _ = stream.set_nodelay(true);
         let h = handler.clone();
+        let d = drain.clone();
         tokio::task::spawn_local(async move {
             let _permit = permit;
-            serve_conn(stream, peer, h).await;
+            serve_conn(stream, peer, h, d).await;
         });
     }
 }
@@ -266,7 +300,13 @@ fn bind_reuse(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(64)
 }
 
-async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Rc<Handler>) {
+async fn serve_conn(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handler: Rc<Handler>,
+    drain: Drain,
+) {
+    let Drain { mut stop, done } = drain;
     let count = Rc::new(Cell::new(0u32));
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let n = count.get() + 1;
@@ -293,7 +333,24 @@ async fn serve_conn(stream: tokio::net::TcpStream, peer: SocketAddr, handler: Rc
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let conn = b.serve_connection(TokioIo::new(stream), svc);
-    match tokio::time::timeout(CONN_LIFETIME, conn).await {
+    // At shutdown: the request being read or answered completes, then the connection closes.
+    let drained = async {
+        let mut conn = std::pin::pin!(conn);
+        let mut stopping = *stop.borrow_and_update();
+        loop {
+            if stopping {
+                conn.as_mut().graceful_shutdown();
+                return conn.await;
+            }
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                r = stop.changed() => stopping = r.is_err() || *stop.borrow(),
+            }
+        }
+    };
+    let r = tokio::time::timeout(CONN_LIFETIME, drained).await;
+    drop(done);
+    match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(%peer, "connection request connection ended: {e}"),
         Err(_) => tracing::info!(%peer, "connection request connection closed: lifetime exceeded"),
@@ -528,7 +585,10 @@ mod tests {
                     10,
                     Duration::from_secs(60),
                 )));
-                tokio::task::spawn_local(serve(vec![l], srx, lim, etx, [1; 32]));
+                let (_stop, stop) = watch::channel(false);
+                let (done, _all_done) = mpsc::channel(1);
+                let drain = Drain { stop, done };
+                tokio::task::spawn_local(serve(vec![l], srx, lim, etx, [1; 32], drain));
                 let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
                 let mut statuses = Vec::new();
                 let mut closed = false;
@@ -549,6 +609,62 @@ mod tests {
                 let n = s.read_to_end(&mut rest).await.unwrap();
                 assert_eq!(n, 0, "server closes after the last request");
                 assert!(erx.try_recv().is_err());
+            })
+            .await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn shutdown_closes_the_port_and_lets_the_request_in_flight_finish() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                let (_stx, srx) = watch::channel(CrSettings {
+                    enabled: true,
+                    username: "acs".into(),
+                    password: "pw".into(),
+                    path: PATH.into(),
+                });
+                let (etx, _erx) = mpsc::channel(8);
+                let lim = Rc::new(RefCell::new(RateLimiter::per_period(
+                    10,
+                    Duration::from_secs(60),
+                )));
+                let (stop_tx, stop) = watch::channel(false);
+                let (done, mut all_done) = mpsc::channel::<()>(1);
+                let drain = Drain { stop, done };
+                tokio::task::spawn_local(serve(vec![l], srx, lim, etx, [1; 32], drain));
+                // A request half sent when the agent is told to stop.
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(format!("GET {PATH} HTTP/1.1\r\nHost: x\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+                stop_tx.send(true).unwrap();
+                // The port closes: new connections are refused (bounded wait for it).
+                let mut refused = false;
+                for _ in 0..1000 {
+                    tokio::task::yield_now().await;
+                    if tokio::net::TcpStream::connect(addr).await.is_err() {
+                        refused = true;
+                        break;
+                    }
+                }
+                assert!(refused, "the port is still open after the stop");
+                // The request in flight is answered, then the connection closes.
+                s.write_all(b"\r\n").await.unwrap();
+                let mut text = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut text))
+                    .await
+                    .expect("the connection is closed after the answer")
+                    .unwrap();
+                let text = String::from_utf8_lossy(&text);
+                assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+                // Every task that held `done` has finished.
+                let left = tokio::time::timeout(Duration::from_secs(5), all_done.recv()).await;
+                assert_eq!(left, Ok(None), "the listener's tasks all ended");
             })
             .await;
     }
