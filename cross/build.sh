@@ -9,7 +9,10 @@
 #          armv7-unknown-linux-musleabihf aarch64-unknown-linux-musl mipsel-unknown-linux-musl
 # Env: CARGO_TARGET_DIR (default ./target), CROSS_PROFILE (default release-z),
 #      CROSS_STD_FEATURES (std features, default optimize_for_size; see below),
-#      CROSS_RUSTFLAGS (extra rustc flags for the target, whitespace-separated).
+#      CROSS_RUSTFLAGS (extra rustc flags for the target, whitespace-separated),
+#      CROSS_FEATURE_SET: all (default) | http+stun+upnp | http+stun | http — the agent alone
+#      with only those connection-request mechanisms, into dist/TARGET/<set>/ (for the
+#      footprint figures: `cwmpd-bench footprint`).
 # See cross/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,15 @@ PROFILE=${CROSS_PROFILE:-release-z}
 # gimli/addr2line/miniz: ~150 KB, useless in a stripped binary); panics still print their message
 # and location. optimize_for_size picks std's smaller algorithms.
 STD_FEATURES=${CROSS_STD_FEATURES-optimize_for_size}
+SET=${CROSS_FEATURE_SET:-all}
+case "$SET" in
+  all) pkgs=(-p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq) bins=(cwmpd cwmp-connreq) ;;
+  # The agent alone: built with cwmp-connreq, cargo would unify in the xmpp feature it needs.
+  http+stun+upnp) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun,upnp) bins=(cwmpd) ;;
+  http+stun) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun) bins=(cwmpd) ;;
+  http) pkgs=(-p cwmpd --bin cwmpd --no-default-features) bins=(cwmpd) ;;
+  *) echo "cross: unknown CROSS_FEATURE_SET '$SET' (all http+stun+upnp http+stun http)" >&2; exit 1 ;;
+esac
 TD=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$TD"
 TD=$(cd "$TD" && pwd)
@@ -43,23 +55,24 @@ for TARGET in "$@"; do
     for f in ${CROSS_RUSTFLAGS:-}; do
       extra+=(--config "target.$TARGET.rustflags=[\"$f\"]")
     done
-    echo "== cross: building $TARGET ($PROFILE, std from source with features [$STD_FEATURES])"
+    echo "== cross: building $TARGET ($PROFILE, std from source with features [$STD_FEATURES], agent features: $SET)"
     # The agent (package cwmpd) and the ACS-side tool (package cwmp-connreq); packaging/build.sh
     # makes a package of each.
     t0=$(date +%s)
     RUSTC_BOOTSTRAP=1 cargo build --locked --config cross/cargo-config.toml "${extra[@]}" \
       -Zbuild-std=std,panic_abort "-Zbuild-std-features=$STD_FEATURES" --target "$TARGET" --profile "$PROFILE" \
-      -p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq
+      "${pkgs[@]}"
     echo "== cross: $TARGET built in $(($(date +%s) - t0)) s"
   )
   out="$TD/dist/$TARGET"
+  [ "$SET" = all ] || out="$out/$SET"
   mkdir -p "$out"
-  for b in cwmpd cwmp-connreq; do
+  for b in "${bins[@]}"; do
     "$strip" -o "$out/$b" "$TD/$TARGET/$PROFILE/$b"
     chmod 0755 "$out/$b"
   done
   echo "== cross: $TARGET stripped binaries in $out"
-  for b in cwmpd cwmp-connreq; do
+  for b in "${bins[@]}"; do
     kind=$(command -v file >/dev/null && file -b "$out/$b" | cut -d, -f1-2,4-5 || true)
     printf '%-14s %10s B  %s\n' "$b" "$(stat -c %s "$out/$b")" "$kind"
   done

@@ -616,9 +616,8 @@ impl AcsClient {
         };
         let location = text(header::LOCATION);
         let retry_after = text(header::RETRY_AFTER).and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(len) = text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok())
-            && len > MAX_BODY as u64
-        {
+        let length = text(header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<u64>().ok());
+        if length.is_some_and(|len| len > MAX_BODY as u64) {
             self.conn = None;
             return Err(AcsError::BodyTooLarge);
         }
@@ -636,7 +635,12 @@ impl AcsClient {
             Ok(_) => (None, None),
             Err(e) => (None, used.then_some(e)),
         };
-        let mut buf = BytesMut::new();
+        // A body of known length is received into one buffer of that size (at most MAX_BODY):
+        // no doubling copies of a large request.
+        let mut buf = match (length, &decoder) {
+            (Some(len), None) if used => BytesMut::with_capacity(len as usize),
+            _ => BytesMut::new(),
+        };
         let mut received = 0usize;
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| AcsError::Http(e.to_string()))?;
