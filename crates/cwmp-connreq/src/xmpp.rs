@@ -84,7 +84,7 @@ impl AcsClient {
         pass: &str,
         timeout: Duration,
     ) -> Result<(Answer, Duration), String> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("cr-{}-{n}", std::process::id());
         let to = to.to_string();
