@@ -566,29 +566,41 @@ mod tests {
         assert_ne!(random_secret(), random_secret());
     }
 
+    /// The listener on a loopback port (call inside a LocalSet): its address, the settings
+    /// sender and the accepted connection requests.
+    async fn listening(
+        drain: Drain,
+    ) -> (
+        SocketAddr,
+        watch::Sender<CrSettings>,
+        mpsc::Receiver<CrEvent>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (stx, srx) = watch::channel(CrSettings {
+            enabled: true,
+            username: "acs".into(),
+            password: "pw".into(),
+            path: PATH.into(),
+        });
+        let (etx, erx) = mpsc::channel(8);
+        let lim = Rc::new(RefCell::new(RateLimiter::per_period(
+            10,
+            Duration::from_secs(60),
+        )));
+        tokio::task::spawn_local(serve(vec![l], srx, lim, etx, [1; 32], drain));
+        (addr, stx, erx)
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn over_the_wire_keepalive_and_connection_close() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = l.local_addr().unwrap();
-                let (_stx, srx) = watch::channel(CrSettings {
-                    enabled: true,
-                    username: "acs".into(),
-                    password: "pw".into(),
-                    path: PATH.into(),
-                });
-                let (etx, mut erx) = mpsc::channel(8);
-                let lim = Rc::new(RefCell::new(RateLimiter::per_period(
-                    10,
-                    Duration::from_secs(60),
-                )));
                 let (_stop, stop) = watch::channel(false);
                 let (done, _all_done) = mpsc::channel(1);
-                let drain = Drain { stop, done };
-                tokio::task::spawn_local(serve(vec![l], srx, lim, etx, [1; 32], drain));
+                let (addr, _settings, mut erx) = listening(Drain { stop, done }).await;
                 let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
                 let mut statuses = Vec::new();
                 let mut closed = false;
@@ -619,23 +631,9 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = l.local_addr().unwrap();
-                let (_stx, srx) = watch::channel(CrSettings {
-                    enabled: true,
-                    username: "acs".into(),
-                    password: "pw".into(),
-                    path: PATH.into(),
-                });
-                let (etx, _erx) = mpsc::channel(8);
-                let lim = Rc::new(RefCell::new(RateLimiter::per_period(
-                    10,
-                    Duration::from_secs(60),
-                )));
                 let (stop_tx, stop) = watch::channel(false);
                 let (done, mut all_done) = mpsc::channel::<()>(1);
-                let drain = Drain { stop, done };
-                tokio::task::spawn_local(serve(vec![l], srx, lim, etx, [1; 32], drain));
+                let (addr, _settings, _erx) = listening(Drain { stop, done }).await;
                 // A request half sent when the agent is told to stop.
                 let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
                 s.write_all(format!("GET {PATH} HTTP/1.1\r\nHost: x\r\n").as_bytes())

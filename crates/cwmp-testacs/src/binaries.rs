@@ -119,6 +119,25 @@ pub fn sibling(
     }
 }
 
+/// The agent (`cwmpd`) and `cwmp-connreq` next to `exe`, each built first (together, so their
+/// features unify as in a workspace build) when missing or older than its sources.
+pub fn agent_and_connreq(exe: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let packages = ["cwmpd", "cwmp-connreq"];
+    let agent = sibling(
+        exe,
+        "cwmpd",
+        &packages,
+        &["src", "Cargo.toml", "crates/cwmp-proto/src"],
+    )?;
+    let connreq = sibling(
+        exe,
+        "cwmp-connreq",
+        &packages,
+        &["crates/cwmp-connreq/src", "crates/cwmp-connreq/Cargo.toml"],
+    )?;
+    Ok((agent, connreq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,24 +15,10 @@ use cwmpd::cwmp::soap::{AcsRequest, CpeMessage};
 /// cwmpd-bench`, which builds only the bench itself.
 pub fn sibling_binaries() -> Result<(PathBuf, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let packages = ["cwmpd", "cwmp-connreq"];
+    let (agent, connreq) = cwmp_testacs::binaries::agent_and_connreq(&exe)?;
     // CWMPD_BENCH_AGENT: measure another agent binary (e.g. the packaged build in
     // target/dist/x86_64-unknown-linux-gnu/cwmpd) instead of the one next to the bench.
-    let agent = match std::env::var_os("CWMPD_BENCH_AGENT") {
-        Some(p) => PathBuf::from(p),
-        None => cwmp_testacs::binaries::sibling(
-            &exe,
-            "cwmpd",
-            &packages,
-            &["src", "Cargo.toml", "crates/cwmp-proto/src"],
-        )?,
-    };
-    let connreq = cwmp_testacs::binaries::sibling(
-        &exe,
-        "cwmp-connreq",
-        &packages,
-        &["crates/cwmp-connreq/src", "crates/cwmp-connreq/Cargo.toml"],
-    )?;
+    let agent = std::env::var_os("CWMPD_BENCH_AGENT").map_or(agent, PathBuf::from);
     Ok((agent, connreq))
 }
 

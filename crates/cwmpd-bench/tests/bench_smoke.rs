@@ -11,16 +11,8 @@ fn cr_bench_smoke() {
     let bench = Path::new(env!("CARGO_BIN_EXE_cwmpd-bench"));
     // The bench runs the binaries next to its own executable: the agent and cwmp-connreq (its
     // STUN server), other packages' binaries, so not built for this test by cargo itself.
-    for (bin, sources) in [
-        ("cwmpd", &["src", "Cargo.toml", "crates/cwmp-proto/src"][..]),
-        (
-            "cwmp-connreq",
-            &["crates/cwmp-connreq/src", "crates/cwmp-connreq/Cargo.toml"][..],
-        ),
-    ] {
-        cwmp_testacs::binaries::sibling(bench, bin, &["cwmpd", "cwmp-connreq"], sources)
-            .unwrap_or_else(|e| panic!("the {bin} binary for cwmpd-bench: {e}"));
-    }
+    cwmp_testacs::binaries::agent_and_connreq(bench)
+        .unwrap_or_else(|e| panic!("the binaries for cwmpd-bench: {e}"));
     let out = std::env::temp_dir().join(format!("cwmpd-bench-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let res = Command::new(bench)
