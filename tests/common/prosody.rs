@@ -130,33 +130,18 @@ impl Prosody {
             "ext.cnf",
         ]));
         let port = free_port();
-        let root = nix::unistd::Uid::effective().is_root();
         let cfg = dir.join("prosody.cfg.lua");
         std::fs::write(
             &cfg,
-            format!(
-                r#"pidfile = "{d}/prosody.pid"
-data_path = "{d}/data"
-{run_as_root}
-interfaces = {{ "127.0.0.1" }}
-c2s_ports = {{ {port} }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ }}
-http_ports = {{ }}
-https_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix" }}
-modules_disabled = {{ "s2s" }}
-c2s_require_encryption = true
-authentication = "internal_hashed"
-storage = "internal"
-log = {{ info = "{d}/prosody.log" }}
-certificates = "{d}/certs"
-VirtualHost "{DOMAIN}"
-  ssl = {{ certificate = "{d}/certs/{DOMAIN}.crt"; key = "{d}/certs/{DOMAIN}.key"; }}
-"#,
-                d = dir.display(),
-                run_as_root = if root { "run_as_root = true" } else { "" },
-            ),
+            cwmp_testacs::prosody::ProsodyConfig {
+                dir: &dir,
+                tag: "",
+                ip: "127.0.0.1",
+                port,
+                domain: DOMAIN,
+                log_level: "info",
+            }
+            .text(),
         )
         .unwrap();
         let mut p = Prosody {

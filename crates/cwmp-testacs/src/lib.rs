@@ -39,6 +39,7 @@
 //! [`binaries`] finds (and builds) the workspace's other binaries next to a test's own.
 
 pub mod binaries;
+pub mod prosody;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

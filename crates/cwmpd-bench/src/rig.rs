@@ -394,36 +394,18 @@ impl ProsodySetup {
 
     /// Writes a configuration listening on `ip:port`; returns its path.
     fn config(&self, ip: &str, port: u16, tag: &str) -> Result<PathBuf, String> {
-        let d = self.dir.display();
-        let root = if nix::unistd::Uid::effective().is_root() {
-            "run_as_root = true"
-        } else {
-            ""
-        };
         let cfg = self.dir.join(format!("prosody-{tag}.cfg.lua"));
         std::fs::write(
             &cfg,
-            format!(
-                r#"pidfile = "{d}/prosody-{tag}.pid"
-data_path = "{d}/data"
-{root}
-interfaces = {{ "{ip}" }}
-c2s_ports = {{ {port} }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ }}
-http_ports = {{ }}
-https_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix" }}
-modules_disabled = {{ "s2s" }}
-c2s_require_encryption = true
-authentication = "internal_hashed"
-storage = "internal"
-log = {{ warn = "{d}/prosody-{tag}.log" }}
-certificates = "{d}/certs"
-VirtualHost "{XMPP_DOMAIN}"
-  ssl = {{ certificate = "{d}/certs/{XMPP_DOMAIN}.crt"; key = "{d}/certs/{XMPP_DOMAIN}.key"; }}
-"#
-            ),
+            cwmp_testacs::prosody::ProsodyConfig {
+                dir: &self.dir,
+                tag,
+                ip,
+                port,
+                domain: XMPP_DOMAIN,
+                log_level: "warn",
+            }
+            .text(),
         )
         .map_err(|e| e.to_string())?;
         Ok(cfg)

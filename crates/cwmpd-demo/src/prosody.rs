@@ -87,32 +87,19 @@ impl Prosody {
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
-        let d = dir.display();
         // run_as_root only matters when the demo runs as root (Prosody refuses otherwise).
         let cfg = dir.join("prosody.cfg.lua");
         std::fs::write(
             &cfg,
-            format!(
-                r#"pidfile = "{d}/prosody.pid"
-data_path = "{d}/data"
-run_as_root = true
-interfaces = {{ "127.0.0.1" }}
-c2s_ports = {{ {port} }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ }}
-http_ports = {{ }}
-https_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix" }}
-modules_disabled = {{ "s2s" }}
-c2s_require_encryption = true
-authentication = "internal_hashed"
-storage = "internal"
-log = {{ warn = "{d}/prosody.log" }}
-certificates = "{d}/certs"
-VirtualHost "{DOMAIN}"
-  ssl = {{ certificate = "{d}/certs/{DOMAIN}.crt"; key = "{d}/certs/{DOMAIN}.key"; }}
-"#
-            ),
+            cwmp_testacs::prosody::ProsodyConfig {
+                dir,
+                tag: "",
+                ip: "127.0.0.1",
+                port,
+                domain: DOMAIN,
+                log_level: "warn",
+            }
+            .text(),
         )
         .map_err(|e| e.to_string())?;
         let cfg_s = cfg.to_string_lossy();
