@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::model::schema::{Schema, generic_path};
 
+pub mod kcmdline;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: PathBuf,
@@ -46,6 +48,9 @@ pub struct AgentSection {
     pub control_socket: PathBuf,
     /// Seconds between polls of live and provider-backed parameters for notifications.
     pub poll_interval: u64,
+    /// A kernel command line to take `cwmpd.*` settings from (normally `/proc/cmdline`);
+    /// empty: none. They override the file's values. See [`kcmdline`].
+    pub kernel_cmdline: PathBuf,
 }
 
 impl Default for AgentSection {
@@ -56,6 +61,7 @@ impl Default for AgentSection {
             log_level: "info".into(),
             control_socket: PathBuf::from("/run/cwmpd/ctl.sock"),
             poll_interval: 30,
+            kernel_cmdline: PathBuf::new(),
         }
     }
 }
@@ -145,7 +151,9 @@ pub struct ActionsSection {
     /// started; no session is opened meanwhile. Still running after it: logged, and the agent
     /// goes on (the pending `M Reboot` then goes out without `1 BOOT`). Default 300.
     pub reboot_grace: Option<u64>,
-    /// Installs a firmware image: `["/usr/sbin/sysupgrade", "{file}"]`.
+    /// Installs a firmware image: `["/usr/sbin/sysupgrade", "{file}"]`. Exit status 0 (or the
+    /// box going down) is success; otherwise the first line of stdout may name the fault as
+    /// for `install_result` (`9018 checksum mismatch`), else 9010.
     pub firmware_install: Vec<String>,
     /// Applies a vendor configuration file.
     pub config_install: Vec<String>,
@@ -205,8 +213,9 @@ pub struct Config {
     pub providers: Vec<ProviderSection>,
     /// Factory values by concrete path, in file order.
     pub parameters: Vec<(String, String)>,
-    /// Line of each parameter key, for later error messages.
-    param_lines: BTreeMap<String, usize>,
+    /// Where each parameter was given (file and line; line 0 for the kernel command line),
+    /// for later error messages.
+    param_src: BTreeMap<String, (PathBuf, usize)>,
 }
 
 impl Config {
@@ -217,7 +226,51 @@ impl Config {
             line: 0,
             msg: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, path)
+        let mut cfg = Config::parse(&text, path)?;
+        if !cfg.agent.kernel_cmdline.as_os_str().is_empty() {
+            let file = cfg.agent.kernel_cmdline.clone();
+            let err = |msg: String| ConfigError {
+                file: file.clone(),
+                line: 0,
+                msg,
+            };
+            let text =
+                read_bounded(&file, 64 * 1024).map_err(|e| err(format!("cannot read: {e}")))?;
+            let settings = kcmdline::parse(&text).map_err(err)?;
+            cfg.apply_cmdline(&file, settings)?;
+        }
+        Ok(cfg)
+    }
+
+    /// Applies the settings of a kernel command line read from `file` over the file's.
+    pub fn apply_cmdline(
+        &mut self,
+        file: &Path,
+        settings: Vec<kcmdline::Setting>,
+    ) -> Result<(), ConfigError> {
+        use kcmdline::Setting;
+        for s in settings {
+            match s {
+                Setting::Param(k, v) => {
+                    match self.parameters.iter_mut().find(|(p, _)| *p == k) {
+                        Some(e) => e.1 = v,
+                        None => self.parameters.push((k.clone(), v)),
+                    }
+                    self.param_src.insert(k, (file.to_path_buf(), 0));
+                }
+                Setting::PublicUrl(u) => self.connreq.public_url = u,
+                Setting::ExternalPort(p) => self.connreq.external_port = p,
+                Setting::LogLevel(l) => {
+                    check_log_level(&l).map_err(|msg| ConfigError {
+                        file: file.to_path_buf(),
+                        line: 0,
+                        msg: format!("cwmpd.log_level: {msg}"),
+                    })?;
+                    self.agent.log_level = l;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -244,25 +297,17 @@ impl Config {
         if !agent.control_socket.as_os_str().is_empty() {
             agent.control_socket = resolve(&agent.control_socket);
         }
-        if !matches!(
-            agent.log_level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
-            return Err(err(
-                key_line(text, "log_level"),
-                format!(
-                    "log_level {:?} is not one of error, warn, info, debug, trace",
-                    agent.log_level
-                ),
-            ));
+        if !agent.kernel_cmdline.as_os_str().is_empty() {
+            agent.kernel_cmdline = resolve(&agent.kernel_cmdline);
         }
+        check_log_level(&agent.log_level).map_err(|m| err(key_line(text, "log_level"), m))?;
         let mut actions = raw.actions;
         actions.download_dir = actions.download_dir.as_ref().map(resolve);
         if actions.max_download == 0 {
             actions.max_download = 256 * 1024 * 1024;
         }
         let mut parameters = Vec::new();
-        let mut param_lines = BTreeMap::new();
+        let mut param_src = BTreeMap::new();
         for (k, v) in &raw.parameters {
             let line = key_line(text, k);
             let s = match v {
@@ -284,7 +329,7 @@ impl Config {
                     format!("{k:?} is not a parameter path under Device."),
                 ));
             }
-            param_lines.insert(k.clone(), line);
+            param_src.insert(k.clone(), (path.to_path_buf(), line));
             parameters.push((k.clone(), s));
         }
         for p in &raw.provider {
@@ -313,7 +358,7 @@ impl Config {
             actions,
             providers: raw.provider,
             parameters,
-            param_lines,
+            param_src,
         })
     }
 
@@ -321,18 +366,22 @@ impl Config {
     /// and each provider prefix names an object.
     pub fn check_against(&self, schema: &Schema) -> Result<(), ConfigError> {
         for (k, v) in &self.parameters {
-            let line = self.param_lines.get(k).copied().unwrap_or(0);
+            let (file, line) = self
+                .param_src
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| (self.file.clone(), 0));
             let g = generic_path(k);
             let Some(pid) = schema.param(&g) else {
                 return Err(ConfigError {
-                    file: self.file.clone(),
+                    file,
                     line,
                     msg: format!("{k} is not a parameter of the data model"),
                 });
             };
             if let Err(f) = schema.params[pid].syntax.validate(v) {
                 return Err(ConfigError {
-                    file: self.file.clone(),
+                    file,
                     line,
                     msg: format!(
                         "{k} = {v:?}: {} (type {})",
@@ -361,18 +410,34 @@ impl Config {
     /// Builds the error for a factory value the store refused (e.g. an instance beyond
     /// maxEntries), with the line of that key.
     pub fn error_for(&self, msg: String) -> ConfigError {
-        let line = self
-            .param_lines
+        let (file, line) = self
+            .param_src
             .iter()
             .find(|(k, _)| msg.starts_with(k.as_str()))
-            .map(|(_, l)| *l)
-            .unwrap_or(0);
-        ConfigError {
-            file: self.file.clone(),
-            line,
-            msg,
-        }
+            .map(|(_, src)| src.clone())
+            .unwrap_or_else(|| (self.file.clone(), 0));
+        ConfigError { file, line, msg }
     }
+}
+
+fn check_log_level(l: &str) -> Result<(), String> {
+    if matches!(l, "error" | "warn" | "info" | "debug" | "trace") {
+        Ok(())
+    } else {
+        Err(format!(
+            "log_level {l:?} is not one of error, warn, info, debug, trace"
+        ))
+    }
+}
+
+/// Reads at most `max` bytes of a text file (a command line is a few KB at most).
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(max)
+        .read_to_string(&mut s)?;
+    Ok(s)
 }
 
 fn line_at(text: &str, pos: usize) -> usize {

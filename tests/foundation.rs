@@ -427,6 +427,69 @@ fn bad_configurations_are_refused_with_file_line_and_path() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// `[agent] kernel_cmdline`: `cwmpd.*` words of a kernel command line are factory values
+/// and local settings over the file's; an unusable word stops the agent with the word named.
+#[test]
+fn kernel_command_line_sets_factory_values_and_refuses_bad_words() {
+    let d = TempDir::new("kcmdline");
+    let cmdline = d.path().join("cmdline");
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "kernel_cmdline = \"{}\"\n[parameters]\n\"Device.ManagementServer.URL\" = \"http://file.invalid/\"\n",
+            cmdline.display()
+        ),
+    );
+    std::fs::write(
+        &cmdline,
+        "console=ttyAMA0 rdinit=/init cwmpd.acs=http://10.0.2.2:7557/acs \
+         cwmpd.param.Device.ManagementServer.ConnectionRequestUsername=\"stb 1\" \
+         cwmpd.param.Device.ManagementServer.PeriodicInformInterval=600 quiet\n",
+    )
+    .unwrap();
+    let (code, out, err) = cwmpd(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let a = Agent::start(&cfg);
+    assert_eq!(
+        a.get("Device.ManagementServer.URL"),
+        "http://10.0.2.2:7557/acs"
+    );
+    assert_eq!(
+        a.get("Device.ManagementServer.ConnectionRequestUsername"),
+        "stb 1"
+    );
+    assert_eq!(
+        a.get("Device.ManagementServer.PeriodicInformInterval"),
+        "600"
+    );
+    a.stop();
+
+    for (line, msg) in [
+        ("cwmpd.acss=http://x/", "unknown key cwmpd.acss"),
+        ("cwmpd.acs", "no value"),
+        (
+            "cwmpd.param.Device.Nope.X=1",
+            "not a parameter of the data model",
+        ),
+        (
+            "cwmpd.param.Device.ManagementServer.PeriodicInformInterval=soon",
+            "not an integer",
+        ),
+        ("cwmpd.external_port=http", "not a port number"),
+    ] {
+        std::fs::write(&cmdline, format!("console=ttyS0 {line}\n")).unwrap();
+        for args in [
+            vec!["check-config", cfg.to_str().unwrap()],
+            vec!["run", "-c", cfg.to_str().unwrap()],
+        ] {
+            let (code, _out, err) = cwmpd(&args);
+            assert_eq!(code, 2, "{line}: {err}");
+            assert!(err.contains(cmdline.to_str().unwrap()), "{line}: {err}");
+            assert!(err.contains(msg), "{line}: {err}");
+        }
+    }
+}
+
 #[test]
 fn vendor_file_grows_the_model_without_rebuild() {
     let d = TempDir::new("vendor");

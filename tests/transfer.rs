@@ -864,3 +864,48 @@ fn installing_state_without_a_recorded_version_is_reported_as_before() {
     assert_eq!(t.len(), 1, "{}", a.log_text());
     assert_eq!((t[0].command_key.as_str(), t[0].fault.code), ("fw-old", 0));
 }
+
+/// An install command that refuses the image (checksum, wrong model) names the fault on the
+/// first line of its stdout: the TransferComplete carries it (9018 "file corrupted"), the agent
+/// keeps running and nothing else happens; a failure without a code is 9010.
+#[test]
+fn install_command_refusal_gives_its_fault() {
+    let acs = spawn_in_thread(AcsOptions::default());
+    let d = TempDir::new("xfer-refuse");
+    let img = b"not a firmware image".to_vec();
+    acs.serve_file("/bad.img", served(&img));
+    acs.serve_file("/odd.img", served(&img));
+    acs.queue(vec![
+        download(
+            "bad",
+            "1 Firmware Upgrade Image",
+            acs.file_url("/bad.img"),
+            img.len(),
+            0,
+        ),
+        download(
+            "odd",
+            "1 Firmware Upgrade Image",
+            acs.file_url("/odd.img"),
+            img.len(),
+            0,
+        ),
+    ]);
+    // The first image is refused with a code, the second without one.
+    let script = "case {file} in *-1) echo '9018 checksum mismatch: image corrupted'; exit 1;; *) echo 'flash busy'; exit 3;; esac";
+    let a = Agent::start(&config_for(
+        d.path(),
+        &acs,
+        &format!("firmware_install = {}", sh(script)),
+    ));
+    let t = wait_tcs(&acs, 2);
+    assert_eq!(t.len(), 2, "{t:?} {}", a.log_text());
+    let bad = t.iter().find(|t| t.command_key == "bad").unwrap();
+    assert_eq!(bad.fault.code, 9018, "{bad:?}");
+    assert_eq!(bad.fault.string, "checksum mismatch: image corrupted");
+    let odd = t.iter().find(|t| t.command_key == "odd").unwrap();
+    assert_eq!(odd.fault.code, 9010, "{odd:?}");
+    assert_eq!(odd.fault.string, "flash busy");
+    common::xsd::validate_sessions("install_command_refusal_gives_its_fault", &acs.sessions());
+    a.stop();
+}

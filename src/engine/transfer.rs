@@ -280,7 +280,7 @@ fn firmware_verdict(before: Option<&str>, running: &str) -> (u32, String) {
 }
 
 /// The outcome given by the `install_result` command: its exit status and stdout.
-fn hook_verdict(success: bool, stdout: &str) -> (u32, String) {
+fn hook_verdict(success: bool, stdout: &str, default_text: &str) -> (u32, String) {
     if success {
         return (0, String::new());
     }
@@ -293,26 +293,35 @@ fn hook_verdict(success: bool, stdout: &str) -> (u32, String) {
         Ok(c) if HOOK_FAULTS.contains(&c) => (c, text),
         _ => (9010, line),
     };
-    let text = if text.is_empty() {
-        "the install_result command reported a failure"
-    } else {
-        text
-    };
+    let text = if text.is_empty() { default_text } else { text };
     (code, text.chars().take(HOOK_FAULT_STRING_MAX).collect())
 }
 
-/// Runs the `install_result` command with `env`; None when it does not decide (cannot be
-/// started, killed by a signal, or still running after [`HOOK_TIMEOUT`]).
-async fn run_install_result(argv: &[String], env: &[(&str, &str)]) -> Option<(u32, String)> {
+/// Runs `argv` (`{file}` replaced by `file`) with `env`, keeping at most [`HOOK_OUTPUT_MAX`]
+/// bytes of its stdout; killed after `timeout` when one is given. None when it could not be
+/// started or ran out of time.
+async fn run_capturing(
+    argv: &[String],
+    file: Option<&str>,
+    env: &[(&str, &str)],
+    timeout: Option<Duration>,
+) -> Option<(std::process::ExitStatus, String)> {
     use tokio::io::AsyncReadExt;
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
+    let args: Vec<String> = argv
+        .iter()
+        .map(|a| match file {
+            Some(f) => a.replace("{file}", f),
+            None => a.clone(),
+        })
+        .collect();
+    let mut child = tokio::process::Command::new(&args[0])
+        .args(&args[1..])
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
+        .kill_on_drop(timeout.is_some())
         .spawn()
-        .map_err(|e| tracing::error!("cannot run {}: {e}", argv[0]))
+        .map_err(|e| tracing::error!("cannot run {}: {e}", args[0]))
         .ok()?;
     let stdout = child.stdout.take();
     let mut out = Vec::new();
@@ -323,30 +332,59 @@ async fn run_install_result(argv: &[String], env: &[(&str, &str)]) -> Option<(u3
         }
         child.wait().await
     };
-    let status = match tokio::time::timeout(HOOK_TIMEOUT, run).await {
+    let waited = match timeout {
+        Some(t) => tokio::time::timeout(t, run).await,
+        None => Ok(run.await),
+    };
+    let status = match waited {
         Ok(Ok(st)) => st,
         Ok(Err(e)) => {
-            tracing::error!("{}: {e}", argv[0]);
+            tracing::error!("{}: {e}", args[0]);
             return None;
         }
         Err(_) => {
             tracing::error!(
-                "{} still running after {} s: killed, SoftwareVersion decides",
-                argv[0],
-                HOOK_TIMEOUT.as_secs()
+                "{} still running after {} s: killed",
+                args[0],
+                timeout.unwrap_or_default().as_secs()
             );
             let _ = child.kill().await;
             return None;
         }
     };
+    Some((status, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Runs the `install_result` command with `env`; None when it does not decide (cannot be
+/// started, killed by a signal, or still running after [`HOOK_TIMEOUT`]).
+async fn run_install_result(argv: &[String], env: &[(&str, &str)]) -> Option<(u32, String)> {
+    let (status, out) = run_capturing(argv, None, env, Some(HOOK_TIMEOUT)).await?;
     if status.code().is_none() {
         tracing::error!("{} ended by {status}: SoftwareVersion decides", argv[0]);
         return None;
     }
     Some(hook_verdict(
         status.success(),
-        &String::from_utf8_lossy(&out),
+        &out,
+        "the install_result command reported a failure",
     ))
+}
+
+/// Runs the install command on `file`: exit status 0 is success (or the box goes down before
+/// it ends); otherwise the first line of its stdout may give the fault as for
+/// `install_result` (`9018 checksum mismatch`: the image is refused, nothing was installed).
+async fn run_install(argv: &[String], file: &str) -> (u32, String) {
+    match run_capturing(argv, Some(file), &[], None).await {
+        None => (9010, "the install command could not be run".into()),
+        Some((st, _)) if st.success() => (0, String::new()),
+        Some((st, _)) if st.code().is_none() => {
+            (9010, format!("the install command was ended by {st}"))
+        }
+        Some((st, out)) => {
+            tracing::error!("{} exited with {st}: {}", argv[0], out.trim());
+            hook_verdict(false, &out, "the install command failed")
+        }
+    }
 }
 
 impl Engine {
@@ -930,13 +968,8 @@ impl Engine {
                 tracing::info!("transfer {id}: installing with {}", argv.join(" "));
                 tokio::spawn(async move {
                     let f = file.to_string_lossy().into_owned();
-                    let ok = super::session::run_action(&argv, Some(&f)).await;
+                    let (code, msg) = run_install(&argv, &f).await;
                     let _ = tokio::fs::remove_file(&file).await;
-                    let (code, msg) = if ok {
-                        (0, String::new())
-                    } else {
-                        (9010, "the install command failed".to_string())
-                    };
                     let _ = tx.send(XferMsg::Finished { id, code, msg });
                 });
             }
