@@ -12,7 +12,8 @@
 #      CROSS_RUSTFLAGS (extra rustc flags for the target, whitespace-separated),
 #      CROSS_FEATURE_SET: all (default) | http+stun+upnp | http+stun | http — the agent alone
 #      with only those connection-request mechanisms, into dist/TARGET/<set>/ (for the
-#      footprint figures: `cwmpd-bench footprint`).
+#      footprint figures: `cwmpd-bench footprint`); stb: the emulated STB's middleware
+#      stand-in (crates/stb-middleware) into dist/TARGET/stb/, for cross/stb-image.sh.
 # See cross/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,9 @@ case "$SET" in
   http+stun+upnp) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun,upnp) bins=(cwmpd) ;;
   http+stun) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun) bins=(cwmpd) ;;
   http) pkgs=(-p cwmpd --bin cwmpd --no-default-features) bins=(cwmpd) ;;
-  *) echo "cross: unknown CROSS_FEATURE_SET '$SET' (all http+stun+upnp http+stun http)" >&2; exit 1 ;;
+  # The emulated set-top box's middleware stand-in (cross/stb-image.sh), not a product binary.
+  stb) pkgs=(-p stb-middleware --bin stb-middleware) bins=(stb-middleware) ;;
+  *) echo "cross: unknown CROSS_FEATURE_SET '$SET' (all http+stun+upnp http+stun http stb)" >&2; exit 1 ;;
 esac
 TD=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$TD"
