@@ -744,15 +744,19 @@ fn read_boot_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Runs a configured action command, replacing `{file}`; logs failures.
-pub async fn run_action(argv: &[String], file: Option<&str>) -> bool {
-    let args: Vec<String> = argv
-        .iter()
+/// A configured command's argv with `{file}` replaced by `file`.
+pub fn action_args(argv: &[String], file: Option<&str>) -> Vec<String> {
+    argv.iter()
         .map(|a| match file {
             Some(f) => a.replace("{file}", f),
             None => a.clone(),
         })
-        .collect();
+        .collect()
+}
+
+/// Runs a configured action command, replacing `{file}`; logs failures.
+pub async fn run_action(argv: &[String], file: Option<&str>) -> bool {
+    let args = action_args(argv, file);
     match tokio::process::Command::new(&args[0])
         .args(&args[1..])
         .status()

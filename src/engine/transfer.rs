@@ -307,13 +307,7 @@ async fn run_capturing(
     timeout: Option<Duration>,
 ) -> Option<(std::process::ExitStatus, String)> {
     use tokio::io::AsyncReadExt;
-    let args: Vec<String> = argv
-        .iter()
-        .map(|a| match file {
-            Some(f) => a.replace("{file}", f),
-            None => a.clone(),
-        })
-        .collect();
+    let args = super::session::action_args(argv, file);
     let mut child = tokio::process::Command::new(&args[0])
         .args(&args[1..])
         .envs(env.iter().copied())
