@@ -25,14 +25,6 @@ const CR_URL: &str = "Device.ManagementServer.ConnectionRequestURL";
 const INTERVAL: &str = "Device.ManagementServer.PeriodicInformInterval";
 const UDP_ADDR: &str = "Device.ManagementServer.UDPConnectionRequestAddress";
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_nonempty(a: &Agent, name: &str) -> String {
     let t = Instant::now();
     loop {

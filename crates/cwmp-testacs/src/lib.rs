@@ -215,6 +215,8 @@ struct State {
     opts: AcsOptions,
     sessions: Vec<SessionState>,
     pending: Vec<AcsRequest>,
+    /// When set, `pending` waits for a session whose Inform carries this event code.
+    pending_event: Option<String>,
     next_id: u64,
     auth_failures: u32,
     /// Requests that arrived gzip-compressed.
@@ -250,8 +252,10 @@ impl Shared {
         st.sessions.iter().filter(|s| s.rec.ended).count()
     }
 
-    fn queue(&self, rpcs: Vec<AcsRequest>) {
-        self.lock().pending.extend(rpcs);
+    fn queue(&self, rpcs: Vec<AcsRequest>, event: Option<&str>) {
+        let mut st = self.lock();
+        st.pending.extend(rpcs);
+        st.pending_event = event.map(str::to_string);
     }
 
     fn serve_file(&self, path: &str, f: ServedFile) {
@@ -313,6 +317,7 @@ fn new_shared(opts: AcsOptions) -> Arc<Shared> {
             opts,
             sessions: Vec::new(),
             pending: Vec::new(),
+            pending_event: None,
             next_id: 1,
             gzip_requests: 0,
             auth_failures: 0,
@@ -347,7 +352,13 @@ impl AcsView {
     }
     /// Queues RPCs for the next session.
     pub fn queue(&self, rpcs: Vec<AcsRequest>) {
-        self.shared.queue(rpcs);
+        self.shared.queue(rpcs, None);
+    }
+    /// Queues RPCs for the next session whose Inform carries `event` (e.g. `6 CONNECTION
+    /// REQUEST`), as an ACS answers a connection request it asked for; sessions the CPE opens
+    /// for other reasons in between get none of them.
+    pub fn queue_on_event(&self, event: &str, rpcs: Vec<AcsRequest>) {
+        self.shared.queue(rpcs, Some(event));
     }
     /// Serves `file` on GET `path` (e.g. `/files/fw.bin`); replaces an earlier one.
     pub fn serve_file(&self, path: &str, file: ServedFile) {
@@ -1081,7 +1092,16 @@ fn process(
                 return fail_session(st, i, body, "second Inform in the session".into());
             }
             let now = Instant::now();
-            let pending = std::mem::take(&mut st.pending);
+            let wanted = st
+                .pending_event
+                .as_ref()
+                .is_none_or(|want| inform.events.iter().any(|e| &e.event_code == want));
+            let pending = if wanted {
+                st.pending_event = None;
+                std::mem::take(&mut st.pending)
+            } else {
+                Vec::new()
+            };
             let set_cookie = st.opts.set_cookie;
             let s = &mut st.sessions[i];
             s.rec.inform = Some(inform);
