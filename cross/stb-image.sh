@@ -113,9 +113,9 @@ depmod -b "$W/kernel" "$KV" || die "depmod failed"
 
 # --- the project's binaries and package ------------------------------------------------------
 dist=$TD/dist/$TARGET
-if [ ! -x "$dist/stb/stb-middleware" ]; then
-  CROSS_FEATURE_SET=stb bash cross/build.sh "$TARGET"
-fi
+# (cargo makes this a no-op when the middleware is up to date)
+CROSS_FEATURE_SET=stb bash cross/build.sh "$TARGET" >/dev/null
+[ -x "$dist/stb/stb-middleware" ] || die "no stb-middleware in $dist/stb"
 echo "== stb-image: the agent's package (packaging/build.sh $ARCH)"
 bash packaging/build.sh "$ARCH" >/dev/null
 deb=$(ls -t "$TD"/packages/cwmpd_*_"$ARCH".deb | head -n1)
