@@ -236,8 +236,11 @@ mke2fs -q -t ext4 -L stb-flash -E root_owner=0:0 -d "$F" "$OUT/flash.img" 64M
 # --- boot script and README ------------------------------------------------------------------
 if [ "$bus" = device ]; then
   dev() { echo "virtio-$1-device"; }
+  netdev=virtio-net-device
 else
   dev() { echo "virtio-$1-pci"; }
+  # No option ROM for the PCI NIC (the kernel is loaded directly; no ipxe-qemu needed).
+  netdev=virtio-net-pci,romfile=
 fi
 cat > "$OUT/boot.sh" <<EOF
 #!/bin/sh
@@ -254,7 +257,7 @@ exec $qsys -m "\${STB_MEM:-256}" -nodefaults -no-user-config -display none \\
   -kernel "\$d/vmlinuz" -initrd "\$d/initrd.img" \\
   -append "console=$console rdinit=/init panic=1 quiet \${STB_APPEND:-}" \\
   -drive "file=\${STB_FLASH:-\$d/flash.img},if=none,format=raw,id=flash" -device $(dev blk),drive=flash \\
-  -netdev "user,id=net0\${STB_HOSTFWD:-}" -device $(dev net),netdev=net0 \\
+  -netdev "user,id=net0\${STB_HOSTFWD:-}" -device $netdev,netdev=net0 \\
   -device $(dev rng)
 EOF
 chmod 755 "$OUT/boot.sh"
@@ -268,7 +271,7 @@ Boot (box 10.0.2.15, host 10.0.2.2; HTTP CRs forwarded from 127.0.0.1:17547):
 i.e. $qsys -m 256 -nodefaults -display none -serial mon:stdio -kernel vmlinuz -initrd initrd.img \\
   -append "console=$console rdinit=/init panic=1 quiet cwmpd.acs=..." \\
   -drive file=flash.img,if=none,format=raw,id=flash -device $(dev blk),drive=flash \\
-  -netdev user,id=net0,hostfwd=tcp:127.0.0.1:17547-:7547 -device $(dev net),netdev=net0 -device $(dev rng)
+  -netdev user,id=net0,hostfwd=tcp:127.0.0.1:17547-:7547 -device $netdev,netdev=net0 -device $(dev rng)
 EOF
 echo "== stb-image: $OUT"
 ls -l "$OUT"

@@ -63,30 +63,10 @@ fn served(body: &[u8]) -> ServedFile {
     }
 }
 
-fn events(s: &SessionRecord) -> Vec<(String, String)> {
-    s.inform
-        .as_ref()
-        .map(|i| {
-            i.events
-                .iter()
-                .map(|e| (e.event_code.clone(), e.command_key.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn has_event(s: &SessionRecord, code: &str, key: &str) -> bool {
-    events(s).iter().any(|(c, k)| c == code && k == key)
-}
-
-fn tcs(s: &SessionRecord) -> Vec<TransferComplete> {
-    s.received
+    events_with_keys(s)
         .iter()
-        .filter_map(|m| match m {
-            CpeMessage::TransferComplete(t) => Some(t.clone()),
-            _ => None,
-        })
-        .collect()
+        .any(|(c, k)| c == code && k == key)
 }
 
 /// Waits until `n` TransferCompletes arrived in total; returns them all.
@@ -161,12 +141,12 @@ fn config_download_is_installed_and_reported() {
     assert!(
         has_event(&s[1], "7 TRANSFER COMPLETE", ""),
         "{:?}",
-        events(&s[1])
+        events_with_keys(&s[1])
     );
     assert!(
         has_event(&s[1], "M Download", "dl-1"),
         "{:?}",
-        events(&s[1])
+        events_with_keys(&s[1])
     );
     let t = tcs(&s[1]);
     assert_eq!(t.len(), 1, "{:?}", s[1].received);
@@ -230,7 +210,7 @@ fn firmware_install_that_kills_the_agent_is_reported_once_after_restart() {
     let a = Agent::start(&cfg);
     let s = acs.wait_sessions(2, WAIT);
     assert!(s[1].succeeded(), "{:?}", s[1].errors);
-    let ev = events(&s[1]);
+    let ev = events_with_keys(&s[1]);
     assert!(has_event(&s[1], "1 BOOT", ""), "{ev:?}");
     assert!(has_event(&s[1], "7 TRANSFER COMPLETE", ""), "{ev:?}");
     assert!(has_event(&s[1], "M Download", "fw-7"), "{ev:?}");
@@ -246,7 +226,7 @@ fn firmware_install_that_kills_the_agent_is_reported_once_after_restart() {
     assert!(
         !has_event(&s[2], "7 TRANSFER COMPLETE", ""),
         "{:?}",
-        events(&s[2])
+        events_with_keys(&s[2])
     );
     assert!(!a.log_text().contains(SECRET));
     common::xsd::validate_sessions(
@@ -735,11 +715,15 @@ fn firmware_that_did_not_take_effect_is_reported_as_failure() {
     let s = acs.wait_sessions(n + 1, WAIT);
     let boot = &s[n];
     assert!(boot.succeeded(), "{:?}", boot.errors);
-    assert!(has_event(boot, "1 BOOT", ""), "{:?}", events(boot));
+    assert!(
+        has_event(boot, "1 BOOT", ""),
+        "{:?}",
+        events_with_keys(boot)
+    );
     assert!(
         has_event(boot, "M Download", "fw-same"),
         "{:?}",
-        events(boot)
+        events_with_keys(boot)
     );
     let t = tcs(boot);
     assert_eq!(t.len(), 1, "{:?}", boot.received);

@@ -349,3 +349,27 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// The session's Inform events with their CommandKeys.
+pub fn events_with_keys(s: &cwmp_testacs::SessionRecord) -> Vec<(String, String)> {
+    s.inform
+        .as_ref()
+        .map(|i| {
+            i.events
+                .iter()
+                .map(|e| (e.event_code.clone(), e.command_key.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The TransferCompletes the CPE sent in a session.
+pub fn tcs(s: &cwmp_testacs::SessionRecord) -> Vec<cwmpd::cwmp::soap::TransferComplete> {
+    s.received
+        .iter()
+        .filter_map(|m| match m {
+            cwmpd::cwmp::soap::CpeMessage::TransferComplete(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
