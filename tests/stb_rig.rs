@@ -149,6 +149,34 @@ struct Rig {
 }
 
 impl Rig {
+    /// Polls the ACS's sessions every 20 ms until `f` finds what it wants; fails, with the
+    /// events of the sessions since `from` and the console, when the box stops or after
+    /// `timeout` ("no {what}").
+    fn wait_for<T>(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&[SessionRecord]) -> Option<T>,
+    ) -> T {
+        let t0 = Instant::now();
+        loop {
+            let all = self.acs.sessions();
+            if let Some(v) = f(&all) {
+                return v;
+            }
+            self.stb.assert_running();
+            if t0.elapsed() > timeout {
+                let seen: Vec<_> = all.iter().skip(from).map(events).collect();
+                panic!(
+                    "no {what} within {timeout:?} (sessions since: {seen:?}); console:\n{}",
+                    self.stb.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the first ended session at index `from` or later that satisfies `f`.
     fn session(
         &mut self,
@@ -157,67 +185,31 @@ impl Rig {
         what: &str,
         f: impl Fn(&SessionRecord) -> bool,
     ) -> (usize, SessionRecord) {
-        let t0 = Instant::now();
-        loop {
-            let all = self.acs.sessions();
-            if let Some((i, s)) = all
-                .iter()
-                .enumerate()
-                .skip(from)
+        self.wait_for(from, timeout, &format!("session with {what}"), |all| {
+            (all.iter().enumerate().skip(from))
                 .find(|(_, s)| s.ended && f(s))
-            {
-                return (i, s.clone());
-            }
-            self.stb.assert_running();
-            if t0.elapsed() > timeout {
-                let seen: Vec<_> = all.iter().skip(from).map(events).collect();
-                panic!(
-                    "no session with {what} within {timeout:?} (sessions since: {seen:?}); console:\n{}",
-                    self.stb.tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .map(|(i, s)| (i, s.clone()))
+        })
     }
 
     /// Waits until no session is open and returns how many there were.
     fn idle(&mut self) -> usize {
-        let t0 = Instant::now();
-        loop {
-            let all = self.acs.sessions();
-            if all.iter().all(|s| s.ended) {
-                return all.len();
-            }
-            assert!(
-                t0.elapsed() < WAIT,
-                "a session stays open; console:\n{}",
-                self.stb.tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for(0, WAIT, "moment without an open session", |all| {
+            all.iter().all(|s| s.ended).then_some(all.len())
+        })
     }
 
     /// The ConnectionRequestURL of the latest Inform, once it is the forwarded one: after a
     /// boot the box informs with its local URL and, once STUN has learned the public address,
     /// with the forwarded one (4 VALUE CHANGE).
     fn cr_url(&mut self) -> String {
-        let t0 = Instant::now();
-        loop {
-            let url = (self.acs.sessions().iter().rev())
+        let forwarded = self.forwarded.clone();
+        let what = format!("Inform with a ConnectionRequestURL under {forwarded}");
+        self.wait_for(0, WAIT, &what, |all| {
+            (all.iter().rev())
                 .find_map(|s| inform_param(s, CR_URL))
-                .unwrap_or_default();
-            if url.starts_with(&self.forwarded) {
-                return url;
-            }
-            self.stb.assert_running();
-            assert!(
-                t0.elapsed() < WAIT,
-                "the box publishes {url:?}, not a URL under {}; console:\n{}",
-                self.forwarded,
-                self.stb.tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .filter(|url| url.starts_with(&forwarded))
+        })
     }
 
     /// An HTTP connection request (Digest) to the published URL; the time it was sent.
