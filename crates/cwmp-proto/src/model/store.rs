@@ -58,6 +58,9 @@ pub enum Source {
     Live(LiveKind),
     /// Cached here; owned by external provider number N (the engine refreshes the cache).
     External(usize),
+    /// Written by the agent from the device's own system (netlink, procfs, sysfs) through
+    /// [`Store::sync_mirror`]; never persisted (the system is the record).
+    System,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +118,9 @@ pub struct Snapshot {
     pub values: BTreeMap<String, String>,
     /// Concrete parameter path → (notification, access list), where not the default.
     pub attrs: BTreeMap<String, (u8, Vec<String>)>,
+    /// Tables the system fills (concrete table path) → row key → instance number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 pub struct Store {
@@ -135,6 +141,10 @@ pub struct Store {
     active_generation: u64,
     dirty: bool,
     live: Box<dyn LiveSource>,
+    /// Tables the system fills: concrete table path → row key → instance number.
+    mirror_keys: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Generic table paths whose rows are not persisted (processes, diagnostics results).
+    volatile: Vec<String>,
 }
 
 /// Instances allowed in a table whose schema says `maxEntries="unbounded"`.
@@ -175,6 +185,8 @@ impl Store {
             active_generation: 0,
             dirty: false,
             live,
+            mirror_keys: BTreeMap::new(),
+            volatile: Vec::new(),
         };
         s.instantiate(root, "Device.".to_string(), ObjKind::Single);
         for (path, value) in factory {
@@ -720,7 +732,10 @@ impl Store {
         }
         node.value = value;
         let notification = node.notification;
-        self.dirty = true;
+        let def = node.def;
+        if self.persisted(def) {
+            self.dirty = true;
+        }
         if origin != Origin::Acs && notification > 0 {
             self.changed.insert(path.to_string());
             if notification == 2 {
@@ -1098,21 +1113,19 @@ impl Store {
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
         for (t, st) in self.table_state() {
+            if self.is_volatile(&t) {
+                continue;
+            }
             if self.factory_tables.get(&t) != Some(&st) {
                 snap.tables.insert(t, st);
             }
         }
         for (path, node) in &self.params {
             let def = &self.schema.params[node.def];
-            // Live and provider values are not kept here (their attributes are).
-            let persist = self.sources[node.def] == Source::Stored
-                && (def.writable()
-                    || def.forced_inform
-                    || matches!(
-                        def.active_notify,
-                        ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled
-                    ));
-            if persist && node.value != self.factory_value(path, node.def) {
+            if self.is_volatile(path) {
+                continue;
+            }
+            if self.persisted(node.def) && node.value != self.factory_value(path, node.def) {
                 snap.values.insert(path.clone(), node.value.clone());
             }
             let default_n = match def.active_notify {
@@ -1126,7 +1139,27 @@ impl Store {
                 );
             }
         }
+        snap.keys = self
+            .mirror_keys
+            .iter()
+            .filter(|(t, _)| !self.is_volatile(t))
+            .map(|(t, m)| (t.clone(), m.clone()))
+            .collect();
         snap
+    }
+
+    /// Whether a parameter's value is kept in the state file: stored (not live, provider or
+    /// system) values that the ACS can write or that are reported in every Inform or by active
+    /// notification. Only their changes make the store dirty.
+    fn persisted(&self, id: ParamId) -> bool {
+        let def = &self.schema.params[id];
+        self.sources[id] == Source::Stored
+            && (def.writable()
+                || def.forced_inform
+                || matches!(
+                    def.active_notify,
+                    ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled
+                ))
     }
 
     fn factory_value(&self, path: &str, def: ParamId) -> String {
@@ -1198,6 +1231,7 @@ impl Store {
                 ));
             }
         }
+        self.mirror_keys = snap.keys.clone();
         self.changed.clear();
         self.active_change = false;
         self.dirty = false;
@@ -1271,6 +1305,10 @@ impl LiveSource for ProcfsLive {
         }
     }
 }
+
+#[path = "store_mirror.rs"]
+mod mirror_sync;
+pub use mirror_sync::MAX_MIRROR_ROWS;
 
 #[cfg(test)]
 #[path = "store_tests.rs"]
