@@ -9,5 +9,6 @@
 
 pub mod connreq;
 pub mod cwmp;
+pub mod linux;
 pub mod model;
 pub mod util;
