@@ -10,6 +10,7 @@ pub mod config;
 pub mod connreq;
 pub mod ctl;
 pub mod cwmp;
+pub mod diag;
 pub mod engine;
 #[cfg(all(feature = "stun", feature = "xmpp"))]
 #[doc(hidden)]
@@ -18,4 +19,5 @@ pub mod logging;
 pub mod model;
 pub mod net;
 pub mod provider;
+pub mod system;
 pub mod util;
