@@ -172,6 +172,63 @@ pub struct ActionsSection {
     pub max_download: u64,
 }
 
+/// The device's own network, time and health objects, read from Linux (netlink, procfs,
+/// sysfs): `Device.IP.`, `Device.Ethernet.`, `Device.DNS.Client.`, `Device.Routing.`,
+/// `Device.Time.Status`, `Device.DeviceInfo.TemperatureStatus.` / `ProcessStatus.Process.`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemSection {
+    /// Fill those objects from the system (false: they stay empty).
+    pub enable: bool,
+    /// Where the DNS servers are read from.
+    pub resolv_conf: PathBuf,
+    /// Let the ACS bring interfaces up or down and set their MTU (`IP.Interface.{i}.Enable`,
+    /// `MaxMTUSize`; needs CAP_NET_ADMIN). Off: such a write is refused with 9008.
+    pub interface_writes: bool,
+    /// Run when the ACS changes `Device.Time.Enable` or `NTPServer1..5`: argv, with
+    /// `{enable}` and `{servers}` (comma-separated) replaced. Empty: such a write is refused
+    /// with 9008.
+    pub time_apply: Vec<String>,
+}
+
+impl Default for SystemSection {
+    fn default() -> Self {
+        SystemSection {
+            enable: true,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            interface_writes: false,
+            time_apply: Vec::new(),
+        }
+    }
+}
+
+/// TR-143 diagnostics (`Device.IP.Diagnostics.`): their bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsSection {
+    /// Run diagnostics the ACS requests (false: DiagnosticsState = Requested is refused, 9001).
+    pub enable: bool,
+    /// Longest a diagnostic may run, in seconds; it then ends in an Error_* state.
+    pub max_time: u64,
+    /// Most bytes a download diagnostic reads, and an upload diagnostic sends.
+    pub max_download: u64,
+    pub max_upload: u64,
+    /// Extra CA certificates (PEM) trusted by https download diagnostics, beside the web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for DiagnosticsSection {
+    fn default() -> Self {
+        DiagnosticsSection {
+            enable: true,
+            max_time: 60,
+            max_download: 64 << 20,
+            max_upload: 16 << 20,
+            ca_file: None,
+        }
+    }
+}
+
 /// An external provider: one long-lived program serving a subtree (see docs/PROVIDERS.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +253,10 @@ struct FileLayout {
     #[serde(default)]
     actions: ActionsSection,
     #[serde(default)]
+    system: SystemSection,
+    #[serde(default)]
+    diagnostics: DiagnosticsSection,
+    #[serde(default)]
     provider: Vec<ProviderSection>,
     #[serde(default)]
     parameters: BTreeMap<String, toml::Value>,
@@ -210,6 +271,8 @@ pub struct Config {
     pub connreq: ConnReqSection,
     pub xmpp: XmppSection,
     pub actions: ActionsSection,
+    pub system: SystemSection,
+    pub diagnostics: DiagnosticsSection,
     pub providers: Vec<ProviderSection>,
     /// Factory values by concrete path, in file order.
     pub parameters: Vec<(String, String)>,
@@ -303,6 +366,10 @@ impl Config {
         check_log_level(&agent.log_level).map_err(|m| err(key_line(text, "log_level"), m))?;
         let mut actions = raw.actions;
         actions.download_dir = actions.download_dir.as_ref().map(resolve);
+        let mut system = raw.system;
+        system.resolv_conf = resolve(&system.resolv_conf);
+        let mut diagnostics = raw.diagnostics;
+        diagnostics.ca_file = diagnostics.ca_file.as_ref().map(resolve);
         if actions.max_download == 0 {
             actions.max_download = 256 * 1024 * 1024;
         }
@@ -356,6 +423,8 @@ impl Config {
             connreq: raw.connreq,
             xmpp: raw.xmpp,
             actions,
+            system,
+            diagnostics,
             providers: raw.provider,
             parameters,
             param_src,

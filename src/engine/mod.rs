@@ -4,8 +4,10 @@
 //! talks to it through [`Command`]s on one channel. The engine persists after every change
 //! that was acknowledged, before it answers.
 
+pub(crate) mod diag;
 pub mod rpc;
 pub mod session;
+pub(crate) mod system;
 pub mod transfer;
 
 use std::collections::BTreeMap;
@@ -105,6 +107,14 @@ pub enum Done {
     },
     /// Providers were put back to their old values after a change that could not be kept.
     Compensated(Result<(), SetError>),
+    /// A diagnostic ended (`None`: it was cancelled).
+    Diag {
+        kind: crate::diag::Kind,
+        generation: u64,
+        outcome: Option<crate::diag::Outcome>,
+    },
+    /// A configured hook command ended.
+    Hook { what: &'static str, ok: bool },
 }
 
 /// What providers answered to reads: (provider, paths asked, values or why not).
@@ -263,6 +273,10 @@ pub struct Engine {
     /// The last value of every status parameter a transport reported, re-applied to a store
     /// rebuilt by a factory reset (so the BOOTSTRAP Inform carries them).
     status_cache: BTreeMap<String, String>,
+    /// TR-143 diagnostics waiting and running.
+    pub(crate) diag: diag::Diagnostics,
+    /// Rate limit of warnings about reading the system.
+    sys_warn: crate::util::LogLimit,
 }
 
 const MS_ENABLE: &str = "Device.ManagementServer.EnableCWMP";
@@ -357,7 +371,11 @@ impl Engine {
             acs_addrs: None,
             resolving: None,
             status_cache: BTreeMap::new(),
+            diag: Default::default(),
+            sys_warn: crate::util::LogLimit::new(Duration::from_secs(60)),
         };
+        e.system_init();
+        e.diag_init();
         e.publish_settings();
         e.refresh_cr();
         if created {
@@ -570,6 +588,16 @@ impl Engine {
             Done::Compensated(r) => {
                 if let Err(e) = r {
                     tracing::error!("providers could not be put back: {}", e.fault.reason);
+                }
+            }
+            Done::Diag {
+                kind,
+                generation,
+                outcome,
+            } => self.diag_done(kind, generation, outcome),
+            Done::Hook { what, ok } => {
+                if !ok {
+                    tracing::warn!("{what} command failed");
                 }
             }
         }
@@ -791,6 +819,7 @@ impl Engine {
     /// run as a task of the engine (its loop never waits for them).
     pub fn poll(&mut self, reply: Option<oneshot::Sender<Value>>) {
         self.store.poll_live();
+        self.system_poll();
         let watched: Vec<String> = self
             .store
             .watched_external()
@@ -842,7 +871,14 @@ impl Engine {
     ) -> Result<SetPlan, SetError> {
         let mut faults = Vec::new();
         for (n, v, t) in list {
-            if let Err(f) = self.store.check_set(n, v, t.as_deref(), origin) {
+            let refused = self.store.check_set(n, v, t.as_deref(), origin).err().or_else(|| {
+                if origin != Origin::Acs {
+                    return None;
+                }
+                self.system_write_refused(n, origin)
+                    .or_else(|| self.diag_write_refused(n, v))
+            });
+            if let Some(f) = refused {
                 faults.push((n.clone(), f));
             }
         }
@@ -884,6 +920,12 @@ impl Engine {
             .iter()
             .filter_map(|(n, _, _)| self.store.secret(n).map(|v| (n.clone(), v.to_string())))
             .collect();
+        if let Err((name, f)) = self.system_apply(list, origin) {
+            return Err(SetError {
+                fault: Fault::new(9002, f.reason.clone()),
+                per_param: vec![(name, f)],
+            });
+        }
         let changed = self.store.set_values(list, origin)?;
         if let Err(e) = self.persist() {
             self.store.revert_values(&before);
@@ -894,6 +936,10 @@ impl Engine {
                     .map(|(n, _, _)| (n.clone(), Fault::new(9002, e.to_string())))
                     .collect(),
             });
+        }
+        if origin == Origin::Acs {
+            self.system_after_set(list);
+            self.diag_after_set(list);
         }
         Ok(changed)
     }
@@ -1095,6 +1141,7 @@ impl Engine {
                         format!("more than {} names in one request", crate::ctl::MAX_NAMES),
                     ));
                 }
+                self.system_sync_for(names.iter().map(String::as_str));
                 if let Err(f) = self.check_answer_size(&names) {
                     return fault_json(&f);
                 }
@@ -1124,6 +1171,7 @@ impl Engine {
                     .get("next_level")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
+                self.system_sync_for([path]);
                 match self.store.get_names(path, nl) {
                     Ok(v) => {
                         json!({"ok": true, "names": v.iter().map(|(n, w)| json!({"name": n, "writable": w})).collect::<Vec<_>>()})
@@ -1323,6 +1371,15 @@ impl Engine {
         self.running = true;
         self.cwmp_boot(std::time::Instant::now());
         let mut xfer_rx = self.cwmp.xfer.rx.take();
+        // The kernel's reports of link, address and route changes: the model follows at once
+        // (a watched address that changes raises its notification without waiting for a poll).
+        let mut watcher = if self.cfg.system.enable {
+            crate::system::Watcher::new()
+                .map_err(|e| tracing::warn!("no netlink change reports ({e}); polling only"))
+                .ok()
+        } else {
+            None
+        };
         loop {
             let wake = self.cwmp_next_wakeup();
             // Due now (a connection request just arrived): run it without going through the
@@ -1370,6 +1427,9 @@ impl Engine {
                 }
                 Some(m) = async { match xfer_rx.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
                     self.transfer_msg(m, std::time::Instant::now());
+                }
+                _ = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                    self.system_changed();
                 }
                 _ = sleep => self.cwmp_tick(std::time::Instant::now()).await,
             }

@@ -269,6 +269,7 @@ impl Engine {
                 },
             ),
             AcsRequest::GetParameterValues { names } => {
+                self.system_sync_for(names.iter().map(String::as_str));
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 let count = match self.store.count_values_upto(&refs, MAX_RESPONSE_ENTRIES) {
                     Ok(c) => c,
@@ -294,6 +295,7 @@ impl Engine {
                 return None;
             }
             AcsRequest::GetParameterNames { path, next_level } => {
+                self.system_sync_for([path.as_str()]);
                 match self.store.get_names(path, *next_level) {
                     Ok(list) => {
                         let mut w = GpnWriter::begin(out, &env.header());
@@ -320,6 +322,7 @@ impl Engine {
                     .iter()
                     .map(|p| (p.name.clone(), p.value.clone(), p.xsi_type.clone()))
                     .collect();
+                self.system_sync_for(items.iter().map(|(n, _, _)| n.as_str()));
                 let old_key = match self.stage_key(parameter_key) {
                     Ok(o) => o,
                     Err(f) => {
@@ -351,6 +354,7 @@ impl Engine {
                 }
             }
             AcsRequest::GetParameterAttributes { names } => {
+                self.system_sync_for(names.iter().map(String::as_str));
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 if self
                     .store
@@ -378,6 +382,7 @@ impl Engine {
                 }
             }
             AcsRequest::SetParameterAttributes { list } => {
+                self.system_sync_for(list.iter().map(|a| a.name.as_str()));
                 let sets: Vec<AttrSet> = list
                     .iter()
                     .map(|a| AttrSet {
@@ -625,7 +630,9 @@ mod tests {
 
     fn engine(dir: &std::path::Path) -> Engine {
         let text = format!(
-            "[agent]\nstate_dir = \"{}\"\ndatamodel = [\"{}\"]\ncontrol_socket = \"\"\n",
+            // The host's interfaces and processes stay out: answers are sized exactly.
+            "[agent]\nstate_dir = \"{}\"\ndatamodel = [\"{}\"]\ncontrol_socket = \"\"\n\
+             [system]\nenable = false\n",
             dir.join("state").display(),
             cwmp_testacs::datamodel_dir().display()
         );

@@ -424,6 +424,8 @@ impl Engine {
         }
         self.arm_delay_reboot(end);
         self.after_change(end);
+        // Diagnostics the ACS requested start after the session that requested them.
+        self.diag_tick();
     }
 
     /// DelayReboot ≥ 0 set in the session that just ended: reboot that many seconds after it.
