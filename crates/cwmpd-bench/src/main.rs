@@ -9,6 +9,9 @@
 //!   [--settle-seconds S]`: stripped sizes per target and feature set, idle memory with every
 //!   mechanism up, peak RSS of the 10,000-parameter GPV and of hostile/huge ACS messages, judged
 //!   against the footprint targets (issue #14); writes `DIR/footprint.md` and `footprint.csv`;
+//! * `diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR]`: the TR-143 IPPing and
+//!   Download diagnostics against `ping` and `curl` on the same path, and end to end through the
+//!   release agent (Requested → 8 DIAGNOSTICS COMPLETE);
 //! * `all [cr options]`: store, session and cr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -19,6 +22,7 @@ use cwmpd::model::store::{LiveKind, LiveSource};
 use cwmpd::model::{Schema, Store};
 
 mod cr;
+mod diag;
 mod footprint;
 mod report;
 mod rig;
@@ -54,7 +58,7 @@ impl LiveSource for NoLive {
     }
 }
 
-const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | all [cr options]]";
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | all [cr options]]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +77,12 @@ fn main() {
             footprint::Opts::parse(&args[1..])
                 .map_err(|e| format!("{e}\n{USAGE}"))
                 .and_then(|o| footprint::run(&o)),
+        ),
+        Some("diag") => report_err(
+            "diag",
+            diag::Opts::parse(&args[1..])
+                .map_err(|e| format!("{e}\n{USAGE}"))
+                .and_then(|o| diag::run(&o)),
         ),
         Some("all") => {
             bench_store(10_000);
