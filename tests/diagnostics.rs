@@ -275,7 +275,11 @@ fn secs(t: &str) -> f64 {
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
     let h: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
     // Days from civil (proleptic Gregorian), good for the test's own dates.
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d[2] - 1;
@@ -347,7 +351,13 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
     let x1 = row_named(&v2, "Device.IP.Interface.", "x1").expect("x1 appears");
     assert_eq!(row_named(&v2, "Device.IP.Interface.", "lo").unwrap(), lo);
     assert_eq!(row_named(&v2, "Device.IP.Interface.", "v-r1").unwrap(), up);
-    let n_x1: u32 = x1.trim_end_matches('.').rsplit('.').next().unwrap().parse().unwrap();
+    let n_x1: u32 = x1
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let max_before = v
         .keys()
         .filter_map(|k| k.strip_prefix("Device.IP.Interface."))
@@ -411,13 +421,20 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
 
     // x1 goes: its row goes. x3 comes: a new number, not x1's.
     net.rig.exec("cpe", "ip link del x1");
-    net.rig.exec("cpe", "ip link add x3 type veth peer name x3p");
+    net.rig
+        .exec("cpe", "ip link add x3 type veth peer name x3p");
     net.rig.exec("cpe", "ip addr add 192.168.79.1/24 dev x3");
     net.rig.exec("cpe", "ip link set x3 up");
     let v3 = net.read(&["Device.IP.Interface."]);
     assert!(row_named(&v3, "Device.IP.Interface.", "x1").is_none());
     let x3 = row_named(&v3, "Device.IP.Interface.", "x3").expect("x3 appears");
-    let n_x3: u32 = x3.trim_end_matches('.').rsplit('.').next().unwrap().parse().unwrap();
+    let n_x3: u32 = x3
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(n_x3 > n_x1);
 
     // After a restart the rows keep their numbers (the keys are persisted).
@@ -468,7 +485,10 @@ fn netns_diagnostics_against_real_targets() {
     assert!(mn > 0 && mn <= avg && avg <= mx, "{mn} {avg} {mx}");
 
     // Trace: each router's TTL expiry, then the target.
-    let v = net.diagnose(TRACE, &[("Host", SRV), ("NumberOfTries", "1"), ("Timeout", "2000")]);
+    let v = net.diagnose(
+        TRACE,
+        &[("Host", SRV), ("NumberOfTries", "1"), ("Timeout", "2000")],
+    );
     assert_eq!(v[&format!("{TRACE}DiagnosticsState")], "Complete", "{v:?}");
     assert_eq!(num(&v, &format!("{TRACE}RouteHopsNumberOfEntries")), 3);
     for (i, hop) in ["10.81.1.1", "10.81.2.2", SRV].iter().enumerate() {
@@ -496,7 +516,10 @@ fn netns_diagnostics_against_real_targets() {
     );
     assert_eq!(v[&format!("{DL}DiagnosticsState")], "Complete", "{v:?}");
     let test_bytes = num(&v, &format!("{DL}TestBytesReceived"));
-    assert!(test_bytes >= size && test_bytes < size + 1024, "{test_bytes}");
+    assert!(
+        test_bytes >= size && test_bytes < size + 1024,
+        "{test_bytes}"
+    );
     assert!(num(&v, &format!("{DL}TotalBytesReceived")) >= test_bytes);
     let (rom, bom, eom) = (
         secs(&v[&format!("{DL}ROMTime")]),
@@ -510,7 +533,10 @@ fn netns_diagnostics_against_real_targets() {
     assert!(open_req <= open_resp && open_resp <= rom && rom <= bom && bom < eom);
     // The bytes cannot have come faster than the link allows (10 % for the bucket's burst).
     let bps = (test_bytes * 8) as f64 / (eom - bom);
-    assert!(bps < RATE as f64 * 1.1, "{bps} bit/s through an 8 Mbit/s link");
+    assert!(
+        bps < RATE as f64 * 1.1,
+        "{bps} bit/s through an 8 Mbit/s link"
+    );
     assert_eq!(
         v[&format!("{DL}PerConnectionResult.1.TestBytesReceived")],
         test_bytes.to_string()
@@ -545,8 +571,14 @@ fn netns_diagnostics_against_real_targets() {
     );
     assert_eq!(v[&format!("{ECHO}DiagnosticsState")], "Complete", "{v:?}");
     assert_eq!(num(&v, &format!("{ECHO}SuccessCount")), 4);
-    assert_eq!(num(&v, &format!("{ECHO}IndividualPacketResultNumberOfEntries")), 4);
-    assert_eq!(v[&format!("{ECHO}IndividualPacketResult.4.TestRespSN")], "4");
+    assert_eq!(
+        num(&v, &format!("{ECHO}IndividualPacketResultNumberOfEntries")),
+        4
+    );
+    assert_eq!(
+        v[&format!("{ECHO}IndividualPacketResult.4.TestRespSN")],
+        "4"
+    );
 
     // Server selection: the unreachable host cannot be the fastest.
     let v = net.diagnose(
@@ -575,12 +607,18 @@ fn netns_diagnostics_against_real_targets() {
     // A running download is cancelled by a change of its parameters (state back to None);
     // the ping requested next runs at once (diagnostics run one at a time).
     let s = net.session(vec![spv(&[
-        (format!("{DL}DownloadURL"), format!("http://{SRV}:8080/blob/50000000")),
+        (
+            format!("{DL}DownloadURL"),
+            format!("http://{SRV}:8080/blob/50000000"),
+        ),
         (format!("{DL}DiagnosticsState"), "Requested".into()),
     ])]);
     assert!(spv_fault(&s).is_none());
     let s = net.session(vec![spv(&[
-        (format!("{DL}DownloadURL"), format!("http://{SRV}:8080/blob/1000")),
+        (
+            format!("{DL}DownloadURL"),
+            format!("http://{SRV}:8080/blob/1000"),
+        ),
         (format!("{PING}Host"), SRV.into()),
         (format!("{PING}NumberOfRepetitions"), "1".into()),
         (format!("{PING}DiagnosticsState"), "Requested".into()),

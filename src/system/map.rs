@@ -965,7 +965,10 @@ mod tests {
             ("Tentative", "Static")
         );
         assert_eq!(text(st, "ValidLifetime"), FOREVER);
-        assert_eq!(text(by_addr(v6, "2001:db8::2"), "IPAddressStatus"), "Duplicate");
+        assert_eq!(
+            text(by_addr(v6, "2001:db8::2"), "IPAddressStatus"),
+            "Duplicate"
+        );
         assert_eq!(
             text(by_addr(v6, "2001:db8::3"), "IPAddressStatus"),
             "Deprecated"
