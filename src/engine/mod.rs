@@ -871,13 +871,17 @@ impl Engine {
     ) -> Result<SetPlan, SetError> {
         let mut faults = Vec::new();
         for (n, v, t) in list {
-            let refused = self.store.check_set(n, v, t.as_deref(), origin).err().or_else(|| {
-                if origin != Origin::Acs {
-                    return None;
-                }
-                self.system_write_refused(n, origin)
-                    .or_else(|| self.diag_write_refused(n, v))
-            });
+            let refused = self
+                .store
+                .check_set(n, v, t.as_deref(), origin)
+                .err()
+                .or_else(|| {
+                    if origin != Origin::Acs {
+                        return None;
+                    }
+                    self.system_write_refused(n, origin)
+                        .or_else(|| self.diag_write_refused(n, v))
+                });
             if let Some(f) = refused {
                 faults.push((n.clone(), f));
             }

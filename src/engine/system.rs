@@ -175,14 +175,10 @@ impl Engine {
             let Some(ifname) = self.store.mirror_key(&format!("{inst}.")) else {
                 continue;
             };
-            let fail = |e: std::io::Error| {
-                (
-                    name.clone(),
-                    Fault::new(9002, format!("{ifname}: {e}")),
-                )
-            };
-            let index = nix::net::if_::if_nametoindex(ifname)
-                .map_err(|e| fail(std::io::Error::from(e)))?;
+            let fail =
+                |e: std::io::Error| (name.clone(), Fault::new(9002, format!("{ifname}: {e}")));
+            let index =
+                nix::net::if_::if_nametoindex(ifname).map_err(|e| fail(std::io::Error::from(e)))?;
             match param {
                 "Enable" => crate::system::set_link_up(index, value == "true" || value == "1")
                     .map_err(fail)?,
@@ -200,14 +196,13 @@ impl Engine {
     /// After a SetParameterValues of the ACS was committed: the time client's hook.
     pub(crate) fn system_after_set(&mut self, list: &[(String, String, Option<String>)]) {
         if self.cfg.system.time_apply.is_empty()
-            || !list.iter().any(|(n, _, _)| TIME_WRITABLE.contains(&n.as_str()))
+            || !list
+                .iter()
+                .any(|(n, _, _)| TIME_WRITABLE.contains(&n.as_str()))
         {
             return;
         }
-        let enable = self
-            .store
-            .get("Device.Time.Enable")
-            .unwrap_or_default();
+        let enable = self.store.get("Device.Time.Enable").unwrap_or_default();
         let servers: Vec<String> = (1..=5)
             .filter_map(|i| self.store.get(&format!("Device.Time.NTPServer{i}")))
             .filter(|s| !s.is_empty())

@@ -15,7 +15,10 @@ pub enum MVal {
     /// The path of the row with `key` in the top-level table `table` (e.g.
     /// `Device.Ethernet.Interface.`), without the trailing dot as TR-181 references are
     /// written (`Device.Ethernet.Interface.2`); empty when no such row exists.
-    Ref { table: &'static str, key: String },
+    Ref {
+        table: &'static str,
+        key: String,
+    },
     /// A comma-separated list of such references (missing rows are left out).
     RefList(Vec<(&'static str, String)>),
 }

@@ -81,15 +81,17 @@ impl Store {
         rep: &mut SyncReport,
     ) {
         if !matches!(self.objects.get(&table), Some(o) if o.kind == ObjKind::Table) {
-            rep.refused.push(format!("{table}: not a table of the data model"));
+            rep.refused
+                .push(format!("{table}: not a table of the data model"));
             return;
         }
         let mut map = self.mirror_keys.remove(&table).unwrap_or_default();
         let mut wanted: BTreeSet<&str> = BTreeSet::new();
         for r in rows {
             if wanted.len() >= MAX_MIRROR_ROWS {
-                rep.refused
-                    .push(format!("{table}: more than {MAX_MIRROR_ROWS} rows; rest left out"));
+                rep.refused.push(format!(
+                    "{table}: more than {MAX_MIRROR_ROWS} rows; rest left out"
+                ));
                 break;
             }
             if !wanted.insert(r.key.as_str()) {
@@ -108,8 +110,7 @@ impl Store {
             }
         }
         map.retain(|k, n| {
-            wanted.contains(k.as_str())
-                && self.objects.contains_key(&format!("{table}{n}."))
+            wanted.contains(k.as_str()) && self.objects.contains_key(&format!("{table}{n}."))
         });
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         for r in rows {
@@ -121,7 +122,8 @@ impl Store {
                 None => {
                     let n = *self.next_instance.get(&table).unwrap_or(&1);
                     if n == u32::MAX {
-                        rep.refused.push(format!("{table}: instance numbers exhausted"));
+                        rep.refused
+                            .push(format!("{table}: instance numbers exhausted"));
                         continue;
                     }
                     if let Err(f) = self.create_instance(&table, n, Origin::Local) {
@@ -151,7 +153,9 @@ impl Store {
         self.mirror_keys.retain(|t, _| {
             !t.starts_with(&prefix)
                 || t.len() == prefix.len()
-                || map.values().any(|n| t.starts_with(&format!("{prefix}{n}.")))
+                || map
+                    .values()
+                    .any(|n| t.starts_with(&format!("{prefix}{n}.")))
         });
         self.mirror_keys.insert(table, map);
     }
@@ -324,7 +328,10 @@ mod tests {
     fn rows_keep_their_numbers_and_numbers_are_never_reused() {
         let mut s = store();
         let rep = s.sync_mirror(
-            &mirror(vec![iface("lo", true, &["127.0.0.1"]), iface("eth0", true, &[])]),
+            &mirror(vec![
+                iface("lo", true, &["127.0.0.1"]),
+                iface("eth0", true, &[]),
+            ]),
             true,
         );
         assert!(rep.refused.is_empty(), "{:?}", rep.refused);
@@ -347,7 +354,10 @@ mod tests {
 
         // eth0 goes, eth1 comes: eth1 gets 3, lo keeps 1.
         let rep = s.sync_mirror(
-            &mirror(vec![iface("eth1", true, &[]), iface("lo", true, &["127.0.0.1"])]),
+            &mirror(vec![
+                iface("eth1", true, &[]),
+                iface("lo", true, &["127.0.0.1"]),
+            ]),
             false,
         );
         assert_eq!(rep.removed, ["Device.Link.2.", "Device.If.2."]);
@@ -366,7 +376,10 @@ mod tests {
         );
         assert_eq!(s.instance_numbers("Device.If."), [1, 3, 4]);
         assert_eq!(s.mirror_key("Device.If.4."), Some("eth0"));
-        assert_eq!(s.mirror_row("Device.If.", "eth1").as_deref(), Some("Device.If.3."));
+        assert_eq!(
+            s.mirror_row("Device.If.", "eth1").as_deref(),
+            Some("Device.If.3.")
+        );
         // lo's address went: its sub-table is empty.
         assert!(s.instance_numbers("Device.If.1.Addr.").is_empty());
     }
@@ -374,16 +387,28 @@ mod tests {
     #[test]
     fn keys_survive_a_restart_through_the_snapshot() {
         let mut s = store();
-        s.sync_mirror(&mirror(vec![iface("a", true, &[]), iface("b", true, &[])]), true);
+        s.sync_mirror(
+            &mirror(vec![iface("a", true, &[]), iface("b", true, &[])]),
+            true,
+        );
         s.sync_mirror(&mirror(vec![iface("b", true, &[])]), true);
         let snap: Snapshot =
             serde_json::from_str(&serde_json::to_string(&s.snapshot()).unwrap()).unwrap();
         assert!(s.is_dirty());
         let mut t = store();
         assert!(t.restore(&snap).is_empty());
-        t.sync_mirror(&mirror(vec![iface("c", true, &[]), iface("b", true, &[])]), true);
-        assert_eq!(t.mirror_row("Device.If.", "b").as_deref(), Some("Device.If.2."));
-        assert_eq!(t.mirror_row("Device.If.", "c").as_deref(), Some("Device.If.3."));
+        t.sync_mirror(
+            &mirror(vec![iface("c", true, &[]), iface("b", true, &[])]),
+            true,
+        );
+        assert_eq!(
+            t.mirror_row("Device.If.", "b").as_deref(),
+            Some("Device.If.2.")
+        );
+        assert_eq!(
+            t.mirror_row("Device.If.", "c").as_deref(),
+            Some("Device.If.3.")
+        );
     }
 
     #[test]
