@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::netns::{Rig, unavailable};
+use common::netns::{Rig, missing, unavailable};
 use common::*;
 use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle};
 use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue, SetAttr};
@@ -29,21 +29,7 @@ const SRV: &str = "10.81.3.2";
 const RATE: u64 = 8_000_000;
 
 fn prereqs() -> Option<String> {
-    if let Some(why) = unavailable() {
-        return Some(why);
-    }
-    for (tool, arg) in [("tc", "-V"), ("python3", "--version")] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !ok {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
+    unavailable().or_else(|| missing(&[("tc", "-V"), ("python3", "--version")]))
 }
 
 /// The routed path, the targets on srv, the test ACS and the agent in cpe.

@@ -57,7 +57,8 @@ pub enum Kind {
     ServerSelection,
 }
 
-const KINDS: [Kind; 6] = [
+/// Every test, in the order of `Device.IP.Diagnostics.`.
+pub const KINDS: [Kind; 6] = [
     Kind::IPPing,
     Kind::TraceRoute,
     Kind::Download,

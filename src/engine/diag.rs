@@ -13,21 +13,13 @@ use std::time::{Duration, Instant};
 use futures::future::AbortHandle;
 
 use crate::cwmp::events::EventCode;
-use crate::diag::{Kind, Limits, Outcome};
+use crate::diag::{KINDS, Kind, Limits, Outcome};
 use crate::model::mirror::{MRow, MTable, Mirror};
 use crate::model::{Fault, Origin};
 
 use super::{Done, Engine};
 
 const ROOT: &str = "Device.IP.Diagnostics.";
-const KINDS: [Kind; 6] = [
-    Kind::IPPing,
-    Kind::TraceRoute,
-    Kind::Download,
-    Kind::Upload,
-    Kind::UDPEcho,
-    Kind::ServerSelection,
-];
 
 /// Result tables of each test, full generic paths.
 fn result_tables(k: Kind) -> &'static [(&'static str, &'static str)] {

@@ -10,18 +10,20 @@ pub fn unavailable() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not root".into());
     }
-    for tool in ["ip", "nft"] {
+    missing(&[("ip", "-V"), ("nft", "-V")])
+}
+
+/// The first of `tools` (program, a harmless argument) that cannot be run, as a reason.
+pub fn missing(tools: &[(&str, &str)]) -> Option<String> {
+    tools.iter().find_map(|(tool, arg)| {
         let ok = Command::new(tool)
-            .arg("-V")
+            .arg(arg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok();
-        if !ok {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
+        (!ok).then(|| format!("{tool} is not installed"))
+    })
 }
 
 /// Runs a shell command line; panics with its output when it fails.
