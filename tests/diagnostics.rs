@@ -81,6 +81,7 @@ impl Net {
         )
         .unwrap();
         let dir = TempDir::new(&format!("diag-{tag}"));
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
         let mut c = rig.command("srv", "python3");
         c.arg(manifest().join("tests/fixtures/diag_targets.py"))
             .args([SRV, "8080", "7"])
@@ -281,7 +282,13 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
         common::skip("(network namespaces)", &why);
         return;
     }
-    let mut net = Net::new("dsys", "[system]\ninterface_writes = true\n");
+    // The time client's hook gets the values as arguments of its own (never through a shell
+    // command line: NTPServerN is whatever the ACS sent).
+    let mut net = Net::new(
+        "dsys",
+        "[system]\ninterface_writes = true\n\
+         time_apply = [\"sh\", \"-c\", \"echo \\\"$0 $1\\\" >> {dir}/time.log\", \"{enable}\", \"{servers}\"]\n",
+    );
     let v = net.read(&[
         "Device.IP.Interface.",
         "Device.Ethernet.",
@@ -404,6 +411,37 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
     let flags = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!flags.contains(",UP") && !flags.contains("<UP"), "{flags}");
     assert_eq!(values(&s)[&format!("{x1}Enable")], "false");
+
+    // The ACS points the time client elsewhere: the integrator's hook runs with the servers.
+    let s = net.session(vec![spv(&[
+        (
+            "Device.Time.NTPServer1".into(),
+            "ntp1.example; reboot".into(),
+        ),
+        ("Device.Time.NTPServer2".into(), "ntp2.example".into()),
+    ])]);
+    assert!(spv_fault(&s).is_none(), "{:?}", s.received);
+    let time_log = net.dir.path().join("time.log");
+    let want = "true ntp1.example; reboot,ntp2.example";
+    assert!(
+        common::wait_until(WAIT, || std::fs::read_to_string(&time_log)
+            .is_ok_and(|t| t.lines().any(|l| l == want))),
+        "{:?}",
+        std::fs::read_to_string(&time_log)
+    );
+    // Turned off: the hook hears it, and Status says Disabled whatever the kernel's clock does.
+    let s = net.session(vec![
+        spv(&[("Device.Time.Enable".into(), "false".into())]),
+        gpv(&["Device.Time.Status"]),
+    ]);
+    assert_eq!(values(&s)["Device.Time.Status"], "Disabled");
+    let want = "false ntp1.example; reboot,ntp2.example";
+    assert!(
+        common::wait_until(WAIT, || std::fs::read_to_string(&time_log)
+            .is_ok_and(|t| t.lines().any(|l| l == want))),
+        "{:?}",
+        std::fs::read_to_string(&time_log)
+    );
 
     // x1 goes: its row goes. x3 comes: a new number, not x1's.
     net.rig.exec("cpe", "ip link del x1");
@@ -589,6 +627,25 @@ fn netns_diagnostics_against_real_targets() {
     assert_eq!(code, 9003);
     assert!(per.iter().all(|(_, c)| *c == 9007), "{per:?}");
     assert_eq!(per.len(), 3, "{per:?}");
+
+    // This integrator allows neither interface nor time-client writes: 9008 each, nothing
+    // changes.
+    let s = net.session(vec![spv(&[
+        ("Device.IP.Interface.1.Enable".into(), "false".into()),
+        ("Device.Time.NTPServer1".into(), "ntp.example".into()),
+    ])]);
+    let (code, per) = spv_fault(&s).expect("a fault");
+    assert_eq!(code, 9003);
+    assert_eq!(
+        per,
+        [
+            ("Device.IP.Interface.1.Enable".to_string(), 9008),
+            ("Device.Time.NTPServer1".to_string(), 9008)
+        ]
+    );
+    let v = net.read(&["Device.IP.Interface.1.Enable", "Device.Time.NTPServer1"]);
+    assert_eq!(v["Device.IP.Interface.1.Enable"], "true");
+    assert_eq!(v["Device.Time.NTPServer1"], "");
 
     // A running download is cancelled by a change of its parameters (state back to None);
     // the ping requested next runs at once (diagnostics run one at a time).

@@ -91,7 +91,17 @@ impl Engine {
                 return;
             }
         };
-        let m = crate::system::map::mirror(&snap, crate::util::time::now_unix());
+        let mut m = crate::system::map::mirror(&snap, crate::util::time::now_unix());
+        // The kernel says whether the clock is kept; the ACS may have turned the time client
+        // off (through the integrator's time_apply), and then TR-181 says Disabled.
+        if self.store.get("Device.Time.Enable").as_deref() == Some("false")
+            && let Some(v) = m
+                .values
+                .iter_mut()
+                .find(|(n, _)| *n == "Device.Time.Status")
+        {
+            v.1 = crate::model::mirror::MVal::Text("Disabled".into());
+        }
         let rep = self.store.sync_mirror(&m, quiet);
         for a in &rep.added {
             tracing::debug!("system: {a} added");
@@ -202,6 +212,8 @@ impl Engine {
         {
             return;
         }
+        // Status follows Enable at once.
+        self.system_sync(Parts::TIME, false);
         let enable = self.store.get("Device.Time.Enable").unwrap_or_default();
         let servers: Vec<String> = (1..=5)
             .filter_map(|i| self.store.get(&format!("Device.Time.NTPServer{i}")))
