@@ -393,7 +393,8 @@ fn run_agent(file: &Path) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The connection-request mechanisms this binary was built with (`--version`).
+/// The connection-request mechanisms and optional parts this binary was built with
+/// (`--version`).
 fn built_features() -> String {
     let mut v = vec!["http"];
     if cfg!(feature = "stun") {
@@ -404,6 +405,9 @@ fn built_features() -> String {
     }
     if cfg!(feature = "xmpp") {
         v.push("xmpp");
+    }
+    if cfg!(feature = "diagnostics") {
+        v.push("diagnostics");
     }
     v.join(" ")
 }

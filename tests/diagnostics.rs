@@ -26,6 +26,7 @@ use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue, SetAttr};
 const WAIT: Duration = Duration::from_secs(60);
 const SRV: &str = "10.81.3.2";
 /// The rate limit of srv's uplink, bits per second.
+#[cfg(feature = "diagnostics")]
 const RATE: u64 = 8_000_000;
 
 fn prereqs() -> Option<String> {
@@ -152,6 +153,7 @@ impl Net {
 
     /// Sets a diagnostic's parameters with DiagnosticsState = Requested, waits for the
     /// `8 DIAGNOSTICS COMPLETE` session, then reads the whole object back.
+    #[cfg(feature = "diagnostics")]
     fn diagnose(&mut self, object: &str, params: &[(&str, &str)]) -> BTreeMap<String, String> {
         let mut list: Vec<(String, String)> = params
             .iter()
@@ -256,6 +258,7 @@ fn num(v: &BTreeMap<String, String>, k: &str) -> u64 {
 }
 
 /// Seconds since the epoch of a TR-181 dateTime with microseconds.
+#[cfg(feature = "diagnostics")]
 fn secs(t: &str) -> f64 {
     let (date, time) = t.trim_end_matches('Z').split_once('T').expect("dateTime");
     let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
@@ -474,6 +477,7 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
 }
 
 #[test]
+#[cfg(feature = "diagnostics")]
 fn netns_diagnostics_against_real_targets() {
     if let Some(why) = prereqs() {
         common::skip("(network namespaces)", &why);

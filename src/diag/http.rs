@@ -125,10 +125,16 @@ impl AsyncWrite for Meter {
     }
 }
 
-/// The upload's body: `n` zero bytes, 16 KiB at a time (an empty body for the GET).
-struct Zeros(u64);
+/// The upload's body: `n` zero bytes, 16 KiB at a time (an empty body for the GET). The block
+/// is allocated once per test and shared by every frame (no 16 KiB of zeros in the binary).
+struct Zeros(u64, Bytes);
 
-static ZEROS: [u8; 16384] = [0; 16384];
+impl Zeros {
+    fn new(n: u64) -> Zeros {
+        let block = if n == 0 { 0 } else { n.min(16384) as usize };
+        Zeros(n, Bytes::from(vec![0u8; block]))
+    }
+}
 
 impl Body for Zeros {
     type Data = Bytes;
@@ -141,9 +147,9 @@ impl Body for Zeros {
         if self.0 == 0 {
             return Poll::Ready(None);
         }
-        let n = self.0.min(ZEROS.len() as u64) as usize;
+        let n = self.0.min(self.1.len() as u64) as usize;
         self.0 -= n as u64;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n])))))
+        Poll::Ready(Some(Ok(Frame::data(self.1.slice(..n)))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -314,7 +320,7 @@ pub(super) async fn transfer(cx: &Ctx<'_>, up: bool) -> Outcome {
             .header(header::CONTENT_LENGTH, length)
             .header(header::CONTENT_TYPE, "application/octet-stream");
     }
-    let req = match req.body(Zeros(length)) {
+    let req = match req.body(Zeros::new(length)) {
         Ok(r) => r,
         Err(e) => return fail(k, "Error_Other", e),
     };

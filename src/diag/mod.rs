@@ -26,9 +26,17 @@
 //!   FastestHost and zero times. With `UDP Echo` an entry may carry a port (`host:port`,
 //!   `[v6]:port`); the default is the echo port 7.
 //! * HTTP decisions: see `http.rs`.
+//!
+//! Built with the `diagnostics` feature (a default). Without it the catalog (the objects, the
+//! input checks) stays, the engine refuses `DiagnosticsState = Requested` with 9001, and the
+//! runners below are left out of the binary.
+#![cfg_attr(not(feature = "diagnostics"), allow(dead_code, unused_imports))]
 
+#[cfg(feature = "diagnostics")]
 mod http;
+#[cfg(feature = "diagnostics")]
 mod icmp;
+#[cfg(feature = "diagnostics")]
 mod udp;
 
 use std::cell::Cell;
@@ -192,7 +200,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// `state` with every result blank (0, empty, Unknown Time) and the table empty.
-    fn new(kind: Kind, state: &'static str) -> Outcome {
+    pub(crate) fn new(kind: Kind, state: &'static str) -> Outcome {
         let (names, table) = kind.results();
         let blank = |n: &str| {
             if n.ends_with("OMTime") || n.starts_with("TCPOpen") {
@@ -306,6 +314,7 @@ fn host_ok(h: &str) -> Result<(), String> {
 
 /// Runs a test. `inputs`: the object's writable parameters by relative name; `ifname`: the Linux
 /// device of the `Interface` parameter (None: routing decides).
+#[cfg(feature = "diagnostics")]
 pub async fn run(
     kind: Kind,
     inputs: &BTreeMap<String, String>,
@@ -492,6 +501,7 @@ fn split_port(s: &str, default: u16) -> (&str, u16) {
 
 /// ServerSelectionDiagnostics: pings (ICMP or UDP echo) every host of HostList, in turn, and
 /// reports the one with the smallest average.
+#[cfg(feature = "diagnostics")]
 async fn server_selection(cx: &Ctx<'_>) -> Outcome {
     let k = Kind::ServerSelection;
     let udp = cx.inp.str("Protocol") == "UDP Echo";
@@ -547,5 +557,5 @@ async fn server_selection(cx: &Ctx<'_>) -> Outcome {
     o
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "diagnostics"))]
 mod tests;

@@ -83,6 +83,9 @@ impl Engine {
             if !self.cfg.diagnostics.enable {
                 return Some(Fault::new(9001, "diagnostics are disabled on this device"));
             }
+            if !cfg!(feature = "diagnostics") {
+                return Some(Fault::new(9001, "this build has no diagnostics"));
+            }
             return None;
         }
         if param == "Interface" && !value.is_empty() {
@@ -167,9 +170,15 @@ impl Engine {
         };
         self.diag.generation += 1;
         let generation = self.diag.generation;
-        let (fut, handle) = futures::future::abortable(async move {
-            crate::diag::run(k, &inputs, ifname.as_deref(), &lim).await
-        });
+        #[cfg(feature = "diagnostics")]
+        let test = async move { crate::diag::run(k, &inputs, ifname.as_deref(), &lim).await };
+        // Never reached: DiagnosticsState = Requested is refused (9001) in such a build.
+        #[cfg(not(feature = "diagnostics"))]
+        let test = {
+            let _ = (inputs, ifname, lim);
+            async move { crate::diag::Outcome::new(k, "Error_Internal") }
+        };
+        let (fut, handle) = futures::future::abortable(test);
         tracing::info!("diagnostic {obj} started");
         self.diag.running = Some((k, generation, handle));
         self.tasks.push(Box::pin(async move {
