@@ -189,6 +189,23 @@ pub struct SystemSection {
     /// `{enable}` and `{servers}` (comma-separated) replaced. Empty: such a write is refused
     /// with 9008.
     pub time_apply: Vec<String>,
+    /// The device's log files, listed in `Device.DeviceInfo.VendorLogFile.{i}` (the one the
+    /// ACS uploads with "2 Vendor Log File" is what `[actions] log_export` writes).
+    pub log_files: Vec<LogFile>,
+}
+
+/// One `Device.DeviceInfo.VendorLogFile.{i}` row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Its name (TR-181 Name, at most 64 characters), e.g. `/var/log/messages`.
+    pub name: String,
+    /// The most it grows to, in bytes (rotation), 0 when not bounded.
+    #[serde(default)]
+    pub max_size: u32,
+    /// Kept across a reboot.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 impl Default for SystemSection {
@@ -198,6 +215,7 @@ impl Default for SystemSection {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             interface_writes: false,
             time_apply: Vec::new(),
+            log_files: Vec::new(),
         }
     }
 }
@@ -368,6 +386,18 @@ impl Config {
         actions.download_dir = actions.download_dir.as_ref().map(resolve);
         let mut system = raw.system;
         system.resolv_conf = resolve(&system.resolv_conf);
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &system.log_files {
+            if f.name.is_empty() || f.name.chars().count() > 64 || !seen.insert(f.name.as_str()) {
+                return Err(err(
+                    key_line(text, "log_files"),
+                    format!(
+                        "log_files: {:?} must be a unique name of 1 to 64 characters",
+                        f.name
+                    ),
+                ));
+            }
+        }
         let mut diagnostics = raw.diagnostics;
         diagnostics.ca_file = diagnostics.ca_file.as_ref().map(resolve);
         if actions.max_download == 0 {

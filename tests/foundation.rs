@@ -358,6 +358,40 @@ fn truncated_state_falls_back_to_the_previous_copy() {
     assert_eq!(smode, 0o600);
 }
 
+/// `[system] log_files` lists the device's logs in `Device.DeviceInfo.VendorLogFile.{i}`; a
+/// file keeps its instance while it stays listed, a new one never takes a removed one's number.
+#[test]
+fn vendor_log_files_follow_the_configuration_with_stable_instances() {
+    let d = TempDir::new("logfiles");
+    let cfg = |files: &str| {
+        write_config(
+            d.path(),
+            &format!("[system]\nenable = false\nlog_files = [{files}]\n"),
+        )
+    };
+    let vlf = "Device.DeviceInfo.VendorLogFile.";
+    let a = Agent::start(&cfg(
+        "{ name = \"/var/log/messages\", max_size = 65536, persistent = true }, \
+         { name = \"/var/log/cwmpd.log\" }",
+    ));
+    assert_eq!(a.get("Device.DeviceInfo.VendorLogFileNumberOfEntries"), "2");
+    assert_eq!(a.get(&format!("{vlf}1.Name")), "/var/log/messages");
+    assert_eq!(a.get(&format!("{vlf}1.MaximumSize")), "65536");
+    assert_eq!(a.get(&format!("{vlf}1.Persistent")), "true");
+    assert_eq!(a.get(&format!("{vlf}2.Name")), "/var/log/cwmpd.log");
+    assert_eq!(a.get(&format!("{vlf}2.MaximumSize")), "0");
+    assert_eq!(a.get(&format!("{vlf}2.Alias")), "cpe--var-log-cwmpd-log");
+    a.stop();
+    let a = Agent::start(&cfg(
+        "{ name = \"/var/log/cwmpd.log\" }, { name = \"/var/log/boot.log\" }",
+    ));
+    assert_eq!(a.get("Device.DeviceInfo.VendorLogFileNumberOfEntries"), "2");
+    let v = a.ctl(json!({"op": "get", "names": [format!("{vlf}1.")]}));
+    assert_eq!(v["fault"]["code"], 9005, "{v}");
+    assert_eq!(a.get(&format!("{vlf}2.Name")), "/var/log/cwmpd.log");
+    assert_eq!(a.get(&format!("{vlf}3.Name")), "/var/log/boot.log");
+}
+
 #[test]
 fn bad_configurations_are_refused_with_file_line_and_path() {
     let d = TempDir::new("badcfg");
@@ -390,6 +424,11 @@ fn bad_configurations_are_refused_with_file_line_and_path() {
             "not an object",
         ),
         ("[agent\n", ":1:", ""),
+        (
+            "[system]\nlog_files = [{ name = \"/var/log/a\" }, { name = \"/var/log/a\" }]\n",
+            ":2:",
+            "unique name",
+        ),
     ];
     for (i, (extra, line, msg)) in cases.iter().enumerate() {
         let sub = d.path().join(format!("c{i}"));

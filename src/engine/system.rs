@@ -74,6 +74,39 @@ impl Engine {
         if self.cfg.system.enable {
             self.system_sync(POLLED, true);
         }
+        self.log_files_sync();
+    }
+
+    /// `Device.DeviceInfo.VendorLogFile.{i}` from `[system] log_files` (by name: a file keeps
+    /// its instance while it stays in the list).
+    fn log_files_sync(&mut self) {
+        use crate::model::mirror::{MRow, MTable, MVal, Mirror};
+        let rows = self
+            .cfg
+            .system
+            .log_files
+            .iter()
+            .map(|f| MRow {
+                key: f.name.clone(),
+                values: vec![
+                    ("Name", MVal::Text(f.name.clone())),
+                    ("MaximumSize", MVal::Text(f.max_size.to_string())),
+                    ("Persistent", MVal::Text(f.persistent.to_string())),
+                ],
+                children: Vec::new(),
+            })
+            .collect();
+        let m = Mirror {
+            tables: vec![MTable {
+                table: "Device.DeviceInfo.VendorLogFile.",
+                rows,
+            }],
+            values: Vec::new(),
+        };
+        let rep = self.store.sync_mirror(&m, true);
+        if !rep.refused.is_empty() {
+            tracing::warn!("log_files refused by the model: {}", rep.refused.join("; "));
+        }
     }
 
     /// Reads `parts` of the system into the store. A change of a watched value is a
