@@ -258,6 +258,9 @@ impl Engine {
         out: &mut Vec<u8>,
     ) -> Option<(RpcIo, Resume)> {
         let resp = match &env.body {
+            // Software-module management is not served yet (issue #17): the method is not
+            // offered by GetRPCMethods, and a request for it gets 9000 Method not supported.
+            AcsRequest::ChangeDUState { .. } => fault_env(env, SoapFault::new(9000)),
             AcsRequest::GetRPCMethods => reply(
                 env,
                 CpeMessage::GetRPCMethodsResponse {

@@ -21,6 +21,7 @@
 
 use std::io::Write as _;
 
+use super::du;
 use super::{
     AcsMessage, AcsRequest, CpeMessage, Envelope, Fault, ParamValue, SOAP_ENC_NS, SOAP_ENV_NS,
     TransferFault, XSD_NS, XSI_NS, soap_fault_code,
@@ -191,13 +192,24 @@ pub fn emit_cpe(env: &Envelope<CpeMessage>, out: &mut Vec<u8>) {
             raw(out, "</TransferList>");
             method_close(out, name);
         }
+        CpeMessage::DUStateChangeComplete(d) => {
+            method_open(out, name);
+            du::emit_du_complete(out, d);
+            method_close(out, name);
+        }
+        CpeMessage::AutonomousDUStateChangeComplete(d) => {
+            method_open(out, name);
+            du::emit_auton_du_complete(out, d);
+            method_close(out, name);
+        }
         CpeMessage::GetRPCMethods
         | CpeMessage::SetParameterAttributesResponse
         | CpeMessage::RebootResponse
         | CpeMessage::FactoryResetResponse
         | CpeMessage::ScheduleInformResponse
         | CpeMessage::ScheduleDownloadResponse
-        | CpeMessage::CancelTransferResponse => method_empty(out, name),
+        | CpeMessage::CancelTransferResponse
+        | CpeMessage::ChangeDUStateResponse => method_empty(out, name),
         // Written by the streaming writers above.
         CpeMessage::GetParameterValuesResponse { .. }
         | CpeMessage::GetParameterNamesResponse { .. } => {}
@@ -216,9 +228,10 @@ pub fn emit_acs(env: &Envelope<AcsMessage>, out: &mut Vec<u8>) {
             leaf_num(out, "MaxEnvelopes", *max_envelopes);
             method_close(out, name);
         }
-        AcsMessage::TransferCompleteResponse | AcsMessage::AutonomousTransferCompleteResponse => {
-            method_empty(out, name)
-        }
+        AcsMessage::TransferCompleteResponse
+        | AcsMessage::AutonomousTransferCompleteResponse
+        | AcsMessage::DUStateChangeCompleteResponse
+        | AcsMessage::AutonomousDUStateChangeCompleteResponse => method_empty(out, name),
         AcsMessage::GetRPCMethodsResponse { methods } => {
             method_open(out, name);
             string_array(out, "MethodList", methods);
@@ -352,6 +365,13 @@ fn acs_request(out: &mut Vec<u8>, r: &AcsRequest) {
                 raw(out, "</TimeWindowStruct>");
             }
             raw(out, "</TimeWindowList>");
+        }
+        AcsRequest::ChangeDUState {
+            command_key,
+            operations,
+        } => {
+            du::emit_operations(out, operations);
+            leaf(out, "CommandKey", command_key);
         }
         AcsRequest::GetRPCMethods
         | AcsRequest::FactoryReset
@@ -642,11 +662,11 @@ fn array_open(out: &mut Vec<u8>, tag: &str, item_type: &str, n: usize) {
     let _ = write!(out, "<{tag} soap-enc:arrayType=\"{item_type}[{n}]\">");
 }
 
-fn method_open(out: &mut Vec<u8>, name: &str) {
+pub(super) fn method_open(out: &mut Vec<u8>, name: &str) {
     let _ = write!(out, "<cwmp:{name}>");
 }
 
-fn method_close(out: &mut Vec<u8>, name: &str) {
+pub(super) fn method_close(out: &mut Vec<u8>, name: &str) {
     let _ = write!(out, "</cwmp:{name}>");
 }
 
@@ -654,21 +674,21 @@ fn method_empty(out: &mut Vec<u8>, name: &str) {
     let _ = write!(out, "<cwmp:{name}/>");
 }
 
-fn raw(out: &mut Vec<u8>, s: &str) {
+pub(super) fn raw(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn leaf(out: &mut Vec<u8>, tag: &str, value: &str) {
+pub(super) fn leaf(out: &mut Vec<u8>, tag: &str, value: &str) {
     let _ = write!(out, "<{tag}>");
     escape(out, value, false);
     let _ = write!(out, "</{tag}>");
 }
 
-fn leaf_num(out: &mut Vec<u8>, tag: &str, n: impl std::fmt::Display) {
+pub(super) fn leaf_num(out: &mut Vec<u8>, tag: &str, n: impl std::fmt::Display) {
     let _ = write!(out, "<{tag}>{n}</{tag}>");
 }
 
-fn leaf_bool(out: &mut Vec<u8>, tag: &str, b: bool) {
+pub(super) fn leaf_bool(out: &mut Vec<u8>, tag: &str, b: bool) {
     let _ = write!(out, "<{tag}>{b}</{tag}>");
 }
 

@@ -17,8 +17,14 @@
 //!   keep the 1-2 namespace; `cwmp-1-3`/`cwmp-1-4` are accepted on input
 //!   only).
 
+mod du;
 mod emit;
 mod parse;
+
+pub use du::{
+    AutonDuOpResult, AutonomousDUStateChangeComplete, DUStateChangeComplete, DuFault, DuOpResult,
+    DuOperation, DuOperationType, DuState, is_du_uuid,
+};
 
 pub use emit::{GpnWriter, GpvWriter, emit_acs, emit_cpe, emit_must_understand};
 pub use parse::{
@@ -338,6 +344,11 @@ pub enum AcsRequest {
     CancelTransfer {
         command_key: String,
     },
+    /// Software module management (A.4.1.10, CWMP 1.2+): the operations in the ACS's order.
+    ChangeDUState {
+        command_key: String,
+        operations: Vec<DuOperation>,
+    },
 }
 
 impl AcsRequest {
@@ -361,6 +372,7 @@ impl AcsRequest {
             AcsRequest::GetQueuedTransfers => "GetQueuedTransfers",
             AcsRequest::GetAllQueuedTransfers => "GetAllQueuedTransfers",
             AcsRequest::CancelTransfer { .. } => "CancelTransfer",
+            AcsRequest::ChangeDUState { .. } => "ChangeDUState",
         }
     }
 }
@@ -375,6 +387,8 @@ pub enum AcsMessage {
     },
     TransferCompleteResponse,
     AutonomousTransferCompleteResponse,
+    DUStateChangeCompleteResponse,
+    AutonomousDUStateChangeCompleteResponse,
     /// The ACS's answer to the CPE's GetRPCMethods.
     GetRPCMethodsResponse {
         methods: Vec<String>,
@@ -391,6 +405,10 @@ impl AcsMessage {
             AcsMessage::InformResponse { .. } => "InformResponse",
             AcsMessage::TransferCompleteResponse => "TransferCompleteResponse",
             AcsMessage::AutonomousTransferCompleteResponse => "AutonomousTransferCompleteResponse",
+            AcsMessage::DUStateChangeCompleteResponse => "DUStateChangeCompleteResponse",
+            AcsMessage::AutonomousDUStateChangeCompleteResponse => {
+                "AutonomousDUStateChangeCompleteResponse"
+            }
             AcsMessage::GetRPCMethodsResponse { .. } => "GetRPCMethodsResponse",
             AcsMessage::Fault(_) => "Fault",
         }
@@ -504,6 +522,8 @@ pub enum CpeMessage {
     Inform(Inform),
     TransferComplete(TransferComplete),
     AutonomousTransferComplete(AutonomousTransferComplete),
+    DUStateChangeComplete(DUStateChangeComplete),
+    AutonomousDUStateChangeComplete(AutonomousDUStateChangeComplete),
     /// The CPE asking the ACS for its methods.
     GetRPCMethods,
     GetRPCMethodsResponse {
@@ -550,6 +570,7 @@ pub enum CpeMessage {
         list: Vec<AllQueuedTransfer>,
     },
     CancelTransferResponse,
+    ChangeDUStateResponse,
     /// A SOAP fault (9000..9899) in reply to an ACS request.
     Fault(Fault),
 }
@@ -561,6 +582,8 @@ impl CpeMessage {
             CpeMessage::Inform(_) => "Inform",
             CpeMessage::TransferComplete(_) => "TransferComplete",
             CpeMessage::AutonomousTransferComplete(_) => "AutonomousTransferComplete",
+            CpeMessage::DUStateChangeComplete(_) => "DUStateChangeComplete",
+            CpeMessage::AutonomousDUStateChangeComplete(_) => "AutonomousDUStateChangeComplete",
             CpeMessage::GetRPCMethods => "GetRPCMethods",
             CpeMessage::GetRPCMethodsResponse { .. } => "GetRPCMethodsResponse",
             CpeMessage::GetParameterNamesResponse { .. } => "GetParameterNamesResponse",
@@ -579,6 +602,7 @@ impl CpeMessage {
             CpeMessage::GetQueuedTransfersResponse { .. } => "GetQueuedTransfersResponse",
             CpeMessage::GetAllQueuedTransfersResponse { .. } => "GetAllQueuedTransfersResponse",
             CpeMessage::CancelTransferResponse => "CancelTransferResponse",
+            CpeMessage::ChangeDUStateResponse => "ChangeDUStateResponse",
             CpeMessage::Fault(_) => "Fault",
         }
     }
@@ -921,6 +945,7 @@ pub(crate) mod tests {
         for (i, body) in bodies.into_iter().enumerate() {
             out.push(Envelope::new(body).with_id(format!("acs-{i}")));
         }
+        out.extend(du::tests::cpe_samples());
         out
     }
 
@@ -1074,6 +1099,7 @@ pub(crate) mod tests {
             env.hold_requests = Some(i % 2 == 0);
             out.push(env);
         }
+        out.extend(du::tests::acs_samples());
         out
     }
 
@@ -1092,7 +1118,7 @@ pub(crate) mod tests {
     #[test]
     fn round_trip_every_cpe_message() {
         let samples = cpe_samples();
-        assert_eq!(samples.len(), 23);
+        assert_eq!(samples.len(), 26);
         for env in samples {
             let xml = emit_cpe_vec(&env);
             let back = parse_cpe_message(&xml)

@@ -31,6 +31,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{QName, ResolveResult};
 use quick_xml::reader::NsReader;
 
+use super::du;
 use super::{
     AcsMessage, AcsRequest, AllQueuedTransfer, AutonomousTransferComplete, CpeMessage, CwmpNs,
     DeviceId, Download, Envelope, EventStruct, Fault, Inform, ParamAttr, ParamInfo, ParamValue,
@@ -228,7 +229,7 @@ pub fn parse_cpe_message_with(
 
 /// Namespace class of an element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ns {
+pub(super) enum Ns {
     /// No namespace.
     Unqualified,
     SoapEnv,
@@ -237,15 +238,18 @@ enum Ns {
 }
 
 #[derive(Debug)]
-struct Elem {
+pub(super) struct Elem {
     ns: Ns,
-    name: String,
-    xsi_type: Option<String>,
+    pub(super) name: String,
+    pub(super) xsi_type: Option<String>,
+    /// Namespace of the `xsi:type` QName, resolved like an element name (an unprefixed value
+    /// takes the default namespace; an unbound prefix is `Other`).
+    pub(super) xsi_type_ns: Option<Ns>,
     /// `soap-env:mustUnderstand="1"` (only meaningful on header entries).
     must_understand: bool,
     /// Text content; only kept while the element has no element children.
     text: String,
-    children: Vec<Elem>,
+    pub(super) children: Vec<Elem>,
 }
 
 impl Elem {
@@ -253,12 +257,12 @@ impl Elem {
         self.ns == ns && self.name == name
     }
 
-    fn is_cwmp_or_unqualified(&self) -> bool {
+    pub(super) fn is_cwmp_or_unqualified(&self) -> bool {
         matches!(self.ns, Ns::Cwmp(_) | Ns::Unqualified)
     }
 
     /// First child with this local name, in any namespace.
-    fn child(&self, name: &str) -> Option<&Elem> {
+    pub(super) fn child(&self, name: &str) -> Option<&Elem> {
         self.children.iter().find(|c| c.name == name)
     }
 }
@@ -330,6 +334,7 @@ impl Builder<'_> {
         let name = local.into_inner().to_string();
 
         let mut xsi_type = None;
+        let mut xsi_type_ns = None;
         let mut must_understand = false;
         for attr in start.attributes() {
             let attr = attr.map_err(|e| self.nwf(format!("bad attribute: {e}")))?;
@@ -347,6 +352,11 @@ impl Builder<'_> {
                     if uri.into_inner() == XSI_NS && local.into_inner() == "type" =>
                 {
                     let v = value.trim();
+                    xsi_type_ns = Some(match resolver.resolve(QName(v), true).0 {
+                        ResolveResult::Unbound => Ns::Unqualified,
+                        ResolveResult::Bound(u) => classify(u.into_inner()),
+                        ResolveResult::Unknown(_) => Ns::Other,
+                    });
                     let (tres, tlocal) = resolver.resolve(QName(v), false);
                     xsi_type = Some(match tres {
                         ResolveResult::Bound(u) if u.into_inner() == XSD_NS => {
@@ -368,6 +378,7 @@ impl Builder<'_> {
             ns,
             name,
             xsi_type,
+            xsi_type_ns,
             must_understand,
             text: String::new(),
             children: Vec::new(),
@@ -686,7 +697,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 // Typed argument access
 // ---------------------------------------------------------------------------
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     method: &'a str,
     id: &'a Option<String>,
     limits: &'a ParseLimits,
@@ -697,7 +708,7 @@ impl<'a> Ctx<'a> {
         Ctx { method, id, limits }
     }
 
-    fn err(&self, reason: impl Into<String>) -> ParseError {
+    pub(super) fn err(&self, reason: impl Into<String>) -> ParseError {
         ParseError::InvalidArguments {
             method: self.method.to_string(),
             id: self.id.clone(),
@@ -705,7 +716,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn get<'e>(&self, parent: &'e Elem, name: &str) -> Result<&'e Elem, ParseError> {
+    pub(super) fn get<'e>(&self, parent: &'e Elem, name: &str) -> Result<&'e Elem, ParseError> {
         parent
             .child(name)
             .ok_or_else(|| self.err(format!("missing {name}")))
@@ -719,11 +730,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn string(&self, parent: &Elem, name: &str) -> Result<String, ParseError> {
+    pub(super) fn string(&self, parent: &Elem, name: &str) -> Result<String, ParseError> {
         Ok(self.leaf(self.get(parent, name)?)?.to_string())
     }
 
-    fn opt_string(&self, parent: &Elem, name: &str) -> Result<String, ParseError> {
+    pub(super) fn opt_string(&self, parent: &Elem, name: &str) -> Result<String, ParseError> {
         match parent.child(name) {
             Some(e) => Ok(self.leaf(e)?.to_string()),
             None => Ok(String::new()),
@@ -733,12 +744,22 @@ impl<'a> Ctx<'a> {
     /// A string argument with the schema's `maxLength` facet (in characters): a longer value
     /// cannot be honoured (a CommandKey the CPE would echo into invalid Informs, a ParameterKey
     /// it cannot store) and is refused as invalid arguments (9003), nothing applied.
-    fn string_max(&self, parent: &Elem, name: &str, max: usize) -> Result<String, ParseError> {
+    pub(super) fn string_max(
+        &self,
+        parent: &Elem,
+        name: &str,
+        max: usize,
+    ) -> Result<String, ParseError> {
         self.max_len(name, self.string(parent, name)?, max)
     }
 
     /// [`Self::opt_string`] with the schema's `maxLength` facet.
-    fn opt_string_max(&self, parent: &Elem, name: &str, max: usize) -> Result<String, ParseError> {
+    pub(super) fn opt_string_max(
+        &self,
+        parent: &Elem,
+        name: &str,
+        max: usize,
+    ) -> Result<String, ParseError> {
         self.max_len(name, self.opt_string(parent, name)?, max)
     }
 
@@ -765,7 +786,7 @@ impl<'a> Ctx<'a> {
         self.path_text(self.get(parent, name)?)
     }
 
-    fn boolean(&self, parent: &Elem, name: &str) -> Result<bool, ParseError> {
+    pub(super) fn boolean(&self, parent: &Elem, name: &str) -> Result<bool, ParseError> {
         let t = self.leaf(self.get(parent, name)?)?;
         parse_bool(t).ok_or_else(|| self.err(format!("{name} is not a boolean: {:?}", clip(t))))
     }
@@ -782,7 +803,7 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    fn u32(&self, parent: &Elem, name: &str) -> Result<u32, ParseError> {
+    pub(super) fn u32(&self, parent: &Elem, name: &str) -> Result<u32, ParseError> {
         self.number(self.get(parent, name)?)
     }
 
@@ -847,7 +868,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn clip(s: &str) -> String {
+pub(super) fn clip(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
@@ -911,6 +932,10 @@ fn acs_message(
         "TransferCompleteResponse" => return Ok(AcsMessage::TransferCompleteResponse),
         "AutonomousTransferCompleteResponse" => {
             return Ok(AcsMessage::AutonomousTransferCompleteResponse);
+        }
+        "DUStateChangeCompleteResponse" => return Ok(AcsMessage::DUStateChangeCompleteResponse),
+        "AutonomousDUStateChangeCompleteResponse" => {
+            return Ok(AcsMessage::AutonomousDUStateChangeCompleteResponse);
         }
         "GetRPCMethodsResponse" => {
             let methods = c.strings(c.array(m, "MethodList")?)?;
@@ -1032,6 +1057,7 @@ fn acs_message(
         "CancelTransfer" => AcsRequest::CancelTransfer {
             command_key: c.opt_string_max(m, "CommandKey", 32)?,
         },
+        "ChangeDUState" => du::change_du_state(&c, m)?,
         _ => return Err(unknown(m, id)),
     };
     Ok(AcsMessage::Request(req))
@@ -1173,6 +1199,11 @@ fn cpe_message(
             CpeMessage::GetAllQueuedTransfersResponse { list }
         }
         "CancelTransferResponse" => CpeMessage::CancelTransferResponse,
+        "ChangeDUStateResponse" => CpeMessage::ChangeDUStateResponse,
+        "DUStateChangeComplete" => CpeMessage::DUStateChangeComplete(du::du_complete(&c, m)?),
+        "AutonomousDUStateChangeComplete" => {
+            CpeMessage::AutonomousDUStateChangeComplete(du::auton_du_complete(&c, m)?)
+        }
         _ => return Err(unknown(m, id)),
     };
     Ok(msg)
@@ -1650,7 +1681,7 @@ mod tests {
     #[test]
     fn unknown_method_echoes_id() {
         for body in [
-            "<cwmp:ChangeDUState><Operations/></cwmp:ChangeDUState>",
+            "<cwmp:SetVouchers><VoucherList/></cwmp:SetVouchers>",
             "<cwmp:X_ACME_Frobnicate/>",
             "<v:Reboot xmlns:v=\"urn:vendor\"/>",
             "<soap-env:Header/>",
@@ -1664,11 +1695,11 @@ mod tests {
             assert_eq!(e.cpe_fault().map(|f| f.code), Some(9000));
             assert_eq!(e.acs_fault().map(|f| f.code), Some(8000));
         }
-        let e = acs("<cwmp:ChangeDUState/>").unwrap_err();
+        let e = acs("<cwmp:GetOptions/>").unwrap_err();
         assert_eq!(
             e,
             ParseError::UnknownMethod {
-                name: "ChangeDUState".into(),
+                name: "GetOptions".into(),
                 id: id7()
             }
         );
