@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::rpc::Effect;
 use super::{Done, Engine};
 use crate::cwmp::events::{Event, EventCode, EventQueue};
-use crate::cwmp::exchange::{Exchange, ExchangeError, Step};
+use crate::cwmp::exchange::{CpeCall, Exchange, ExchangeError, Step};
 use crate::cwmp::schedule::{Outcome, Scheduler, SessionParams};
 use crate::cwmp::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
 use crate::model::persist::{ActionKind, AgentState, PendingAction};
@@ -650,7 +650,10 @@ impl Engine {
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
         let mut x = Exchange::new(
             Envelope::new(CpeMessage::Inform(inform)),
-            self.pending_transfer_completes(),
+            self.pending_transfer_completes()
+                .into_iter()
+                .map(|(id, tc)| (id, CpeCall::TransferComplete(tc)))
+                .collect(),
             self.cwmp.id_counter,
         );
         let result = loop {
@@ -668,7 +671,7 @@ impl Engine {
                     }
                     self.save_events();
                 }
-                Step::TransferDelivered(id) => self.transfer_delivered(id),
+                Step::Delivered(id) => self.transfer_delivered(id),
                 Step::Serve(env) => {
                     tracing::debug!("ACS request {}", env.body.method_name());
                     let mut out = Vec::new();

@@ -1149,12 +1149,20 @@ fn process(
                 CpeMessage::AutonomousTransferComplete(_) => {
                     Some(AcsMessage::AutonomousTransferCompleteResponse)
                 }
+                CpeMessage::DUStateChangeComplete(_) => {
+                    Some(AcsMessage::DUStateChangeCompleteResponse)
+                }
+                CpeMessage::AutonomousDUStateChangeComplete(_) => {
+                    Some(AcsMessage::AutonomousDUStateChangeCompleteResponse)
+                }
                 CpeMessage::GetRPCMethods => Some(AcsMessage::GetRPCMethodsResponse {
                     methods: [
                         "Inform",
                         "GetRPCMethods",
                         "TransferComplete",
                         "AutonomousTransferComplete",
+                        "DUStateChangeComplete",
+                        "AutonomousDUStateChangeComplete",
                     ]
                     .map(String::from)
                     .to_vec(),

@@ -13,14 +13,63 @@
 use std::collections::VecDeque;
 
 use super::soap::{
-    self, AcsMessage, AcsRequest, CpeMessage, CwmpNs, Envelope, Fault, ParseError,
-    TransferComplete, cpe_fault,
+    self, AcsMessage, AcsRequest, AutonomousDUStateChangeComplete, CpeMessage, CwmpNs,
+    DUStateChangeComplete, Envelope, Fault, ParseError, TransferComplete, cpe_fault,
 };
 
 /// Upper bound on messages in one session (a runaway ACS cannot keep the agent forever).
 pub const MAX_EXCHANGES: usize = 10_000;
-/// Tries of one TransferComplete the ACS answers with 8005 (retry request).
+/// Tries of one CPE request the ACS answers with 8005 (retry request).
 const TC_TRIES: u32 = 5;
+
+/// A request of the CPE's own, sent after the InformResponse (A.3.3.2, A.4.2.3, A.4.2.4). The
+/// driver gives each a key of its own and learns which were acknowledged through
+/// [`Step::Delivered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpeCall {
+    TransferComplete(TransferComplete),
+    DUStateChangeComplete(DUStateChangeComplete),
+    AutonomousDUStateChangeComplete(AutonomousDUStateChangeComplete),
+}
+
+impl CpeCall {
+    fn message(self) -> CpeMessage {
+        match self {
+            CpeCall::TransferComplete(m) => CpeMessage::TransferComplete(m),
+            CpeCall::DUStateChangeComplete(m) => CpeMessage::DUStateChangeComplete(m),
+            CpeCall::AutonomousDUStateChangeComplete(m) => {
+                CpeMessage::AutonomousDUStateChangeComplete(m)
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            CpeCall::TransferComplete(_) => "TransferComplete",
+            CpeCall::DUStateChangeComplete(_) => "DUStateChangeComplete",
+            CpeCall::AutonomousDUStateChangeComplete(_) => "AutonomousDUStateChangeComplete",
+        }
+    }
+
+    /// Whether `m` answers this request. Matched by family: one ACS is known to answer a
+    /// TransferComplete with the autonomous variant's response.
+    fn answered_by(&self, m: &AcsMessage) -> bool {
+        match self {
+            CpeCall::TransferComplete(_) => matches!(
+                m,
+                AcsMessage::TransferCompleteResponse
+                    | AcsMessage::AutonomousTransferCompleteResponse
+            ),
+            CpeCall::DUStateChangeComplete(_) | CpeCall::AutonomousDUStateChangeComplete(_) => {
+                matches!(
+                    m,
+                    AcsMessage::DUStateChangeCompleteResponse
+                        | AcsMessage::AutonomousDUStateChangeCompleteResponse
+                )
+            }
+        }
+    }
+}
 
 /// Why a session failed, as far as the message flow can tell (transport errors are the
 /// driver's).
@@ -50,8 +99,8 @@ pub enum Step {
     /// The ACS answered the Inform: the events and changes it carried are delivered. `ns` is
     /// the CWMP version the ACS speaks.
     InformDelivered { ns: CwmpNs },
-    /// The ACS acknowledged the TransferComplete of transfer `id`.
-    TransferDelivered(u64),
+    /// The ACS acknowledged the CPE request the driver keyed `id`.
+    Delivered(u64),
     /// Serve this request and pass the response envelope to [`Exchange::served`].
     Serve(Box<Envelope<AcsRequest>>),
     /// The session ended cleanly.
@@ -64,8 +113,8 @@ pub enum Step {
 enum State {
     /// The Inform was posted; waiting for the InformResponse.
     Inform,
-    /// A TransferComplete was posted (its index in `pending`, tries so far).
-    TransferComplete { tries: u32 },
+    /// The first of `pending` was posted (tries so far).
+    CpeCall { tries: u32 },
     /// The empty POST or a response was posted; waiting for the ACS's next request.
     Requests,
     /// A request is being served by the driver.
@@ -80,8 +129,8 @@ pub struct Exchange {
     state: State,
     /// The CWMP version of the ACS (from the InformResponse).
     ns: CwmpNs,
-    /// TransferCompletes to deliver: (transfer id, message).
-    pending: VecDeque<(u64, TransferComplete)>,
+    /// The CPE's requests to deliver: (the driver's key, message).
+    pending: VecDeque<(u64, CpeCall)>,
     /// The CPE's requests were held back by HoldRequests on the InformResponse.
     held: bool,
     exchanges: usize,
@@ -90,18 +139,18 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts a session with `inform` (its cwmp:ID is set here) and the TransferCompletes
-    /// waiting for delivery. `id_counter` numbers the CPE's messages (`cwmpd-N`); read it back
-    /// with [`Self::id_counter`].
+    /// Starts a session with `inform` (its cwmp:ID is set here) and the CPE's requests
+    /// waiting for delivery, in order. `id_counter` numbers the CPE's messages (`cwmpd-N`);
+    /// read it back with [`Self::id_counter`].
     pub fn new(
         inform: Envelope<CpeMessage>,
-        transfer_completes: Vec<(u64, TransferComplete)>,
+        calls: Vec<(u64, CpeCall)>,
         id_counter: u64,
     ) -> Exchange {
         let mut x = Exchange {
             state: State::Inform,
             ns: CwmpNs::default(),
-            pending: transfer_completes.into(),
+            pending: calls.into(),
             held: false,
             exchanges: 0,
             id_counter,
@@ -149,7 +198,7 @@ impl Exchange {
         self.out.push_back(Step::Done);
     }
 
-    /// Posts the next TransferComplete, or the empty POST when none is left.
+    /// Posts the next CPE request, or the empty POST when none is left.
     fn next_request_or_empty(&mut self) {
         if self.held {
             self.post(Vec::new());
@@ -157,7 +206,7 @@ impl Exchange {
             return;
         }
         match self.pending.front().cloned() {
-            Some((_, tc)) => self.post_tc(tc, 1),
+            Some((_, call)) => self.post_call(call, 1),
             None => {
                 self.post(Vec::new());
                 self.state = State::Requests;
@@ -165,15 +214,13 @@ impl Exchange {
         }
     }
 
-    fn post_tc(&mut self, tc: TransferComplete, tries: u32) {
+    fn post_call(&mut self, call: CpeCall, tries: u32) {
         let id = self.next_id();
-        let env = Envelope::new(CpeMessage::TransferComplete(tc))
-            .with_id(id)
-            .with_ns(self.ns);
+        let env = Envelope::new(call.message()).with_id(id).with_ns(self.ns);
         let mut body = Vec::with_capacity(1024);
         soap::emit_cpe(&env, &mut body);
         self.post(body);
-        self.state = State::TransferComplete { tries };
+        self.state = State::CpeCall { tries };
     }
 
     fn post(&mut self, body: Vec<u8>) {
@@ -213,35 +260,32 @@ impl Exchange {
                     Err(e) => self.fail(ExchangeError::Protocol(format!("InformResponse: {e}"))),
                 }
             }
-            State::TransferComplete { tries } => {
+            State::CpeCall { tries } => {
                 if status != 200 {
                     return self.fail(ExchangeError::Status(status));
                 }
+                let Some((key, call)) = self.pending.front().cloned() else {
+                    return self.fail(ExchangeError::Protocol("no request pending".into()));
+                };
+                let name = call.name();
                 match soap::parse_acs_message(body).map(|e| e.body) {
-                    // Matched by name; one ACS is known to answer with the autonomous variant.
-                    Ok(AcsMessage::TransferCompleteResponse)
-                    | Ok(AcsMessage::AutonomousTransferCompleteResponse) => {
-                        if let Some((id, _)) = self.pending.pop_front() {
-                            self.out.push_back(Step::TransferDelivered(id));
-                        }
+                    Ok(m) if call.answered_by(&m) => {
+                        self.pending.pop_front();
+                        self.out.push_back(Step::Delivered(key));
                         self.next_request_or_empty();
                     }
                     Ok(AcsMessage::Fault(f)) if f.code == 8005 && tries < TC_TRIES => {
-                        if let Some((_, tc)) = self.pending.front().cloned() {
-                            self.post_tc(tc, tries + 1);
-                        }
+                        self.post_call(call, tries + 1);
                     }
                     Ok(AcsMessage::Fault(f)) => self.fail(ExchangeError::Protocol(format!(
-                        "ACS answered TransferComplete with fault {} {}",
+                        "ACS answered {name} with fault {} {}",
                         f.code, f.string
                     ))),
                     Ok(other) => self.fail(ExchangeError::Protocol(format!(
-                        "expected TransferCompleteResponse, got {}",
+                        "expected {name}Response, got {}",
                         other.method_name()
                     ))),
-                    Err(e) => self.fail(ExchangeError::Protocol(format!(
-                        "TransferCompleteResponse: {e}"
-                    ))),
+                    Err(e) => self.fail(ExchangeError::Protocol(format!("{name}Response: {e}"))),
                 }
             }
             State::Requests => {
@@ -332,7 +376,7 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cwmp::soap::{DeviceId, Inform, TransferFault};
+    use crate::cwmp::soap::{DeviceId, DuOpResult, DuState, Inform, TransferFault};
 
     fn inform() -> Envelope<CpeMessage> {
         Envelope::new(CpeMessage::Inform(Inform {
@@ -350,8 +394,8 @@ mod tests {
         }))
     }
 
-    fn tc(key: &str) -> TransferComplete {
-        TransferComplete {
+    fn tc(key: &str) -> CpeCall {
+        CpeCall::TransferComplete(TransferComplete {
             command_key: key.into(),
             fault: TransferFault {
                 code: 0,
@@ -359,7 +403,27 @@ mod tests {
             },
             start_time: "2026-01-01T00:00:00Z".into(),
             complete_time: "2026-01-01T00:00:01Z".into(),
-        }
+        })
+    }
+
+    fn du(key: &str) -> CpeCall {
+        CpeCall::DUStateChangeComplete(DUStateChangeComplete {
+            command_key: key.into(),
+            results: vec![DuOpResult {
+                uuid: "6ba7b810-9dad-11d1-80b4-00c04fd430c8".into(),
+                deployment_unit_ref: "Device.SoftwareModules.DeploymentUnit.1".into(),
+                version: "1.0".into(),
+                current_state: DuState::Installed,
+                resolved: true,
+                execution_unit_refs: Vec::new(),
+                start_time: "2026-01-01T00:00:00Z".into(),
+                complete_time: "2026-01-01T00:00:01Z".into(),
+                fault: TransferFault {
+                    code: 0,
+                    string: String::new(),
+                },
+            }],
+        })
     }
 
     /// An ACS message in namespace `ns` with optional HoldRequests.
@@ -405,11 +469,54 @@ mod tests {
             200,
             &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp12, None),
         );
-        assert_eq!(x.poll(), Step::TransferDelivered(7));
+        assert_eq!(x.poll(), Step::Delivered(7));
         assert!(post(&mut x).is_empty(), "the empty POST");
         x.on_response(204, b"");
         assert_eq!(x.poll(), Step::Done);
         assert_eq!(x.id_counter(), 2);
+    }
+
+    /// A.4.2.3: a DUStateChangeComplete after a TransferComplete, each acknowledged by its own
+    /// response; a TransferCompleteResponse does not acknowledge a DUStateChangeComplete.
+    #[test]
+    fn transfer_and_du_state_change_completes_in_order() {
+        let mut x = Exchange::new(inform(), vec![(1, tc("fw")), (9, du("apps"))], 0);
+        post(&mut x);
+        x.on_response(200, &inform_response(None));
+        assert!(matches!(x.poll(), Step::InformDelivered { .. }));
+        assert_eq!(method(&post(&mut x)), "TransferComplete");
+        x.on_response(
+            200,
+            &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp12, None),
+        );
+        assert_eq!(x.poll(), Step::Delivered(1));
+        assert_eq!(method(&post(&mut x)), "DUStateChangeComplete");
+        x.on_response(
+            200,
+            &acs(
+                AcsMessage::DUStateChangeCompleteResponse,
+                CwmpNs::Cwmp12,
+                None,
+            ),
+        );
+        assert_eq!(x.poll(), Step::Delivered(9));
+        assert!(post(&mut x).is_empty());
+        x.on_response(204, b"");
+        assert_eq!(x.poll(), Step::Done);
+
+        let mut x = Exchange::new(inform(), vec![(9, du("apps"))], 0);
+        post(&mut x);
+        x.on_response(200, &inform_response(None));
+        x.poll();
+        assert_eq!(method(&post(&mut x)), "DUStateChangeComplete");
+        x.on_response(
+            200,
+            &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp12, None),
+        );
+        assert!(
+            matches!(x.poll(), Step::Failed(ExchangeError::Protocol(m)) if m.contains("DUStateChangeCompleteResponse")),
+            "the wrong response does not acknowledge it"
+        );
     }
 
     /// §3.7.1.4 HoldRequests: no CPE request while held; held requests go once the ACS's
@@ -442,7 +549,7 @@ mod tests {
             200,
             &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp12, None),
         );
-        assert_eq!(x.poll(), Step::TransferDelivered(1));
+        assert_eq!(x.poll(), Step::Delivered(1));
         assert!(post(&mut x).is_empty());
         x.on_response(204, b"");
         assert_eq!(x.poll(), Step::Done);
