@@ -19,5 +19,6 @@ pub mod logging;
 pub mod model;
 pub mod net;
 pub mod provider;
+pub mod swmod;
 pub mod system;
 pub mod util;
