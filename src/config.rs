@@ -220,6 +220,54 @@ impl Default for SystemSection {
     }
 }
 
+/// Software modules (`Device.SoftwareModules.`, ChangeDUState): the directory backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoftwareSection {
+    /// Serve ChangeDUState (false: it is refused with 9001 and the tables stay empty).
+    pub enable: bool,
+    /// Where deployment units are unpacked (default: `<state_dir>/apps`).
+    pub dir: Option<PathBuf>,
+    /// Most bytes one unit may unpack to, and most archive entries.
+    pub max_bytes: u64,
+    pub max_entries: usize,
+    /// Ed25519 public keys (64 hex digits each) whose signature (`manifest.sig`) an archive
+    /// must carry; empty: archives need only their checksums.
+    pub trusted_keys: Vec<String>,
+}
+
+impl Default for SoftwareSection {
+    fn default() -> Self {
+        SoftwareSection {
+            enable: true,
+            dir: None,
+            max_bytes: 256 << 20,
+            max_entries: 10_000,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+impl SoftwareSection {
+    /// The trusted keys as bytes (checked when the configuration is read).
+    pub fn keys(&self) -> Vec<[u8; 32]> {
+        self.trusted_keys.iter().filter_map(|k| hex32(k)).collect()
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.trim().as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hex = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// TR-143 diagnostics (`Device.IP.Diagnostics.`): their bounds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -275,6 +323,8 @@ struct FileLayout {
     #[serde(default)]
     diagnostics: DiagnosticsSection,
     #[serde(default)]
+    software: SoftwareSection,
+    #[serde(default)]
     provider: Vec<ProviderSection>,
     #[serde(default)]
     parameters: BTreeMap<String, toml::Value>,
@@ -291,6 +341,7 @@ pub struct Config {
     pub actions: ActionsSection,
     pub system: SystemSection,
     pub diagnostics: DiagnosticsSection,
+    pub software: SoftwareSection,
     pub providers: Vec<ProviderSection>,
     /// Factory values by concrete path, in file order.
     pub parameters: Vec<(String, String)>,
@@ -398,6 +449,14 @@ impl Config {
                 ));
             }
         }
+        let mut software = raw.software;
+        software.dir = software.dir.as_ref().map(resolve);
+        if let Some(bad) = software.trusted_keys.iter().find(|k| hex32(k).is_none()) {
+            return Err(err(
+                key_line(text, "trusted_keys"),
+                format!("trusted_keys: {bad:?} is not an Ed25519 public key in 64 hex digits"),
+            ));
+        }
         let mut diagnostics = raw.diagnostics;
         diagnostics.ca_file = diagnostics.ca_file.as_ref().map(resolve);
         if actions.max_download == 0 {
@@ -455,6 +514,7 @@ impl Config {
             actions,
             system,
             diagnostics,
+            software,
             providers: raw.provider,
             parameters,
             param_src,

@@ -5,6 +5,7 @@
 //! that was acknowledged, before it answers.
 
 pub(crate) mod diag;
+pub(crate) mod du;
 pub mod rpc;
 pub mod session;
 pub(crate) mod system;
@@ -115,6 +116,12 @@ pub enum Done {
     },
     /// A configured hook command ended.
     Hook { what: &'static str, ok: bool },
+    /// A software-module operation ended.
+    DuOp {
+        job: u64,
+        index: usize,
+        result: Box<Result<crate::swmod::DuInfo, (u32, String)>>,
+    },
 }
 
 /// What providers answered to reads: (provider, paths asked, values or why not).
@@ -275,6 +282,8 @@ pub struct Engine {
     status_cache: BTreeMap<String, String>,
     /// TR-143 diagnostics waiting and running.
     pub(crate) diag: diag::Diagnostics,
+    /// Software-module jobs and the backend.
+    pub(crate) du: du::SoftwareModules,
     /// Rate limit of warnings about reading the system.
     sys_warn: crate::util::LogLimit,
 }
@@ -372,6 +381,7 @@ impl Engine {
             resolving: None,
             status_cache: BTreeMap::new(),
             diag: Default::default(),
+            du: Default::default(),
             sys_warn: crate::util::LogLimit::new(Duration::from_secs(60)),
         };
         e.system_init();
@@ -595,6 +605,7 @@ impl Engine {
                 generation,
                 outcome,
             } => self.diag_done(kind, generation, outcome),
+            Done::DuOp { job, index, result } => self.du_done(job, index, *result),
             Done::Hook { what, ok } => {
                 if !ok {
                     tracing::warn!("{what} command failed");

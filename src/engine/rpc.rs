@@ -27,6 +27,7 @@ pub const METHODS: &[&str] = &[
     "FactoryReset",
     "ScheduleInform",
     "Download",
+    "ChangeDUState",
     "Upload",
     "ScheduleDownload",
     "GetQueuedTransfers",
@@ -258,9 +259,13 @@ impl Engine {
         out: &mut Vec<u8>,
     ) -> Option<(RpcIo, Resume)> {
         let resp = match &env.body {
-            // Software-module management is not served yet (issue #17): the method is not
-            // offered by GetRPCMethods, and a request for it gets 9000 Method not supported.
-            AcsRequest::ChangeDUState { .. } => fault_env(env, SoapFault::new(9000)),
+            AcsRequest::ChangeDUState {
+                command_key,
+                operations,
+            } => match self.accept_change_du_state(command_key, operations) {
+                Ok(()) => reply(env, CpeMessage::ChangeDUStateResponse),
+                Err(code) => fault_env(env, SoapFault::new(code)),
+            },
             AcsRequest::GetRPCMethods => reply(
                 env,
                 CpeMessage::GetRPCMethodsResponse {

@@ -100,6 +100,7 @@ impl Engine {
         let bootstrap = self.needs_bootstrap();
         self.cwmp.sched.boot(now, restored, bootstrap);
         self.transfers_boot();
+        self.du_boot();
         self.save_events();
         self.update_periodic(now);
         self.resume_pending_action(rebooted, now);
@@ -424,8 +425,10 @@ impl Engine {
         }
         self.arm_delay_reboot(end);
         self.after_change(end);
-        // Diagnostics the ACS requested start after the session that requested them.
+        // Diagnostics the ACS requested start after the session that requested them; so do
+        // software-module operations.
         self.diag_tick();
+        self.du_tick();
     }
 
     /// DelayReboot ≥ 0 set in the session that just ended: reboot that many seconds after it.
@@ -643,6 +646,7 @@ impl Engine {
         if self.ensure_transfer_events() {
             self.save_events();
         }
+        self.ensure_du_events();
         client.set_gzip(self.ms("HTTPCompression") == "GZIP");
         client.set_allow_basic_over_http(self.cfg.acs.allow_basic_over_http);
         let (inform, sent, changed) = self.build_inform();
@@ -653,6 +657,11 @@ impl Engine {
             self.pending_transfer_completes()
                 .into_iter()
                 .map(|(id, tc)| (id, CpeCall::TransferComplete(tc)))
+                .chain(
+                    self.pending_du_completes()
+                        .into_iter()
+                        .map(|(k, m)| (k, CpeCall::DUStateChangeComplete(m))),
+                )
                 .collect(),
             self.cwmp.id_counter,
         );
@@ -671,6 +680,7 @@ impl Engine {
                     }
                     self.save_events();
                 }
+                Step::Delivered(id) if id >= super::du::CALL_KEY_BASE => self.du_delivered(id),
                 Step::Delivered(id) => self.transfer_delivered(id),
                 Step::Serve(env) => {
                     tracing::debug!("ACS request {}", env.body.method_name());

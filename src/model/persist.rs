@@ -47,6 +47,9 @@ pub struct AgentState {
     /// File transfers (the transfer module's own record).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers: Option<serde_json::Value>,
+    /// Software-module jobs (the engine's du module's own record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub du_jobs: Option<serde_json::Value>,
     /// A Reboot or FactoryReset the ACS was told succeeded and not yet carried out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_action: Option<PendingAction>,

@@ -17,17 +17,19 @@ pub enum EventCode {
     DiagnosticsComplete,
     RequestDownload,
     AutonomousTransferComplete,
+    DuStateChangeComplete,
     MReboot,
     MScheduleInform,
     MDownload,
     MUpload,
     MScheduleDownload,
+    MChangeDUState,
     /// Any other code (a vendor `X <OUI> …` event, one raised through the control socket).
     Other(String),
 }
 
 impl EventCode {
-    const KNOWN: [(EventCode, &'static str); 16] = [
+    const KNOWN: [(EventCode, &'static str); 18] = [
         (EventCode::Bootstrap, "0 BOOTSTRAP"),
         (EventCode::Boot, "1 BOOT"),
         (EventCode::Periodic, "2 PERIODIC"),
@@ -42,11 +44,16 @@ impl EventCode {
             EventCode::AutonomousTransferComplete,
             "10 AUTONOMOUS TRANSFER COMPLETE",
         ),
+        (
+            EventCode::DuStateChangeComplete,
+            "11 DU STATE CHANGE COMPLETE",
+        ),
         (EventCode::MReboot, "M Reboot"),
         (EventCode::MScheduleInform, "M ScheduleInform"),
         (EventCode::MDownload, "M Download"),
         (EventCode::MUpload, "M Upload"),
         (EventCode::MScheduleDownload, "M ScheduleDownload"),
+        (EventCode::MChangeDUState, "M ChangeDUState"),
     ];
 
     /// The code as sent in the Inform.
@@ -132,6 +139,7 @@ impl EventQueue {
                 e.code == EventCode::Boot
                     || e.code.is_multiple()
                     || e.code == EventCode::TransferComplete
+                    || e.code == EventCode::DuStateChangeComplete
             });
         }
         if !code.is_multiple() && self.events.iter().any(|e| e.code == code) {
