@@ -31,9 +31,19 @@ fn sha256_hex(b: &[u8]) -> String {
 /// A unit's archive (tar.gz made by GNU tar): one program, `bin/app`, and its manifest.
 /// `lie` puts a wrong checksum in the manifest.
 fn archive(dir: &Path, version: &str, lie: bool) -> Vec<u8> {
+    archive_with(
+        dir,
+        version,
+        lie,
+        &format!("#!/bin/sh\necho app {version}\n"),
+        false,
+    )
+}
+
+fn archive_with(dir: &Path, version: &str, lie: bool, prog: &str, autostart: bool) -> Vec<u8> {
     let src = dir.join(format!("src-{version}-{lie}"));
     std::fs::create_dir_all(src.join("bin")).unwrap();
-    let prog = format!("#!/bin/sh\necho app {version}\n");
+    let prog = prog.to_string();
     std::fs::write(src.join("bin/app"), &prog).unwrap();
     let sum = if lie {
         sha256_hex(b"something else")
@@ -43,7 +53,7 @@ fn archive(dir: &Path, version: &str, lie: bool) -> Vec<u8> {
     std::fs::write(
         src.join("manifest.toml"),
         format!(
-            "name = \"weather\"\nversion = \"{version}\"\nvendor = \"Example Co\"\ndescription = \"a test app\"\nuuid = \"{UUID}\"\n\n[[unit]]\nname = \"weather\"\nexec = [\"bin/app\"]\n\n[sha256]\n\"bin/app\" = \"{sum}\"\n"
+            "name = \"weather\"\nversion = \"{version}\"\nvendor = \"Example Co\"\ndescription = \"a test app\"\nuuid = \"{UUID}\"\n\n[[unit]]\nname = \"weather\"\nexec = [\"bin/app\"]\nautostart = {autostart}\n\n[sha256]\n\"bin/app\" = \"{sum}\"\n"
         ),
     )
     .unwrap();
@@ -114,11 +124,21 @@ impl Rig {
         all[self.seen - 1].clone()
     }
 
+    /// Runs `rpcs` in a session the test asks for. Sessions the agent opens by itself in
+    /// between (an execution unit's Status is an active notification by default) may carry
+    /// them instead: the first session that answered anything is the one.
     fn session(&mut self, rpcs: Vec<AcsRequest>) -> SessionRecord {
+        let want = !rpcs.is_empty();
         self.acs.queue(rpcs);
         self.agent
             .ctl(serde_json::json!({"op": "inform", "event": "6 CONNECTION REQUEST"}));
-        self.next_session()
+        for _ in 0..10 {
+            let s = self.next_session();
+            if !want || !s.received.is_empty() {
+                return s;
+            }
+        }
+        panic!("no session served the requests: {}", self.agent.log_text());
     }
 
     /// Sends a ChangeDUState and returns the results of the DUStateChangeComplete that
@@ -130,7 +150,18 @@ impl Rig {
             "{:?}",
             s.received
         );
-        let done = self.next_session();
+        // The DUStateChangeComplete's session (after any value-change sessions).
+        let mut done = self.next_session();
+        for _ in 0..10 {
+            if done
+                .received
+                .iter()
+                .any(|m| matches!(m, CpeMessage::DUStateChangeComplete(_)))
+            {
+                break;
+            }
+            done = self.next_session();
+        }
         let ev = events_with_keys(&done);
         assert!(
             ev.contains(&("11 DU STATE CHANGE COMPLETE".into(), String::new())),
@@ -415,4 +446,176 @@ fn kill9_during_an_install_is_reported_once_after_the_restart() {
         again.received
     );
     assert!(!events(&again).contains(&"11 DU STATE CHANGE COMPLETE".to_string()));
+}
+
+/// The pid a running unit wrote into its data directory, once it is alive.
+fn unit_pid(data: &Path, version: &str) -> Option<i32> {
+    let t = std::fs::read_to_string(data.join("pid")).ok()?;
+    let (v, pid) = t.trim().split_once(' ')?;
+    let pid: i32 = pid.parse().ok()?;
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    (v == version && alive).then_some(pid)
+}
+
+/// Whether a process is gone: no longer there, or a zombie nobody reaped yet (an orphan's
+/// new parent may not reap at once).
+fn gone(pid: i32) -> bool {
+    wait_until(WAIT, || {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(st) => st
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    })
+}
+
+/// Execution units run under the run contract: autostart after install, RequestedState stops
+/// and starts them, an update stops the old program and starts the new one (the data
+/// directory kept), an uninstall stops it for good.
+#[test]
+fn execution_units_start_stop_and_follow_updates() {
+    let d = TempDir::new("swmod-eu");
+    let acs = spawn_in_thread(AcsOptions::default());
+    let prog = |v: &str| {
+        format!(
+            "#!/bin/sh\necho \"{v} $$\" > \"$CWMPD_DATA_DIR/pid\"\necho \"$CWMPD_EU_NAME $CWMPD_DU_UUID $(pwd)\" > \"$CWMPD_DATA_DIR/env\"\nexec sleep 600\n"
+        )
+    };
+    let v1 = serve(
+        &acs,
+        "/apps/w1.tgz",
+        archive_with(d.path(), "1.0", false, &prog("1.0"), true),
+    );
+    let v2 = serve(
+        &acs,
+        "/apps/w2.tgz",
+        archive_with(d.path(), "2.0", false, &prog("2.0"), true),
+    );
+    let cfg = write_config(
+        d.path(),
+        &format!(
+            "[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
+            acs.url()
+        ),
+    );
+    let agent = Agent::start(&cfg);
+    let mut r = Rig {
+        acs,
+        agent,
+        seen: 0,
+    };
+    r.next_session();
+    let res = r.change("i", vec![install(&v1, UUID, "")]);
+    assert_eq!(res[0].fault.code, 0, "{res:?}");
+    let data = d.path().join(format!("state/apps/du/{UUID}/data"));
+    let mut pid = 0;
+    assert!(
+        wait_until(WAIT, || unit_pid(&data, "1.0").map(|p| pid = p).is_some()),
+        "autostart: {}",
+        r.agent.log_text()
+    );
+    let env = std::fs::read_to_string(data.join("env")).unwrap();
+    assert!(env.starts_with(&format!("weather {UUID} ")), "{env}");
+    assert!(env.trim_end().ends_with("/files"), "{env}");
+    let eu = format!("{SM}ExecutionUnit.1.");
+    let v = r.read(&[&eu, &format!("{SM}ExecEnv.1.ActiveExecutionUnits")]);
+    assert_eq!(v[&format!("{eu}Status")], "Active");
+    assert_eq!(v[&format!("{eu}ExecutionFaultCode")], "NoFault");
+    assert_eq!(v[&format!("{eu}RequestedState")], "");
+    assert_eq!(
+        v[&format!("{SM}ExecEnv.1.ActiveExecutionUnits")],
+        format!("{SM}ExecutionUnit.1")
+    );
+
+    // RequestedState = Idle stops it (reads back empty); Active starts it again.
+    let set = |state: &str| AcsRequest::SetParameterValues {
+        list: vec![cwmpd::cwmp::soap::ParamValue {
+            name: format!("{eu}RequestedState"),
+            value: state.into(),
+            xsi_type: None,
+        }],
+        parameter_key: String::new(),
+    };
+    let s = r.session(vec![set("Idle")]);
+    assert!(
+        matches!(
+            s.received.first(),
+            Some(CpeMessage::SetParameterValuesResponse { .. })
+        ),
+        "{:?}",
+        s.received
+    );
+    assert!(gone(pid), "stopped");
+    let v = r.read(&[&eu]);
+    assert_eq!(v[&format!("{eu}Status")], "Idle");
+    assert_eq!(v[&format!("{eu}RequestedState")], "");
+    let _ = std::fs::remove_file(data.join("pid"));
+    r.session(vec![set("Active")]);
+    assert!(wait_until(WAIT, || unit_pid(&data, "1.0")
+        .map(|p| pid = p)
+        .is_some()));
+    // Another parameter of the row stays the device's.
+    let s = r.session(vec![AcsRequest::SetParameterValues {
+        list: vec![cwmpd::cwmp::soap::ParamValue {
+            name: format!("{eu}AutoStart"),
+            value: "false".into(),
+            xsi_type: None,
+        }],
+        parameter_key: String::new(),
+    }]);
+    assert!(
+        s.received
+            .iter()
+            .any(|m| matches!(m, CpeMessage::Fault(f) if f.set_parameter_values_faults.iter().any(|p| p.code == 9008))),
+        "{:?}",
+        s.received
+    );
+
+    // Update: the old program is stopped, the new one started, the data directory kept.
+    let old = pid;
+    let res = r.change(
+        "u",
+        vec![DuOperation::Update {
+            uuid: UUID.into(),
+            version: String::new(),
+            url: v2,
+            username: String::new(),
+            password: String::new(),
+        }],
+    );
+    assert_eq!((res[0].fault.code, res[0].version.as_str()), (0, "2.0"));
+    assert!(gone(old), "the old version stopped");
+    assert!(wait_until(WAIT, || unit_pid(&data, "2.0")
+        .map(|p| pid = p)
+        .is_some()));
+    assert!(data.join("env").exists(), "data directory kept");
+
+    // A power cut of the agent takes the unit with it; the restarted agent starts it again.
+    r.agent.kill9();
+    assert!(gone(pid), "the unit died with the agent");
+    r.agent = Agent::start(&cfg);
+    let _ = std::fs::remove_file(data.join("pid"));
+    assert!(wait_until(WAIT, || unit_pid(&data, "2.0")
+        .map(|p| pid = p)
+        .is_some()));
+    r.next_session();
+
+    // Uninstall: stopped and removed.
+    let res = r.change(
+        "x",
+        vec![DuOperation::Uninstall {
+            uuid: UUID.into(),
+            version: String::new(),
+            execution_env_ref: String::new(),
+        }],
+    );
+    assert_eq!(
+        (res[0].current_state, res[0].fault.code),
+        (DuState::Uninstalled, 0)
+    );
+    assert!(gone(pid));
+    assert!(!data.exists());
+    let v = r.read(&[&format!("{SM}ExecEnv.1.ActiveExecutionUnits")]);
+    assert_eq!(v[&format!("{SM}ExecEnv.1.ActiveExecutionUnits")], "");
 }

@@ -12,8 +12,8 @@
 //! ExecutionEnvRef, 9026/9028/9032 from the backend, download faults) are that operation's
 //! result; the others still run.
 //!
-//! Not yet: execution units are not started (ExecutionUnit Status stays Idle and
-//! RequestedState is not acted on), no dpkg/opkg backend, no AutonomousDUStateChangeComplete.
+//! Execution units (their processes): `du_units`. Not yet: a dpkg/opkg backend,
+//! AutonomousDUStateChangeComplete.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,11 +106,13 @@ struct Persisted {
 /// The engine's software-module state.
 #[derive(Default)]
 pub(crate) struct SoftwareModules {
-    backend: Option<Arc<DirBackend>>,
+    pub(crate) backend: Option<Arc<DirBackend>>,
     jobs: Vec<Job>,
     next_id: u64,
     /// (job id, operation index) running now.
     running: Option<(u64, usize)>,
+    /// Execution units' processes.
+    pub(crate) units: super::du_units::Units,
 }
 
 /// A DUStateChangeComplete fault code: the codes `cwmp-1-2.xsd` allows in a result.
@@ -292,6 +294,10 @@ impl Engine {
             self.save_du();
         }
         self.du_sync();
+        for du in backend.list() {
+            self.eu_autostart(&du);
+        }
+        self.du_sync();
         self.du_events();
     }
 
@@ -354,6 +360,22 @@ impl Engine {
             .find(|j| j.id == job_id)
             .expect("found above");
         let op = &mut j.ops[i];
+        // Update names the unit by UUID or, without one, by the URL it came from.
+        if op.kind == "Update" && op.uuid.is_empty() {
+            if let Some(d) = backend.list().into_iter().find(|d| d.url == op.url) {
+                op.uuid = d.uuid;
+            } else {
+                op.result = Some(failed(
+                    op,
+                    DuState::Uninstalled,
+                    9028,
+                    format!("no deployment unit from {:?}", op.url),
+                ));
+                self.save_du();
+                self.du_events();
+                return self.du_tick();
+            }
+        }
         // Checks that need no IO: the result is known at once.
         let uuid_ok = op.uuid.is_empty() || is_du_uuid(&op.uuid);
         let env_ok = op.env_ref.is_empty()
@@ -376,6 +398,25 @@ impl Engine {
             self.du_events();
             return self.du_tick();
         }
+        // An update or uninstall stops the unit's processes first (the run contract).
+        if op.kind != "Install" {
+            let uuid = op.uuid.clone();
+            let running = self.eu_running_of(&uuid);
+            if !running.is_empty() {
+                for k in running {
+                    self.eu_stop(&k);
+                }
+                self.du_sync();
+                return;
+            }
+        }
+        let j = self
+            .du
+            .jobs
+            .iter_mut()
+            .find(|j| j.id == job_id)
+            .expect("found above");
+        let op = &mut j.ops[i];
         op.start_time = format_datetime(now_unix());
         op.before = backend.get(&op.uuid).map(|d| d.version).unwrap_or_default();
         let op = op.clone();
@@ -438,8 +479,18 @@ impl Engine {
                 failed(op, state, code, text)
             }
         });
+        let started = match &j.ops[index].result {
+            Some(r) if r.code == 0 && r.state == DuState::Installed.as_str() => {
+                backend.as_ref().and_then(|b| b.get(&r.uuid))
+            }
+            _ => None,
+        };
         self.save_du();
         self.du_sync();
+        if let Some(du) = started {
+            self.eu_autostart(&du);
+            self.du_sync();
+        }
         self.du_events();
         self.du_tick();
     }
@@ -592,24 +643,30 @@ impl Engine {
                 ("Type", t("Linux process")),
                 ("Vendor", t("cwmpd")),
                 ("Version", t(env!("CARGO_PKG_VERSION"))),
-                ("ActiveExecutionUnits", t("")),
             ],
             children: Vec::new(),
         };
         let mut eus = Vec::new();
         let mut du_rows = Vec::new();
+        let mut active = Vec::new();
         for d in &dus {
             let mut refs = Vec::new();
             for u in &d.units {
-                let key = format!("{}/{}", d.uuid, u.name);
+                let key = super::du_units::unit_key(&d.uuid, &u.name);
                 refs.push((EU_TABLE, key.clone()));
+                let (status, fault, msg) = self.du.units.status(&key);
+                if status != "Idle" {
+                    active.push((EU_TABLE, key.clone()));
+                }
                 eus.push(MRow {
                     key,
                     values: vec![
                         ("EUID", t(&format!("{}-{}", &d.uuid[..8], u.name))),
                         ("Name", t(&u.name)),
                         ("ExecEnvLabel", t(&u.name)),
-                        ("Status", t("Idle")),
+                        ("Status", t(status)),
+                        ("ExecutionFaultCode", t(fault)),
+                        ("ExecutionFaultMessage", t(&msg)),
                         ("AutoStart", t(if u.autostart { "true" } else { "false" })),
                         ("Vendor", t(&d.vendor)),
                         ("Version", t(&d.version)),
@@ -649,6 +706,9 @@ impl Engine {
                 children: Vec::new(),
             });
         }
+        let mut ee = ee;
+        ee.values
+            .push(("ActiveExecutionUnits", MVal::RefList(active)));
         let m = Mirror {
             tables: vec![
                 MTable {
@@ -687,15 +747,6 @@ async fn run_op(
     index: usize,
 ) -> Result<DuInfo, (u32, String)> {
     let de = |e: DuError| (e.code(), e.text().to_string());
-    let mut op = op.clone();
-    if op.kind == "Update" && op.uuid.is_empty() {
-        // Update names the unit by UUID or, without one, by the URL it came from.
-        match backend.list().into_iter().find(|d| d.url == op.url) {
-            Some(d) => op.uuid = d.uuid,
-            None => return Err((9028, format!("no deployment unit from {:?}", op.url))),
-        }
-    }
-    let op = &op;
     let archive = if op.kind == "Uninstall" {
         None
     } else {

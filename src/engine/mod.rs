@@ -6,6 +6,7 @@
 
 pub(crate) mod diag;
 pub(crate) mod du;
+pub(crate) mod du_units;
 pub mod rpc;
 pub mod session;
 pub(crate) mod system;
@@ -116,6 +117,8 @@ pub enum Done {
     },
     /// A configured hook command ended.
     Hook { what: &'static str, ok: bool },
+    /// An execution unit's process ended (`requested`: the agent stopped it).
+    EuExit { key: String, requested: bool },
     /// A software-module operation ended.
     DuOp {
         job: u64,
@@ -606,6 +609,7 @@ impl Engine {
                 outcome,
             } => self.diag_done(kind, generation, outcome),
             Done::DuOp { job, index, result } => self.du_done(job, index, *result),
+            Done::EuExit { key, requested } => self.eu_exit(key, requested),
             Done::Hook { what, ok } => {
                 if !ok {
                     tracing::warn!("{what} command failed");
@@ -955,6 +959,7 @@ impl Engine {
         if origin == Origin::Acs {
             self.system_after_set(list);
             self.diag_after_set(list);
+            self.du_after_set(list);
         }
         Ok(changed)
     }

@@ -184,9 +184,10 @@ impl Engine {
             ));
         }
         if self.store.source(name) == Some(Source::System) {
-            let allowed = self.cfg.system.interface_writes
+            let allowed = (self.cfg.system.interface_writes
                 && name.starts_with("Device.IP.Interface.")
-                && (name.ends_with(".Enable") || name.ends_with(".MaxMTUSize"));
+                && (name.ends_with(".Enable") || name.ends_with(".MaxMTUSize")))
+                || Engine::du_writable(name);
             if !allowed {
                 return Some(Fault::new(
                     9008,

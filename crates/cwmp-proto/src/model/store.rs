@@ -722,6 +722,24 @@ impl Store {
         Ok(self.write_value(path, v, origin))
     }
 
+    /// Empties a command parameter after it was acted on (BBF `command="true"`, e.g.
+    /// `ExecutionUnit.{i}.RequestedState`): it reads back empty whatever its syntax allows,
+    /// and the emptying is no change to notify.
+    pub fn clear_command(&mut self, path: &str) -> bool {
+        let Some(node) = self.params.get_mut(path) else {
+            return false;
+        };
+        if node.value.is_empty() {
+            return false;
+        }
+        node.value.clear();
+        let def = node.def;
+        if self.persisted(def) {
+            self.dirty = true;
+        }
+        true
+    }
+
     /// Stores a value; records a notification when it changed and the origin is not the ACS.
     fn write_value(&mut self, path: &str, value: String, origin: Origin) -> bool {
         let Some(node) = self.params.get_mut(path) else {
