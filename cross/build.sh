@@ -10,7 +10,7 @@
 # Env: CARGO_TARGET_DIR (default ./target), CROSS_PROFILE (default release-z),
 #      CROSS_STD_FEATURES (std features, default optimize_for_size; see below),
 #      CROSS_RUSTFLAGS (extra rustc flags for the target, whitespace-separated),
-#      CROSS_FEATURE_SET: all (default) | no-diag | http+stun+upnp | http+stun | http — the agent alone
+#      CROSS_FEATURE_SET: all (default) | no-diag | cr-only | http+stun+upnp | http+stun | http — the agent alone
 #      with only those connection-request mechanisms, into dist/TARGET/<set>/ (for the
 #      footprint figures: `cwmpd-bench footprint`); stb: the emulated STB's middleware
 #      stand-in (crates/stb-middleware) into dist/TARGET/stb/, for cross/stb-image.sh.
@@ -28,13 +28,15 @@ case "$SET" in
   all) pkgs=(-p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq) bins=(cwmpd cwmp-connreq) ;;
   # The agent alone: built with cwmp-connreq, cargo would unify in the xmpp feature it needs.
   # Every connection-request mechanism, without the TR-143 diagnostics runners.
-  no-diag) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features xmpp,stun,upnp) bins=(cwmpd) ;;
+  no-diag) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features xmpp,stun,upnp,software-modules) bins=(cwmpd) ;;
+  # Every connection-request mechanism, neither diagnostics nor software modules.
+  cr-only) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features xmpp,stun,upnp) bins=(cwmpd) ;;
   http+stun+upnp) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun,upnp) bins=(cwmpd) ;;
   http+stun) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun) bins=(cwmpd) ;;
   http) pkgs=(-p cwmpd --bin cwmpd --no-default-features) bins=(cwmpd) ;;
   # The emulated set-top box's middleware stand-in (cross/stb-image.sh), not a product binary.
   stb) pkgs=(-p stb-middleware --bin stb-middleware) bins=(stb-middleware) ;;
-  *) echo "cross: unknown CROSS_FEATURE_SET '$SET' (all no-diag http+stun+upnp http+stun http stb)" >&2; exit 1 ;;
+  *) echo "cross: unknown CROSS_FEATURE_SET '$SET' (all no-diag cr-only http+stun+upnp http+stun http stb)" >&2; exit 1 ;;
 esac
 TD=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$TD"

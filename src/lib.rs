@@ -19,6 +19,7 @@ pub mod logging;
 pub mod model;
 pub mod net;
 pub mod provider;
+#[cfg(feature = "software-modules")]
 pub mod swmod;
 pub mod system;
 pub mod util;

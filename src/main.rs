@@ -409,5 +409,8 @@ fn built_features() -> String {
     if cfg!(feature = "diagnostics") {
         v.push("diagnostics");
     }
+    if cfg!(feature = "software-modules") {
+        v.push("software-modules");
+    }
     v.join(" ")
 }

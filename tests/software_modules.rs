@@ -3,6 +3,8 @@
 //! the DUStateChangeComplete results with their faults, `Device.SoftwareModules.` read back,
 //! and every CPE message schema-validated.
 
+#![cfg(feature = "software-modules")]
+
 mod common;
 
 use std::collections::BTreeMap;

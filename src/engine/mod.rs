@@ -5,7 +5,12 @@
 //! that was acknowledged, before it answers.
 
 pub(crate) mod diag;
+#[cfg(feature = "software-modules")]
 pub(crate) mod du;
+#[cfg(not(feature = "software-modules"))]
+#[path = "du_off.rs"]
+pub(crate) mod du;
+#[cfg(feature = "software-modules")]
 pub(crate) mod du_units;
 pub mod rpc;
 pub mod session;
@@ -118,8 +123,10 @@ pub enum Done {
     /// A configured hook command ended.
     Hook { what: &'static str, ok: bool },
     /// An execution unit's process ended (`requested`: the agent stopped it).
+    #[cfg(feature = "software-modules")]
     EuExit { key: String, requested: bool },
     /// A software-module operation ended.
+    #[cfg(feature = "software-modules")]
     DuOp {
         job: u64,
         index: usize,
@@ -286,6 +293,7 @@ pub struct Engine {
     /// TR-143 diagnostics waiting and running.
     pub(crate) diag: diag::Diagnostics,
     /// Software-module jobs and the backend.
+    #[cfg(feature = "software-modules")]
     pub(crate) du: du::SoftwareModules,
     /// Rate limit of warnings about reading the system.
     sys_warn: crate::util::LogLimit,
@@ -384,6 +392,7 @@ impl Engine {
             resolving: None,
             status_cache: BTreeMap::new(),
             diag: Default::default(),
+            #[cfg(feature = "software-modules")]
             du: Default::default(),
             sys_warn: crate::util::LogLimit::new(Duration::from_secs(60)),
         };
@@ -608,7 +617,9 @@ impl Engine {
                 generation,
                 outcome,
             } => self.diag_done(kind, generation, outcome),
+            #[cfg(feature = "software-modules")]
             Done::DuOp { job, index, result } => self.du_done(job, index, *result),
+            #[cfg(feature = "software-modules")]
             Done::EuExit { key, requested } => self.eu_exit(key, requested),
             Done::Hook { what, ok } => {
                 if !ok {

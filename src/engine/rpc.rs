@@ -272,6 +272,7 @@ impl Engine {
                     methods: METHODS
                         .iter()
                         .filter(|m| env.ns.has_cpe_method(m))
+                        .filter(|m| cfg!(feature = "software-modules") || **m != "ChangeDUState")
                         .map(|m| m.to_string())
                         .collect(),
                 },
