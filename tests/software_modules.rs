@@ -114,6 +114,26 @@ struct Rig {
 }
 
 impl Rig {
+    /// The agent with the test ACS as its ACS (no periodic Informs); the config's path.
+    fn start(dir: &Path, acs: TestAcsHandle) -> (Rig, std::path::PathBuf) {
+        let cfg = write_config(
+            dir,
+            &format!(
+                "[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
+                acs.url()
+            ),
+        );
+        let agent = Agent::start(&cfg);
+        (
+            Rig {
+                acs,
+                agent,
+                seen: 0,
+            },
+            cfg,
+        )
+    }
+
     fn next_session(&mut self) -> SessionRecord {
         self.seen += 1;
         let all = self.acs.wait_sessions(self.seen, WAIT);
@@ -229,19 +249,7 @@ fn install_update_uninstall_with_faults_per_operation() {
     );
     let cut = archive(d.path(), "4.0", false);
     let cut = serve(&acs, "/apps/weather-cut.tgz", cut[..cut.len() / 2].to_vec());
-    let cfg = write_config(
-        d.path(),
-        &format!(
-            "[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
-            acs.url()
-        ),
-    );
-    let agent = Agent::start(&cfg);
-    let mut r = Rig {
-        acs,
-        agent,
-        seen: 0,
-    };
+    let (mut r, cfg) = Rig::start(d.path(), acs);
     let boot = r.next_session();
     assert!(events(&boot).contains(&"1 BOOT".to_string()));
 
@@ -394,19 +402,7 @@ fn kill9_during_an_install_is_reported_once_after_the_restart() {
             let _ = tx.send(());
         }
     });
-    let cfg = write_config(
-        d.path(),
-        &format!(
-            "[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
-            acs.url()
-        ),
-    );
-    let agent = Agent::start(&cfg);
-    let mut r = Rig {
-        acs,
-        agent,
-        seen: 0,
-    };
+    let (mut r, cfg) = Rig::start(d.path(), acs);
     r.next_session();
     let s = r.session(vec![change("slow", vec![install(&url, UUID, "")])]);
     assert!(matches!(
@@ -494,19 +490,7 @@ fn execution_units_start_stop_and_follow_updates() {
         "/apps/w2.tgz",
         archive_with(d.path(), "2.0", false, &prog("2.0"), true),
     );
-    let cfg = write_config(
-        d.path(),
-        &format!(
-            "[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
-            acs.url()
-        ),
-    );
-    let agent = Agent::start(&cfg);
-    let mut r = Rig {
-        acs,
-        agent,
-        seen: 0,
-    };
+    let (mut r, cfg) = Rig::start(d.path(), acs);
     r.next_session();
     let res = r.change("i", vec![install(&v1, UUID, "")]);
     assert_eq!(res[0].fault.code, 0, "{res:?}");
