@@ -533,8 +533,15 @@ fn execution_units_start_stop_and_follow_updates() {
         s.received
     );
     assert!(gone(pid), "stopped");
+    // The agent reaps the process and then says Idle (read locally: no session needed).
+    let status = format!("{eu}Status");
+    assert!(
+        wait_until(WAIT, || r.agent.get(&status) == "Idle"),
+        "{}",
+        r.agent.get(&status)
+    );
     let v = r.read(&[&eu]);
-    assert_eq!(v[&format!("{eu}Status")], "Idle");
+    assert_eq!(v[&status], "Idle");
     assert_eq!(v[&format!("{eu}RequestedState")], "");
     let _ = std::fs::remove_file(data.join("pid"));
     r.session(vec![set("Active")]);
@@ -580,8 +587,9 @@ fn execution_units_start_stop_and_follow_updates() {
     // A power cut of the agent takes the unit with it; the restarted agent starts it again.
     r.agent.kill9();
     assert!(gone(pid), "the unit died with the agent");
-    r.agent = Agent::start(&cfg);
+    // Before the restart: the restarted agent may start the unit before start() returns.
     let _ = std::fs::remove_file(data.join("pid"));
+    r.agent = Agent::start(&cfg);
     assert!(wait_until(WAIT, || unit_pid(&data, "2.0")
         .map(|p| pid = p)
         .is_some()));
