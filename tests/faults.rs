@@ -281,6 +281,12 @@ fn power_acs(ledger: Arc<Mutex<Ledger>>) -> RawAcs {
                     "Inform {i} repeats an acknowledged BOOTSTRAP: {ev:?}"
                 ));
             }
+            // An InformResponse to a BOOTSTRAP Inform delivers it (the power cut may have come
+            // before the empty POST reached us): an Inform without it after that is the agent
+            // having moved on, so the event counts as acknowledged from here.
+            if l.bootstrap_answered && !has {
+                l.bootstrap_acked = true;
+            }
             l.informs.push(ev);
             l.step = 0;
             // Every third Inform is refused (connection reset): the events must stay queued.
