@@ -295,6 +295,44 @@ impl Default for DiagnosticsSection {
     }
 }
 
+/// TR-181 bulk data collection (`Device.BulkData.`, feature `bulkdata`): the device's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkDataSection {
+    /// Send reports (false: `Device.BulkData.Enable = true` is refused with 9001).
+    pub enable: bool,
+    /// Shortest ReportingInterval accepted, in seconds (`MinReportingInterval`); a shorter one
+    /// is refused with 9007.
+    pub min_reporting_interval: u32,
+    /// Most `Profile.{i}` rows (`MaxNumberOfProfiles`); another AddObject gets 9004.
+    pub max_profiles: u32,
+    /// Most parameters one report carries after the expansion of partial paths and wildcards
+    /// (`MaxNumberOfParameterReferences`); the rest are left out of the report (logged).
+    pub max_parameter_references: u32,
+    /// Most bytes of one report's encoded body (before compression); the parameters that do
+    /// not fit are left out (logged).
+    pub max_report_bytes: usize,
+    /// Most bytes of failed reports kept for a later attempt, all profiles together; the
+    /// oldest are dropped first.
+    pub max_retained_bytes: usize,
+    /// Longest one attempt to deliver a report may take (connect, send, answer), in seconds.
+    pub timeout: u64,
+}
+
+impl Default for BulkDataSection {
+    fn default() -> Self {
+        BulkDataSection {
+            enable: true,
+            min_reporting_interval: 60,
+            max_profiles: 8,
+            max_parameter_references: 4096,
+            max_report_bytes: 256 * 1024,
+            max_retained_bytes: 1024 * 1024,
+            timeout: 30,
+        }
+    }
+}
+
 /// An external provider: one long-lived program serving a subtree (see docs/PROVIDERS.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -325,6 +363,8 @@ struct FileLayout {
     #[serde(default)]
     software: SoftwareSection,
     #[serde(default)]
+    bulkdata: BulkDataSection,
+    #[serde(default)]
     provider: Vec<ProviderSection>,
     #[serde(default)]
     parameters: BTreeMap<String, toml::Value>,
@@ -342,6 +382,7 @@ pub struct Config {
     pub system: SystemSection,
     pub diagnostics: DiagnosticsSection,
     pub software: SoftwareSection,
+    pub bulkdata: BulkDataSection,
     pub providers: Vec<ProviderSection>,
     /// Factory values by concrete path, in file order.
     pub parameters: Vec<(String, String)>,
@@ -515,6 +556,7 @@ impl Config {
             system,
             diagnostics,
             software,
+            bulkdata: raw.bulkdata,
             providers: raw.provider,
             parameters,
             param_src,

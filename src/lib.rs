@@ -5,6 +5,8 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod agent;
+#[cfg(feature = "bulkdata")]
+pub mod bulkdata;
 pub mod command;
 pub mod config;
 pub mod connreq;

@@ -4,6 +4,11 @@
 //! talks to it through [`Command`]s on one channel. The engine persists after every change
 //! that was acknowledged, before it answers.
 
+#[cfg(feature = "bulkdata")]
+pub mod bulkdata;
+#[cfg(not(feature = "bulkdata"))]
+#[path = "bulkdata_off.rs"]
+pub(crate) mod bulkdata;
 pub(crate) mod diag;
 #[cfg(feature = "software-modules")]
 pub(crate) mod du;
@@ -122,6 +127,9 @@ pub enum Done {
     },
     /// A configured hook command ended.
     Hook { what: &'static str, ok: bool },
+    /// A bulk-data fetch or report delivery ended.
+    #[cfg(feature = "bulkdata")]
+    Bulk(bulkdata::BulkDone),
     /// An execution unit's process ended (`requested`: the agent stopped it).
     #[cfg(feature = "software-modules")]
     EuExit { key: String, requested: bool },
@@ -228,6 +236,14 @@ pub(crate) async fn fetch(reads: Vec<(Provider, Vec<String>)>) -> Fetched {
     out
 }
 
+/// Sleeps until `t` (never, when there is none).
+async fn sleep_opt(t: Option<std::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Awaits the next message of an optional channel (never, when there is none).
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx.as_mut() {
@@ -297,6 +313,9 @@ pub struct Engine {
     pub(crate) du: du::SoftwareModules,
     /// Rate limit of warnings about reading the system.
     sys_warn: crate::util::LogLimit,
+    /// TR-181 bulk data collection profiles.
+    #[cfg_attr(not(feature = "bulkdata"), allow(dead_code))]
+    pub(crate) bulk: bulkdata::BulkData,
 }
 
 const MS_ENABLE: &str = "Device.ManagementServer.EnableCWMP";
@@ -395,9 +414,11 @@ impl Engine {
             #[cfg(feature = "software-modules")]
             du: Default::default(),
             sys_warn: crate::util::LogLimit::new(Duration::from_secs(60)),
+            bulk: Default::default(),
         };
         e.system_init();
         e.diag_init();
+        e.bulk_init();
         e.publish_settings();
         e.refresh_cr();
         if created {
@@ -626,6 +647,8 @@ impl Engine {
                     tracing::warn!("{what} command failed");
                 }
             }
+            #[cfg(feature = "bulkdata")]
+            Done::Bulk(d) => self.bulk_done(d),
         }
     }
 
@@ -724,12 +747,17 @@ impl Engine {
         tokio::pin!(fut);
         loop {
             let open = !self.shutdown_requested;
+            let bulk_wake = self.bulk_next_wakeup();
             let ev = tokio::select! {
                 biased;
                 r = &mut fut => return r,
                 c = recv_opt(&mut self.rx), if open => Ev::Cmd(c),
                 n = recv_opt(&mut self.notify_rx) => Ev::Notify(n),
                 Some(d) = self.tasks.next(), if !self.tasks.is_empty() => Ev::Done(d),
+                _ = sleep_opt(bulk_wake) => {
+                    self.bulk_tick(std::time::Instant::now());
+                    continue;
+                }
             };
             match ev {
                 Ev::Cmd(Some(c)) => {
@@ -775,6 +803,7 @@ impl Engine {
             model: self.store.snapshot(),
             agent: self.agent_state.clone(),
         };
+        self.bulk_changed();
         match self.state_file.save(&st) {
             Ok(()) => {
                 self.store.mark_clean();
@@ -901,6 +930,7 @@ impl Engine {
                 .store
                 .check_set(n, v, t.as_deref(), origin)
                 .err()
+                .or_else(|| self.bulk_write_refused(n, v))
                 .or_else(|| {
                     if origin != Origin::Acs {
                         return None;
@@ -986,6 +1016,12 @@ impl Engine {
     }
 
     pub(crate) fn add_commit(&mut self, table: &str, n: u32) -> Result<u32, Fault> {
+        if let Some(f) = self.bulk_add_refused(table) {
+            let _ = self
+                .store
+                .delete_object(&format!("{table}{n}."), Origin::Internal);
+            return Err(f);
+        }
         if let Err(e) = self.persist() {
             // Not durable: undo, so the state matches what the ACS is told (a fault).
             let _ = self
@@ -1361,6 +1397,7 @@ impl Engine {
                 "sessions_failed": self.cwmp.sched.sessions_failed,
                 "retry_count": self.cwmp.sched.retry_count,
                 "pending_events": self.cwmp.sched.queue.events.iter().map(|e| e.code.to_string()).collect::<Vec<_>>(),
+                "bulkdata": self.bulk_status(),
             }),
             "" => json!({"ok": false, "error": "request needs an \"op\""}),
             other => json!({"ok": false, "error": format!("unknown op {other:?}")}),
@@ -1423,12 +1460,8 @@ impl Engine {
                 self.after_change(std::time::Instant::now());
                 continue;
             }
-            let sleep = async {
-                match wake {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = sleep_opt(wake);
+            let bulk_wake = self.bulk_next_wakeup();
             tokio::select! {
                 biased;
                 cmd = recv_opt(&mut self.rx) => match cmd {
@@ -1462,6 +1495,7 @@ impl Engine {
                 _ = async { match watcher.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
                     self.system_changed();
                 }
+                _ = sleep_opt(bulk_wake) => self.bulk_tick(std::time::Instant::now()),
                 _ = sleep => self.cwmp_tick(std::time::Instant::now()).await,
             }
             if self.shutdown_requested {

@@ -290,6 +290,7 @@ impl Engine {
         self.arm_schedule_reboot();
         self.refresh_cr();
         self.publish_settings();
+        self.bulk_after_change(now);
     }
 
     /// Persists the events that survive a restart. Nothing is written when they did not change

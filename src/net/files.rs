@@ -131,6 +131,7 @@ async fn send(
     t: &Target,
     body: Bytes,
     code: u32,
+    extra: &[(header::HeaderName, String)],
 ) -> Result<hyper::Response<hyper::body::Incoming>, Fail> {
     let mut url = Url::parse(&t.url).map_err(|e| Fail::new(9013, e.to_string()))?;
     let mut tls = None;
@@ -169,10 +170,14 @@ async fn send(
                 header::USER_AGENT,
                 concat!("cwmpd/", env!("CARGO_PKG_VERSION")),
             );
-        if method == Method::PUT {
-            b = b
-                .header(header::CONTENT_LENGTH, body.len())
-                .header(header::CONTENT_TYPE, "application/octet-stream");
+        if method == Method::PUT || method == Method::POST {
+            b = b.header(header::CONTENT_LENGTH, body.len());
+            if !extra.iter().any(|(n, _)| *n == header::CONTENT_TYPE) {
+                b = b.header(header::CONTENT_TYPE, "application/octet-stream");
+            }
+        }
+        for (n, v) in extra {
+            b = b.header(n, v.as_str());
         }
         if let Some(a) = authorization {
             b = b.header(header::AUTHORIZATION, a);
@@ -245,7 +250,7 @@ pub async fn download(t: &Target, dest: &Path, max: u64, file_size: u64) -> Resu
 }
 
 async fn download_inner(t: &Target, dest: &Path, max: u64, file_size: u64) -> Result<u64, Fail> {
-    let resp = send(Method::GET, t, Bytes::new(), 9010).await?;
+    let resp = send(Method::GET, t, Bytes::new(), 9010, &[]).await?;
     let status = resp.status().as_u16();
     match status {
         200 => {}
@@ -376,7 +381,7 @@ async fn download_inner(t: &Target, dest: &Path, max: u64, file_size: u64) -> Re
 
 /// PUTs `data` to `t.url`; any 2xx answer is success.
 pub async fn upload(t: &Target, data: Bytes) -> Result<(), Fail> {
-    let resp = send(Method::PUT, t, data, 9011).await?;
+    let resp = send(Method::PUT, t, data, 9011, &[]).await?;
     let status = resp.status().as_u16();
     // Drain the answer so the server sees a clean exchange.
     let _ = tokio::time::timeout(t.idle_timeout, resp.into_body().collect()).await;
@@ -384,4 +389,32 @@ pub async fn upload(t: &Target, data: Bytes) -> Result<(), Fail> {
         200..=299 => Ok(()),
         _ => Err(Fail::new(9011, format!("file server answered {status}"))),
     }
+}
+
+/// Sends one bulk-data report (TR-069 Annex N): `method` (POST or PUT) with `body` and the
+/// extra `headers`, following redirects and answering one Basic or Digest challenge. Returns
+/// the final status code; at most `max_answer` bytes of the answer are read (the rest is
+/// dropped with the connection). The caller bounds the whole attempt in time.
+pub async fn send_report(
+    t: &Target,
+    method: Method,
+    headers: &[(header::HeaderName, String)],
+    body: Bytes,
+    max_answer: usize,
+) -> Result<u16, Fail> {
+    let resp = send(method, t, body, 9010, headers).await?;
+    let status = resp.status().as_u16();
+    let mut b = resp.into_body();
+    let mut read = 0usize;
+    while read <= max_answer {
+        match tokio::time::timeout(t.idle_timeout, b.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    read += d.len();
+                }
+            }
+            _ => break,
+        }
+    }
+    Ok(status)
 }
