@@ -14,7 +14,13 @@ use super::Engine;
 pub(crate) struct BulkData;
 
 impl Engine {
-    pub(crate) fn bulk_init(&mut self) {}
+    pub(crate) fn bulk_init(&mut self) {
+        if self.store.secret("Device.BulkData.Enable") == Some("true") {
+            tracing::warn!(
+                "Device.BulkData.Enable is true but this build has no bulk data collection"
+            );
+        }
+    }
 
     pub(crate) fn bulk_changed(&mut self) {}
 
