@@ -713,7 +713,7 @@ fn bad_input_is_refused() {
         assert_eq!(a.get("Device.BulkData.MaxNumberOfProfiles"), "2");
     } else {
         let v = a.set(&format!("{p}Enable"), "true");
-        assert_eq!(v["fault"]["code"], 9001, "{v}");
+        assert_eq!(v["faults"][0]["code"], 9001, "{v}");
         assert_eq!(a.get("Device.BulkData.Status"), "Disabled");
     }
     a.stop();
