@@ -97,7 +97,11 @@ pub struct DpkgBackend {
     admin: PathBuf,
     store: PathBuf,
     timeout: Duration,
+    /// What the backend installed, as `units.json` says: locked only briefly (the engine's
+    /// thread reads it), never while dpkg runs.
     state: Mutex<Records>,
+    /// Held by an operation for its whole length (dpkg runs included).
+    op: Mutex<()>,
 }
 
 impl std::fmt::Debug for DpkgBackend {
@@ -253,6 +257,7 @@ impl DpkgBackend {
             store: store.to_path_buf(),
             timeout,
             state: Mutex::new(records),
+            op: Mutex::new(()),
         })
     }
 
@@ -263,7 +268,7 @@ impl DpkgBackend {
 
     /// Settles an operation a restart cut (see the module documentation). Blocks (runs dpkg).
     pub fn recover(&self) {
-        let mut st = self.lock();
+        let (_op, mut st) = self.begin();
         self.settle(&mut st);
     }
 
@@ -303,7 +308,7 @@ impl DpkgBackend {
         url: &str,
         taken: &dyn Fn(&str) -> bool,
     ) -> Result<DuInfo, DuError> {
-        let mut st = self.lock();
+        let (_op, mut st) = self.begin();
         self.settle(&mut st);
         if st.pending.is_some() {
             return Err(DuError::Internal(
@@ -342,6 +347,7 @@ impl DpkgBackend {
         });
         if let Err(e) = self.save(&st) {
             st.pending = None;
+            *self.lock() = st;
             let _ = fs::remove_file(self.new_deb(&uuid));
             return Err(e);
         }
@@ -364,7 +370,7 @@ impl DpkgBackend {
     /// Updates an installed DU to the package in `deb` (same package, another version);
     /// `url` "" keeps the URL recorded before.
     pub fn update(&self, uuid: &str, deb: &Path, url: &str) -> Result<DuInfo, DuError> {
-        let mut st = self.lock();
+        let (_op, mut st) = self.begin();
         self.settle(&mut st);
         let uuid = manifest::normalize_uuid(uuid)
             .ok_or_else(|| DuError::InvalidUuid(format!("{uuid:?} is not a UUID")))?;
@@ -412,6 +418,7 @@ impl DpkgBackend {
         });
         if let Err(e) = self.save(&st) {
             st.pending = None;
+            *self.lock() = st;
             let _ = fs::remove_file(self.new_deb(&uuid));
             return Err(e);
         }
@@ -433,7 +440,7 @@ impl DpkgBackend {
 
     /// Uninstalls (purges) a DU; `version` "" means whichever is installed.
     pub fn uninstall(&self, uuid: &str, version: &str) -> Result<DuInfo, DuError> {
-        let mut st = self.lock();
+        let (_op, mut st) = self.begin();
         self.settle(&mut st);
         let uuid = manifest::normalize_uuid(uuid)
             .ok_or_else(|| DuError::InvalidUuid(format!("{uuid:?} is not a UUID")))?;
@@ -461,6 +468,7 @@ impl DpkgBackend {
         });
         if let Err(e) = self.save(&st) {
             st.pending = None;
+            *self.lock() = st;
             return Err(e);
         }
         info!(%uuid, package = %old.package, "swmod dpkg: uninstalling");
@@ -483,6 +491,14 @@ impl DpkgBackend {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts an operation: its lock, and a working copy of the records ([`Self::save`]
+    /// publishes it).
+    fn begin(&self) -> (std::sync::MutexGuard<'_, ()>, Records) {
+        let op = self.op.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.lock().clone();
+        (op, st)
     }
 
     fn new_deb(&self, uuid: &str) -> PathBuf {
@@ -802,6 +818,7 @@ impl DpkgBackend {
 
     /// Writes `units.json` atomically (temporary file fsynced, renamed, directory fsynced).
     fn save(&self, st: &Records) -> Result<(), DuError> {
+        *self.lock() = st.clone();
         let json = serde_json::to_vec_pretty(st)
             .map_err(|e| DuError::Internal(format!("encoding {UNITS}: {e}")))?;
         let tmp = self.store.join(format!("{UNITS}.tmp"));
@@ -971,7 +988,7 @@ mod tests {
         }
         assert!(b.list().is_empty());
         assert!(!b.needs_recovery());
-        let mut st = b.lock();
+        let mut st = b.lock().clone();
         st.units.push(Rec {
             uuid: "2a7c6e0e-3f4b-4c3e-9d61-6f1f0a9b7c01".into(),
             package: "p".into(),
@@ -981,7 +998,6 @@ mod tests {
             url: "http://x/p.deb".into(),
         });
         b.save(&st).unwrap();
-        drop(st);
         let b =
             DpkgBackend::open(&d.join("root"), &d.join("store"), Duration::from_secs(5)).unwrap();
         let got = b.get("2A7C6E0E-3F4B-4C3E-9D61-6F1F0A9B7C01").unwrap();
