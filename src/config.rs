@@ -220,7 +220,17 @@ impl Default for SystemSection {
     }
 }
 
-/// Software modules (`Device.SoftwareModules.`, ChangeDUState): the directory backend.
+/// Software modules (`Device.SoftwareModules.`, ChangeDUState): the directory backend
+/// (always `ExecEnv.1`, the default) and, with `dpkg_root`, a dpkg backend (`ExecEnv.2`).
+///
+/// ```toml
+/// [software]
+/// dpkg_root = "/"         # install .deb packages with `dpkg --root=/` (absent: no dpkg ExecEnv)
+/// dpkg_timeout = 600      # seconds one dpkg run may take before it is killed
+/// ```
+///
+/// See `crate::swmod::dpkg` for what the dpkg backend does (admin directory created when
+/// missing, packages it installed remembered in `<state_dir>/dpkg/`, rollback of failures).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SoftwareSection {
@@ -234,6 +244,10 @@ pub struct SoftwareSection {
     /// Ed25519 public keys (64 hex digits each) whose signature (`manifest.sig`) an archive
     /// must carry; empty: archives need only their checksums.
     pub trusted_keys: Vec<String>,
+    /// Root directory for the dpkg backend (`dpkg --root`); absent: no dpkg ExecEnv.
+    pub dpkg_root: Option<PathBuf>,
+    /// Longest one dpkg (or dpkg-deb, dpkg-query) run may take, in seconds.
+    pub dpkg_timeout: u64,
 }
 
 impl Default for SoftwareSection {
@@ -244,6 +258,8 @@ impl Default for SoftwareSection {
             max_bytes: 256 << 20,
             max_entries: 10_000,
             trusted_keys: Vec::new(),
+            dpkg_root: None,
+            dpkg_timeout: 600,
         }
     }
 }
@@ -492,6 +508,13 @@ impl Config {
         }
         let mut software = raw.software;
         software.dir = software.dir.as_ref().map(resolve);
+        software.dpkg_root = software.dpkg_root.as_ref().map(resolve);
+        if software.dpkg_timeout == 0 {
+            return Err(err(
+                key_line(text, "dpkg_timeout"),
+                "dpkg_timeout: must be at least 1 second".to_string(),
+            ));
+        }
         if let Some(bad) = software.trusted_keys.iter().find(|k| hex32(k).is_none()) {
             return Err(err(
                 key_line(text, "trusted_keys"),

@@ -613,3 +613,135 @@ fn execution_units_start_stop_and_follow_updates() {
     let v = r.read(&[&format!("{SM}ExecEnv.1.ActiveExecutionUnits")]);
     assert_eq!(v[&format!("{SM}ExecEnv.1.ActiveExecutionUnits")], "");
 }
+
+const DU_EVENT: &str = "11 DU STATE CHANGE COMPLETE";
+
+fn dsccs(s: &SessionRecord) -> Vec<Vec<DuOpResult>> {
+    s.received
+        .iter()
+        .filter_map(|m| match m {
+            CpeMessage::DUStateChangeComplete(d) => Some(d.results.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sends a ChangeDUState while the ACS refuses every session that would carry its
+/// DUStateChangeComplete.
+fn change_refusing_the_result(r: &mut Rig, key: &str, ops: Vec<DuOperation>) {
+    r.acs
+        .update_options(|o| o.refuse_event = Some(DU_EVENT.into()));
+    let s = r.session(vec![change(key, ops)]);
+    assert!(
+        matches!(s.received.first(), Some(CpeMessage::ChangeDUStateResponse)),
+        "{:?}",
+        s.received
+    );
+}
+
+/// After a kill -9 and a restart (the ACS accepting again): the DUStateChangeCompletes of the
+/// sessions up to the first that carries one (the boot session for an operation settled at
+/// start; a later one for an operation the kill came before, which runs after the restart),
+/// and a check that the next session carries none.
+fn collect_after_restart(r: &mut Rig) -> Vec<Vec<DuOpResult>> {
+    r.seen = r.acs.session_count();
+    let boot = r.next_session();
+    assert!(events(&boot).contains(&"1 BOOT".to_string()));
+    let mut got = dsccs(&boot);
+    for _ in 0..10 {
+        if !got.is_empty() {
+            break;
+        }
+        got = dsccs(&r.next_session());
+    }
+    let again = r.session(vec![]);
+    assert!(dsccs(&again).is_empty(), "{:?}", again.received);
+    assert!(!events(&again).contains(&DU_EVENT.to_string()));
+    got
+}
+
+/// kill -9 after the directory backend committed an install and the agent recorded its
+/// result, before the DUStateChangeComplete reached the ACS (which refuses the session that
+/// would carry it): after the restart exactly one DUStateChangeComplete reports it, and the
+/// unit is there.
+#[test]
+fn kill9_after_the_commit_is_reported_once_with_the_result() {
+    let d = TempDir::new("swmod-commit");
+    let acs = spawn_in_thread(AcsOptions::default());
+    let v1 = serve(&acs, "/apps/w1.tgz", archive(d.path(), "1.0", false));
+    let (mut r, cfg) = Rig::start(d.path(), acs);
+    r.next_session();
+    change_refusing_the_result(&mut r, "c", vec![install(&v1, UUID, "")]);
+    assert!(
+        wait_until(WAIT, || r
+            .acs
+            .sessions()
+            .iter()
+            .any(|s| events(s).contains(&DU_EVENT.to_string()))),
+        "{}",
+        r.agent.log_text()
+    );
+    assert!(d.path().join(format!("state/apps/du/{UUID}")).exists());
+    r.agent.kill9();
+    r.acs.update_options(|o| o.refuse_event = None);
+    r.agent = Agent::start(&cfg);
+    let got = collect_after_restart(&mut r);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        (
+            got[0][0].current_state,
+            got[0][0].fault.code,
+            got[0][0].uuid.as_str()
+        ),
+        (DuState::Installed, 0, UUID)
+    );
+    let v = r.read(&[&format!("{SM}DeploymentUnit.1.UUID")]);
+    assert_eq!(v[&format!("{SM}DeploymentUnit.1.UUID")], UUID);
+}
+
+/// kill -9 at random instants of an install (before it started, download, unpack, commit,
+/// recording the result), in a bounded loop, the ACS refusing the result's session until the
+/// restart: after each restart exactly one DUStateChangeComplete, and it says what the disk
+/// holds (Installed with the unit there, or Failed with nothing).
+#[test]
+fn kill9_at_random_points_of_an_install_reports_what_the_disk_holds() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut x = seed;
+    let mut rnd = move || {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut outcomes = BTreeMap::new();
+    for round in 0..6 {
+        let d = TempDir::new(&format!("swmod-rkill-{round}"));
+        let acs = spawn_in_thread(AcsOptions::default());
+        let v1 = serve(&acs, "/apps/w1.tgz", archive(d.path(), "1.0", false));
+        let (mut r, cfg) = Rig::start(d.path(), acs);
+        r.next_session();
+        change_refusing_the_result(&mut r, "rk", vec![install(&v1, UUID, "")]);
+        let delay = Duration::from_micros(rnd() % 150_000);
+        std::thread::sleep(delay);
+        r.agent.kill9();
+        r.acs.update_options(|o| o.refuse_event = None);
+        r.agent = Agent::start(&cfg);
+        let got = collect_after_restart(&mut r);
+        assert_eq!(got.len(), 1, "round {round} ({delay:?}): {got:#?}");
+        let res = &got[0][0];
+        let there = d.path().join(format!("state/apps/du/{UUID}")).exists();
+        match (res.current_state, res.fault.code) {
+            (DuState::Installed, 0) => assert!(there, "round {round} ({delay:?})"),
+            (DuState::Failed, 9017) => assert!(!there, "round {round} ({delay:?})"),
+            other => panic!("round {round} ({delay:?}): {other:?}"),
+        }
+        *outcomes.entry(res.current_state.as_str()).or_insert(0) += 1;
+    }
+    println!("outcomes {outcomes:?}");
+}

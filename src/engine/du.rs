@@ -12,7 +12,16 @@
 //! ExecutionEnvRef, 9026/9028/9032 from the backend, download faults) are that operation's
 //! result; the others still run.
 //!
-//! Execution units (their processes): `du_units`. Not yet: a dpkg/opkg backend,
+//! Two execution environments: `ExecEnv.1`, the directory backend (`crate::swmod::dir`,
+//! the default), and with `[software] dpkg_root` `ExecEnv.2`, the dpkg backend
+//! (`crate::swmod::dpkg`). An Install goes to the ExecEnv its ExecutionEnvRef names; without
+//! one, a downloaded file that is a Debian package goes to dpkg (when configured) and
+//! anything else to the directory backend. Update and Uninstall go to the ExecEnv that has the
+//! DU's UUID (an Uninstall whose ExecutionEnvRef names another ExecEnv is 9025). A dpkg
+//! operation a restart cut is settled from dpkg's database on the blocking pool before any
+//! job is settled or started.
+//!
+//! Execution units (their processes): `du_units`; dpkg DUs have none. Not yet:
 //! AutonomousDUStateChangeComplete.
 
 use std::path::PathBuf;
@@ -28,6 +37,7 @@ use crate::cwmp::soap::{
 use crate::model::mirror::{MRow, MTable, MVal, Mirror};
 use crate::net::files::{self, Target};
 use crate::swmod::dir::DirBackend;
+use crate::swmod::dpkg::DpkgBackend;
 use crate::swmod::{DuError, DuInfo};
 use crate::util::time::{format_datetime, now_unix};
 
@@ -44,6 +54,8 @@ const EU_TABLE: &str = "Device.SoftwareModules.ExecutionUnit.";
 const EE_TABLE: &str = "Device.SoftwareModules.ExecEnv.";
 /// The directory backend's row in ExecEnv.
 const EE_KEY: &str = "dir";
+/// The dpkg backend's row in ExecEnv.
+const EE_DPKG: &str = "dpkg";
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
@@ -107,6 +119,11 @@ struct Persisted {
 #[derive(Default)]
 pub(crate) struct SoftwareModules {
     pub(crate) backend: Option<Arc<DirBackend>>,
+    /// The dpkg backend, with `[software] dpkg_root`.
+    pub(crate) dpkg: Option<Arc<DpkgBackend>>,
+    /// False while the dpkg backend settles an operation a restart cut: nothing is settled
+    /// or started until it is done.
+    recovering: bool,
     jobs: Vec<Job>,
     next_id: u64,
     /// (job id, operation index) running now.
@@ -202,13 +219,62 @@ fn failed(op: &Op, state: DuState, code: u32, text: impl Into<String>) -> OpResu
 /// What a failed operation leaves: an install that failed created nothing (Failed); an
 /// update or uninstall that failed leaves the unit as it was (Installed, or Uninstalled for a
 /// unit the device does not have).
-fn fail_state(kind: &str, backend: Option<&DirBackend>, uuid: &str) -> DuState {
+fn fail_state(kind: &str, exists: bool) -> DuState {
     if kind == "Install" {
         DuState::Failed
-    } else if backend.is_some_and(|b| b.get(uuid).is_some()) {
+    } else if exists {
         DuState::Installed
     } else {
         DuState::Uninstalled
+    }
+}
+
+/// The backends, as an operation running off the engine's thread sees them.
+#[derive(Clone)]
+struct Backends {
+    dir: Arc<DirBackend>,
+    dpkg: Option<Arc<DpkgBackend>>,
+}
+
+/// Which backend an operation goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Env {
+    Dir,
+    Dpkg,
+}
+
+impl Env {
+    fn key(self) -> &'static str {
+        match self {
+            Env::Dir => EE_KEY,
+            Env::Dpkg => EE_DPKG,
+        }
+    }
+}
+
+impl Backends {
+    /// The DU with this UUID and its backend.
+    fn get(&self, uuid: &str) -> Option<(Env, DuInfo)> {
+        if uuid.is_empty() {
+            return None;
+        }
+        if let Some(d) = self.dir.get(uuid) {
+            return Some((Env::Dir, d));
+        }
+        self.dpkg
+            .as_ref()
+            .and_then(|b| b.get(uuid))
+            .map(|d| (Env::Dpkg, d))
+    }
+
+    /// Every DU with its backend.
+    fn list(&self) -> Vec<(Env, DuInfo)> {
+        let mut out: Vec<(Env, DuInfo)> =
+            self.dir.list().into_iter().map(|d| (Env::Dir, d)).collect();
+        if let Some(b) = &self.dpkg {
+            out.extend(b.list().into_iter().map(|d| (Env::Dpkg, d)));
+        }
+        out
     }
 }
 
@@ -247,6 +313,17 @@ impl Engine {
                 return;
             }
         }
+        if let Some(root) = self.cfg.software.dpkg_root.clone() {
+            let store = self.cfg.agent.state_dir.join("dpkg");
+            let timeout = Duration::from_secs(self.cfg.software.dpkg_timeout);
+            match DpkgBackend::open(&root, &store, timeout) {
+                Ok(b) => self.du.dpkg = Some(Arc::new(b)),
+                Err(e) => tracing::error!(
+                    "software modules: dpkg root {}: {e}; no dpkg execution environment",
+                    root.display()
+                ),
+            }
+        }
         if let Some(v) = self.agent_state.du_jobs.clone() {
             match serde_json::from_value::<Persisted>(v) {
                 Ok(p) => {
@@ -256,7 +333,33 @@ impl Engine {
                 Err(e) => tracing::error!("unreadable software-module jobs dropped: {e}"),
             }
         }
-        let backend = self.du.backend.clone().expect("opened above");
+        if let Some(b) = self.du.dpkg.clone()
+            && b.needs_recovery()
+        {
+            // dpkg runs: on the blocking pool; jobs are settled when it is done.
+            self.du.recovering = true;
+            self.tasks.push(Box::pin(async move {
+                let _ = tokio::task::spawn_blocking(move || b.recover()).await;
+                Done::DpkgRecovered
+            }));
+            self.du_sync();
+            return;
+        }
+        self.du_settle();
+    }
+
+    /// The dpkg backend settled what a restart cut: the jobs can be settled and run.
+    pub(crate) fn dpkg_recovered(&mut self) {
+        self.du.recovering = false;
+        self.du_settle();
+        self.du_tick();
+    }
+
+    /// Settles the operations a restart cut, from what the backends hold.
+    fn du_settle(&mut self) {
+        let Some(backends) = self.backends() else {
+            return;
+        };
         let mut changed = false;
         for job in &mut self.du.jobs {
             for op in &mut job.ops {
@@ -265,19 +368,21 @@ impl Engine {
                 }
                 // Started, no result: the backend tells which side of its commit point the
                 // restart came.
-                let now = backend.get(&op.uuid).or_else(|| {
-                    backend
+                let now = backends.get(&op.uuid).map(|(_, d)| d).or_else(|| {
+                    backends
                         .list()
                         .into_iter()
+                        .map(|(_, d)| d)
                         .find(|d| !op.url.is_empty() && d.url == op.url)
                 });
+                let exists = backends.get(&op.uuid).is_some();
                 op.result = Some(match (op.kind.as_str(), now) {
                     ("Install", Some(d)) => ok(&d, DuState::Installed),
                     ("Update", Some(d)) if d.version != op.before => ok(&d, DuState::Installed),
                     ("Uninstall", None) => failed(op, DuState::Uninstalled, 0, ""),
                     (kind, _) => failed(
                         op,
-                        fail_state(kind, Some(&backend), &op.uuid),
+                        fail_state(kind, exists),
                         9017,
                         "interrupted by a restart before it took effect",
                     ),
@@ -294,7 +399,7 @@ impl Engine {
             self.save_du();
         }
         self.du_sync();
-        for du in backend.list() {
+        for du in backends.dir.list() {
             self.eu_autostart(&du);
         }
         self.du_sync();
@@ -329,12 +434,34 @@ impl Engine {
         Ok(())
     }
 
+    /// The backends (None: software modules are off).
+    fn backends(&self) -> Option<Backends> {
+        Some(Backends {
+            dir: self.du.backend.clone()?,
+            dpkg: self.du.dpkg.clone(),
+        })
+    }
+
+    /// The ExecEnv an ExecutionEnvRef names (None: no such ExecEnv).
+    fn env_of_ref(&self, env_ref: &str) -> Option<Env> {
+        let want = env_ref.trim_end_matches('.');
+        let mut envs = vec![Env::Dir];
+        if self.du.dpkg.is_some() {
+            envs.push(Env::Dpkg);
+        }
+        envs.into_iter().find(|e| {
+            self.store
+                .mirror_row(EE_TABLE, e.key())
+                .is_some_and(|p| p.trim_end_matches('.') == want)
+        })
+    }
+
     /// Starts the next operation when none runs (between sessions).
     pub(crate) fn du_tick(&mut self) {
-        if self.du.running.is_some() {
+        if self.du.running.is_some() || self.du.recovering {
             return;
         }
-        let Some(backend) = self.du.backend.clone() else {
+        let Some(backends) = self.backends() else {
             return;
         };
         let next = self.du.jobs.iter().find_map(|j| {
@@ -346,13 +473,56 @@ impl Engine {
         let Some((job_id, i)) = next else {
             return;
         };
-        let ee_path = self
-            .store
-            .mirror_row(EE_TABLE, EE_KEY)
-            .map(|p| p.trim_end_matches('.').to_string());
         let tls = self.tls_settings();
         let dl_dir = self.du_dir().join("downloads");
         let max_download = self.cfg.actions.max_download;
+        let (kind, env_ref, mut uuid, url) = {
+            let j = self
+                .du
+                .jobs
+                .iter()
+                .find(|j| j.id == job_id)
+                .expect("found above");
+            let op = &j.ops[i];
+            (
+                op.kind.clone(),
+                op.env_ref.clone(),
+                op.uuid.clone(),
+                op.url.clone(),
+            )
+        };
+        // Update names the unit by UUID or, without one, by the URL it came from.
+        let mut early: Option<(u32, String)> = None;
+        if kind == "Update" && uuid.is_empty() {
+            match backends.list().into_iter().find(|(_, d)| d.url == url) {
+                Some((_, d)) => uuid = d.uuid,
+                None => early = Some((9028, format!("no deployment unit from {url:?}"))),
+            }
+        }
+        // Checks that need no IO: the result is known at once.
+        let named_env = if env_ref.is_empty() {
+            None
+        } else {
+            self.env_of_ref(&env_ref)
+        };
+        let du_env = backends.get(&uuid).map(|(e, _)| e);
+        if early.is_none() {
+            early = if !uuid.is_empty() && !is_du_uuid(&uuid) {
+                Some((9022, format!("{uuid:?} is not a UUID")))
+            } else if !env_ref.is_empty() && named_env.is_none() {
+                Some((9023, format!("no execution environment {env_ref}")))
+            } else if kind == "Uninstall"
+                && named_env.is_some()
+                && du_env.is_some()
+                && named_env != du_env
+            {
+                Some((9025, format!("deployment unit {uuid} is not in {env_ref}")))
+            } else if kind == "Install" && !uuid.is_empty() && du_env.is_some() {
+                Some((9026, format!("{uuid} is already installed")))
+            } else {
+                None
+            };
+        }
         let j = self
             .du
             .jobs
@@ -360,47 +530,21 @@ impl Engine {
             .find(|j| j.id == job_id)
             .expect("found above");
         let op = &mut j.ops[i];
-        // Update names the unit by UUID or, without one, by the URL it came from.
-        if op.kind == "Update" && op.uuid.is_empty() {
-            if let Some(d) = backend.list().into_iter().find(|d| d.url == op.url) {
-                op.uuid = d.uuid;
+        op.uuid = uuid.clone();
+        if let Some((code, text)) = early {
+            let exists = du_env.is_some();
+            let state = if code == 9028 && kind == "Update" {
+                DuState::Uninstalled
             } else {
-                op.result = Some(failed(
-                    op,
-                    DuState::Uninstalled,
-                    9028,
-                    format!("no deployment unit from {:?}", op.url),
-                ));
-                self.save_du();
-                self.du_events();
-                return self.du_tick();
-            }
-        }
-        // Checks that need no IO: the result is known at once.
-        let uuid_ok = op.uuid.is_empty() || is_du_uuid(&op.uuid);
-        let env_ok = op.env_ref.is_empty()
-            || ee_path
-                .as_deref()
-                .is_some_and(|p| p == op.env_ref.trim_end_matches('.'));
-        if !uuid_ok || !env_ok {
-            let state = fail_state(&op.kind, Some(&backend), &op.uuid);
-            op.result = Some(if uuid_ok {
-                failed(
-                    op,
-                    state,
-                    9023,
-                    format!("no execution environment {}", op.env_ref),
-                )
-            } else {
-                failed(op, state, 9022, format!("{:?} is not a UUID", op.uuid))
-            });
+                fail_state(&op.kind, exists)
+            };
+            op.result = Some(failed(op, state, code, text));
             self.save_du();
             self.du_events();
             return self.du_tick();
         }
         // An update or uninstall stops the unit's processes first (the run contract).
-        if op.kind != "Install" {
-            let uuid = op.uuid.clone();
+        if kind != "Install" {
             let running = self.eu_running_of(&uuid);
             if !running.is_empty() {
                 for k in running {
@@ -418,7 +562,10 @@ impl Engine {
             .expect("found above");
         let op = &mut j.ops[i];
         op.start_time = format_datetime(now_unix());
-        op.before = backend.get(&op.uuid).map(|d| d.version).unwrap_or_default();
+        op.before = backends
+            .get(&op.uuid)
+            .map(|(_, d)| d.version)
+            .unwrap_or_default();
         let op = op.clone();
         self.du.running = Some((job_id, i));
         self.save_du();
@@ -428,8 +575,10 @@ impl Engine {
             op.uuid,
             op.url
         );
+        // Install: the ExecEnv named, else chosen from the file once downloaded.
+        let env = if kind == "Install" { named_env } else { du_env };
         self.tasks.push(Box::pin(async move {
-            let result = run_op(&backend, &op, tls, &dl_dir, max_download, job_id, i).await;
+            let result = run_op(&backends, env, &op, tls, &dl_dir, max_download, job_id, i).await;
             Done::DuOp {
                 job: job_id,
                 index: i,
@@ -450,6 +599,7 @@ impl Engine {
         }
         self.du.running = None;
         let backend = self.du.backend.clone();
+        let backends = self.backends();
         let Some(j) = self.du.jobs.iter_mut().find(|j| j.id == job) else {
             return;
         };
@@ -475,7 +625,8 @@ impl Engine {
                     op.kind,
                     op.uuid
                 );
-                let state = fail_state(&op.kind, backend.as_deref(), &op.uuid);
+                let exists = backends.as_ref().is_some_and(|b| b.get(&op.uuid).is_some());
+                let state = fail_state(&op.kind, exists);
                 failed(op, state, code, text)
             }
         });
@@ -629,27 +780,27 @@ impl Engine {
     /// DeploymentUnit row per installed unit (by UUID), one ExecutionUnit row per unit's
     /// process (by UUID/name).
     pub(crate) fn du_sync(&mut self) {
-        let Some(b) = self.du.backend.clone() else {
+        let Some(b) = self.backends() else {
             return;
         };
         let t = |s: &str| MVal::Text(s.to_string());
-        let dus = b.list();
-        let ee = MRow {
-            key: EE_KEY.into(),
+        let ee_row = |key: &str, name: &str, typ: &str| MRow {
+            key: key.into(),
             values: vec![
                 ("Enable", t("true")),
                 ("Status", t("Up")),
-                ("Name", t("cwmpd-apps")),
-                ("Type", t("Linux process")),
+                ("Name", t(name)),
+                ("Type", t(typ)),
                 ("Vendor", t("cwmpd")),
                 ("Version", t(env!("CARGO_PKG_VERSION"))),
             ],
             children: Vec::new(),
         };
+        let ee = ee_row(EE_KEY, "cwmpd-apps", "Linux process");
         let mut eus = Vec::new();
         let mut du_rows = Vec::new();
         let mut active = Vec::new();
-        for d in &dus {
+        for (env, d) in &b.list() {
             let mut refs = Vec::new();
             for u in &d.units {
                 let key = super::du_units::unit_key(&d.uuid, &u.name);
@@ -675,18 +826,23 @@ impl Engine {
                             "ExecutionEnvRef",
                             MVal::Ref {
                                 table: EE_TABLE,
-                                key: EE_KEY.into(),
+                                key: env.key().into(),
                             },
                         ),
                     ],
                     children: Vec::new(),
                 });
             }
+            // DUID: the directory backend's is the UUID, dpkg's the package name.
+            let duid = match env {
+                Env::Dir => &d.uuid,
+                Env::Dpkg => &d.name,
+            };
             du_rows.push(MRow {
                 key: d.uuid.clone(),
                 values: vec![
                     ("UUID", t(&d.uuid)),
-                    ("DUID", t(&d.uuid)),
+                    ("DUID", t(duid)),
                     ("Name", t(&d.name)),
                     ("Status", t("Installed")),
                     ("Resolved", t("true")),
@@ -699,7 +855,7 @@ impl Engine {
                         "ExecutionEnvRef",
                         MVal::Ref {
                             table: EE_TABLE,
-                            key: EE_KEY.into(),
+                            key: env.key().into(),
                         },
                     ),
                 ],
@@ -709,11 +865,18 @@ impl Engine {
         let mut ee = ee;
         ee.values
             .push(("ActiveExecutionUnits", MVal::RefList(active)));
+        let mut ees = vec![ee];
+        if b.dpkg.is_some() {
+            let mut row = ee_row(EE_DPKG, "dpkg", "Debian package");
+            row.values
+                .push(("ActiveExecutionUnits", MVal::RefList(Vec::new())));
+            ees.push(row);
+        }
         let m = Mirror {
             tables: vec![
                 MTable {
                     table: EE_TABLE,
-                    rows: vec![ee],
+                    rows: ees,
                 },
                 MTable {
                     table: EU_TABLE,
@@ -736,9 +899,12 @@ impl Engine {
     }
 }
 
-/// Downloads (install, update) and hands the archive to the backend.
+/// Downloads (install, update) and hands the archive to the backend: `env` names it (None: an
+/// install whose file decides, see the module documentation).
+#[allow(clippy::too_many_arguments)]
 async fn run_op(
-    backend: &Arc<DirBackend>,
+    backends: &Backends,
+    env: Option<Env>,
     op: &Op,
     tls: crate::net::acs::TlsSettings,
     dl_dir: &std::path::Path,
@@ -750,14 +916,13 @@ async fn run_op(
     let archive = if op.kind == "Uninstall" {
         None
     } else {
-        if op.url.is_empty() {
+        let known = backends.get(&op.uuid).map(|(_, d)| d);
+        if op.url.is_empty() && op.kind == "Update" && known.is_none() {
             // Update without a URL: the URL the unit came from.
-            if backend.get(&op.uuid).is_none() {
-                return Err((9028, format!("no deployment unit {}", op.uuid)));
-            }
+            return Err((9028, format!("no deployment unit {}", op.uuid)));
         }
         let url = if op.url.is_empty() {
-            backend.get(&op.uuid).map(|d| d.url).unwrap_or_default()
+            known.map(|d| d.url).unwrap_or_default()
         } else {
             op.url.clone()
         };
@@ -781,13 +946,29 @@ async fn run_op(
         }
         Some((file, url))
     };
-    let b = backend.clone();
+    let b = backends.clone();
     let op2 = op.clone();
     let arch = archive.clone();
-    let r = tokio::task::spawn_blocking(move || match (op2.kind.as_str(), arch) {
-        ("Install", Some((file, url))) => b.install(&file, &op2.uuid, &url),
-        ("Update", Some((file, url))) => b.update(&op2.uuid, &file, &url),
-        _ => b.uninstall(&op2.uuid, &op2.version),
+    let r = tokio::task::spawn_blocking(move || {
+        let env = match (env, &arch) {
+            (Some(e), _) => e,
+            (None, Some((file, _))) if b.dpkg.is_some() && DpkgBackend::looks_like_deb(file) => {
+                Env::Dpkg
+            }
+            (None, _) => Env::Dir,
+        };
+        match (env, op2.kind.as_str(), arch, b.dpkg.as_ref()) {
+            (Env::Dir, "Install", Some((file, url)), _) => b.dir.install(&file, &op2.uuid, &url),
+            (Env::Dir, "Update", Some((file, url)), _) => b.dir.update(&op2.uuid, &file, &url),
+            (Env::Dir, _, _, _) => b.dir.uninstall(&op2.uuid, &op2.version),
+            (Env::Dpkg, "Install", Some((file, url)), Some(d)) => {
+                let dir = b.dir.clone();
+                d.install(&file, &op2.uuid, &url, &|u| dir.get(u).is_some())
+            }
+            (Env::Dpkg, "Update", Some((file, url)), Some(d)) => d.update(&op2.uuid, &file, &url),
+            (Env::Dpkg, _, _, Some(d)) => d.uninstall(&op2.uuid, &op2.version),
+            (Env::Dpkg, _, _, None) => Err(DuError::Internal("no dpkg backend".into())),
+        }
     })
     .await
     .map_err(|e| (9001, format!("backend task: {e}")))?;

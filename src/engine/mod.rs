@@ -140,6 +140,9 @@ pub enum Done {
         index: usize,
         result: Box<Result<crate::swmod::DuInfo, (u32, String)>>,
     },
+    /// The dpkg backend settled an operation a restart cut.
+    #[cfg(feature = "software-modules")]
+    DpkgRecovered,
 }
 
 /// What providers answered to reads: (provider, paths asked, values or why not).
@@ -640,6 +643,8 @@ impl Engine {
             } => self.diag_done(kind, generation, outcome),
             #[cfg(feature = "software-modules")]
             Done::DuOp { job, index, result } => self.du_done(job, index, *result),
+            #[cfg(feature = "software-modules")]
+            Done::DpkgRecovered => self.dpkg_recovered(),
             #[cfg(feature = "software-modules")]
             Done::EuExit { key, requested } => self.eu_exit(key, requested),
             Done::Hook { what, ok } => {

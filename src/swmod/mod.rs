@@ -31,6 +31,9 @@ pub enum DuError {
     Unknown(String),
     /// 9022 invalid UUID format
     InvalidUuid(String),
+    /// 9025 deployment unit to execution environment mismatch (e.g. a package built for
+    /// another architecture)
+    Mismatch(String),
     /// 9027 system resources exceeded (size/count limits, disk full)
     Resources(String),
     /// 9001 request denied: another IO failure. (9002 Internal error is not one of the codes
@@ -46,6 +49,7 @@ impl DuError {
             DuError::VersionExists(_) => 9032,
             DuError::Unknown(_) => 9028,
             DuError::InvalidUuid(_) => 9022,
+            DuError::Mismatch(_) => 9025,
             DuError::Resources(_) => 9027,
             DuError::Internal(_) => 9001,
         }
@@ -58,6 +62,7 @@ impl DuError {
             | DuError::VersionExists(s)
             | DuError::Unknown(s)
             | DuError::InvalidUuid(s)
+            | DuError::Mismatch(s)
             | DuError::Resources(s)
             | DuError::Internal(s) => s,
         }
@@ -65,5 +70,6 @@ impl DuError {
 }
 
 pub mod dir;
+pub mod dpkg;
 pub mod manifest;
 pub mod tar;

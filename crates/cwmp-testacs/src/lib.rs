@@ -110,6 +110,9 @@ pub struct AcsOptions {
     /// Answer the Inform with this HTTP status instead of an InformResponse
     /// (e.g. 503, sent with `Retry-After: 60`, or 400), which fails the session.
     pub inform_status: Option<u16>,
+    /// Answer 503 (with `Retry-After: 60`) to every Inform that carries this EventCode (e.g.
+    /// "11 DU STATE CHANGE COMPLETE"): the CPE keeps what it wanted to deliver.
+    pub refuse_event: Option<String>,
     /// MaxEnvelopes of the InformResponse.
     pub max_envelopes: u32,
     /// Wait this long before answering each request (a slow ACS; makes sessions long).
@@ -124,6 +127,7 @@ impl Default for AcsOptions {
             end_with_200_empty: false,
             connection_close_on_end: false,
             inform_status: None,
+            refuse_event: None,
             max_envelopes: 1,
             response_delay: Duration::ZERO,
         }
@@ -1103,12 +1107,22 @@ fn process(
                 Vec::new()
             };
             let set_cookie = st.opts.set_cookie;
+            let refused = st
+                .opts
+                .refuse_event
+                .as_ref()
+                .is_some_and(|want| inform.events.iter().any(|e| &e.event_code == want));
             let s = &mut st.sessions[i];
             s.rec.inform = Some(inform);
             s.rec.inform_at = Some(now);
             s.ns = env.ns;
             s.queue.extend(pending);
-            if let Some(status) = st.opts.inform_status {
+            let status = if refused {
+                Some(503)
+            } else {
+                st.opts.inform_status
+            };
+            if let Some(status) = status {
                 let mut r = reply(status, Vec::new());
                 if status == 503 {
                     set_header(&mut r, header::RETRY_AFTER, "60");
