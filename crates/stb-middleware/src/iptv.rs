@@ -882,10 +882,9 @@ impl Mw {
             monitor::secs(total.ts_ms).to_string(),
         );
         put(RESET, b(false));
-        let reset_secs = if ms_on {
-            now.duration_since(self.reset_at).as_secs()
-        } else {
-            0
+        let reset_secs = match ms_on {
+            true => monitor::secs(now.duration_since(self.reset_at).as_millis() as u64),
+            false => 0,
         };
         put(&format!("{MS}Total.ResetTime"), reset_secs.to_string());
         let samples = &self.sampler;
