@@ -218,7 +218,7 @@ fn validate(name: &str, v: &str) -> Result<String, String> {
             .ok_or_else(|| format!("{v:?} is not a boolean")),
         SAMPLE_INTERVAL => range(MIN_SAMPLE_INTERVAL, u32::MAX),
         REPORT_SAMPLES => range(1, MAX_REPORT_SAMPLES),
-        TIME_REFERENCE => monitor::parse_time(v).map(|t| monitor::format_time(t)),
+        TIME_REFERENCE => monitor::parse_time(v).map(monitor::format_time),
         MS_SERVICE_TYPE => match v {
             "IPTV" | "" => Ok(v.into()),
             _ => Err(format!("{v:?}: only IPTV is monitored on this box")),

@@ -209,8 +209,8 @@ impl Sampler {
     pub fn configure(&mut self, new: Config, now: SystemTime, c: &Counters) {
         let old = self.cfg;
         self.cfg = new;
-        let restart = (new.enable && !old.enable)
-            || (new.enable && (new.interval != old.interval || new.time_ref != old.time_ref));
+        let restart = new.enable
+            && (!old.enable || new.interval != old.interval || new.time_ref != old.time_ref);
         if restart {
             self.restart(now, c);
         }
