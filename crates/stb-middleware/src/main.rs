@@ -10,6 +10,9 @@
 //! `X_00D09E_CurrentChannel` is writable: a set of it "tunes" (sleeps N ms, the tuner
 //! hardware) and, when the channel changed, pushes the new signal level with a `notify` line.
 //!
+//! With `--iptv` it is instead the reference IPTV middleware, a provider of the whole
+//! `Device.Services.STBService.1.` subtree (module `iptv`, docs/STB-SERVICES.md).
+//!
 //! Files in DIR (the box's flash):
 //! * `channel`: the current channel, a decimal number and a newline; read at start (101 when
 //!   absent or unreadable), replaced atomically on every tune (`channel.tmp`, fsync, rename,
@@ -25,6 +28,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
+
+mod iptv;
+mod monitor;
+mod session;
+mod ts;
 
 const PREFIX: &str = "Device.Services.STBService.1.Components.FrontEnd.";
 const CHANNEL: &str = "Device.Services.STBService.1.Components.FrontEnd.1.X_00D09E_CurrentChannel";
@@ -274,6 +282,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(PathBuf, Durati
 }
 
 fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|a| a == "--iptv") {
+        return iptv::main(std::env::args().skip(1));
+    }
     let (dir, delay) = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
