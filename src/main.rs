@@ -301,6 +301,13 @@ fn ctl(mut args: Vec<String>) -> Result<ExitCode, String> {
                 .ok_or("setattr NAME NOTIFICATION")?;
             json!({"op": "setattr", "name": args.first().cloned().unwrap_or_default(), "notification": n})
         }
+        "du-install" => json!({"op": op, "file": args.first().cloned().unwrap_or_default(),
+            "env": args.get(1).cloned().unwrap_or_default()}),
+        "du-update" => json!({"op": op, "uuid": args.first().cloned().unwrap_or_default(),
+            "file": args.get(1).cloned().unwrap_or_default()}),
+        "du-uninstall" => json!({"op": op, "uuid": args.first().cloned().unwrap_or_default()}),
+        "du-result" => json!({"op": op,
+            "job": args.first().and_then(|j| j.parse::<u64>().ok()).ok_or("du-result JOB")?}),
         "changes" | "poll" | "inform" | "status" => json!({"op": op}),
         other => return Err(format!("unknown ctl operation {other:?}")),
     };

@@ -745,3 +745,164 @@ fn kill9_at_random_points_of_an_install_reports_what_the_disk_holds() {
     }
     println!("outcomes {outcomes:?}");
 }
+
+impl Rig {
+    /// Queues a local change through the control socket and waits for its outcome.
+    fn local(&mut self, req: serde_json::Value) -> serde_json::Value {
+        let a = self.agent.ctl(req.clone());
+        assert_eq!(a["ok"], true, "{req} → {a}");
+        let job = a["job"].as_u64().unwrap();
+        let t = std::time::Instant::now();
+        loop {
+            let r = self
+                .agent
+                .ctl(serde_json::json!({"op": "du-result", "job": job}));
+            if r["done"] == true {
+                return r["result"].clone();
+            }
+            assert!(
+                t.elapsed() < WAIT,
+                "job {job} never ended: {}",
+                self.agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pending_events(&self) -> Vec<String> {
+        self.agent.ctl(serde_json::json!({"op": "status"}))["pending_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The next session that carries an AutonomousDUStateChangeComplete (value-change
+    /// sessions may come first), checked for its event.
+    fn autonomous(&mut self) -> Vec<cwmpd::cwmp::soap::AutonDuOpResult> {
+        for _ in 0..10 {
+            let s = self.next_session();
+            let found: Vec<_> = s
+                .received
+                .iter()
+                .filter_map(|m| match m {
+                    CpeMessage::AutonomousDUStateChangeComplete(a) => Some(a.results.clone()),
+                    _ => None,
+                })
+                .collect();
+            if let [results] = &found[..] {
+                assert!(
+                    events(&s).contains(&"12 AUTONOMOUS DU STATE CHANGE COMPLETE".to_string()),
+                    "{:?}",
+                    events(&s)
+                );
+                return results.clone();
+            }
+            assert!(found.is_empty(), "{:?}", s.received);
+        }
+        panic!(
+            "no AutonomousDUStateChangeComplete: {}",
+            self.agent.log_text()
+        );
+    }
+}
+
+#[test]
+fn autonomous_changes_are_reported_as_the_policy_allows() {
+    use cwmpd::cwmp::soap::DuOperationType;
+    if Command::new("tar").arg("--version").output().is_err() {
+        common::skip("software_modules", "GNU tar is not installed");
+        return;
+    }
+    const POLICY: &str = "Device.ManagementServer.DUStateChangeComplPolicy.";
+    const AUTON: &str = "12 AUTONOMOUS DU STATE CHANGE COMPLETE";
+    let d = TempDir::new("swmod-auton");
+    let file = |name: &str, body: Vec<u8>| {
+        let p = d.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let v1 = file("v1.tgz", archive(d.path(), "1.0", false));
+    let v2 = file("v2.tgz", archive(d.path(), "2.0", false));
+    let bad = file("bad.tgz", archive(d.path(), "3.0", true));
+    let (mut rig, _) = Rig::start(d.path(), spawn_in_thread(AcsOptions::default()));
+    rig.next_session();
+
+    // The policy is off by default: the box installs, nothing is queued for the ACS.
+    let r = rig.local(serde_json::json!({"op": "du-install", "file": v1}));
+    assert_eq!(
+        (r["state"].as_str(), r["fault_code"].as_u64()),
+        (Some("Installed"), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["uuid"], UUID);
+    assert!(!rig.pending_events().contains(&AUTON.to_string()));
+    let v = rig.read(&[&format!("{SM}DeploymentUnit.")]);
+    assert!(v.values().any(|x| x == UUID), "{v:?}");
+
+    // Enabled by the ACS: an update is reported, with the operation the CPE performed.
+    let s = rig.session(vec![AcsRequest::SetParameterValues {
+        list: vec![cwmpd::cwmp::soap::ParamValue {
+            name: format!("{POLICY}Enable"),
+            value: "true".into(),
+            xsi_type: None,
+        }],
+        parameter_key: "policy-1".into(),
+    }]);
+    assert!(matches!(
+        s.received.first(),
+        Some(CpeMessage::SetParameterValuesResponse { status: 0 })
+    ));
+    let r = rig.local(serde_json::json!({"op": "du-update", "uuid": UUID, "file": v2}));
+    assert_eq!(r["version"], "2.0", "{r}");
+    let res = rig.autonomous();
+    assert_eq!(res.len(), 1);
+    assert_eq!(res[0].operation_performed, DuOperationType::Update);
+    assert_eq!(res[0].result.uuid, UUID);
+    assert_eq!(res[0].result.version, "2.0");
+    assert_eq!(res[0].result.current_state, DuState::Installed);
+    assert_eq!(res[0].result.fault.code, 0);
+    assert!(
+        res[0]
+            .result
+            .deployment_unit_ref
+            .starts_with("Device.SoftwareModules.DeploymentUnit.")
+    );
+
+    // A failure is reported only when its fault code is in FaultCodeFilter (empty: none).
+    let r = rig.local(serde_json::json!({"op": "du-install", "file": bad}));
+    assert_eq!(r["fault_code"], 9018, "{r}");
+    assert!(!rig.pending_events().contains(&AUTON.to_string()));
+    rig.agent
+        .set(&format!("{POLICY}FaultCodeFilter"), "9018,9026");
+    let r = rig.local(serde_json::json!({"op": "du-install", "file": bad}));
+    assert_eq!(r["fault_code"], 9018, "{r}");
+    let res = rig.autonomous();
+    assert_eq!(res[0].operation_performed, DuOperationType::Install);
+    assert_eq!(res[0].result.current_state, DuState::Failed);
+    assert_eq!(res[0].result.fault.code, 9018);
+
+    // Operation types outside OperationTypeFilter are not reported; the others are.
+    rig.agent
+        .set(&format!("{POLICY}OperationTypeFilter"), "Install");
+    let r = rig.local(serde_json::json!({"op": "du-uninstall", "uuid": UUID}));
+    assert_eq!(r["state"], "Uninstalled", "{r}");
+    assert!(!rig.pending_events().contains(&AUTON.to_string()));
+    let r = rig.local(serde_json::json!({"op": "du-install", "file": v1}));
+    assert_eq!(r["state"], "Installed", "{r}");
+    assert_eq!(rig.autonomous()[0].result.version, "1.0");
+
+    // Bad requests get an error, and nothing is queued.
+    for req in [
+        serde_json::json!({"op": "du-install", "file": "relative.tgz"}),
+        serde_json::json!({"op": "du-uninstall"}),
+        serde_json::json!({"op": "du-result"}),
+    ] {
+        assert_eq!(rig.agent.ctl(req.clone())["ok"], false, "{req}");
+    }
+
+    let all = rig.acs.wait_sessions(rig.seen, WAIT);
+    common::xsd::validate_sessions("autonomous_changes_are_reported_as_the_policy_allows", &all);
+    rig.agent.stop();
+}

@@ -21,8 +21,15 @@
 //! operation a restart cut is settled from dpkg's database on the blocking pool before any
 //! job is settled or started.
 //!
-//! Execution units (their processes): `du_units`; dpkg DUs have none. Not yet:
-//! AutonomousDUStateChangeComplete.
+//! Execution units (their processes): `du_units`; dpkg DUs have none.
+//!
+//! Autonomous changes: the control socket (`du-install`, `du-update`, `du-uninstall`: the box's
+//! own application store, an installer on the device) makes a job marked `autonomous` with a
+//! local file instead of a URL; it runs like any other. When it is done, the results that
+//! `Device.ManagementServer.DUStateChangeComplPolicy.` lets through (Enable, the operation
+//! types, Success/Failure/Both, the fault codes of failures) go in one
+//! AutonomousDUStateChangeComplete with `12 AUTONOMOUS DU STATE CHANGE COMPLETE`; a job
+//! with none is forgotten at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,8 +38,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cwmp::events::EventCode;
+use crate::cwmp::exchange::CpeCall;
 use crate::cwmp::soap::{
-    DUStateChangeComplete, DuOpResult, DuOperation, DuState, TransferFault, is_du_uuid,
+    AutonDuOpResult, AutonomousDUStateChangeComplete, DUStateChangeComplete, DuOpResult,
+    DuOperation, DuOperationType, DuState, TransferFault, is_du_uuid,
 };
 use crate::model::mirror::{MRow, MTable, MVal, Mirror};
 use crate::net::files::{self, Target};
@@ -59,8 +68,32 @@ const EE_DPKG: &str = "dpkg";
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
+/// `DUStateChangeComplPolicy`: which autonomous results are reported.
+struct Policy {
+    enable: bool,
+    operations: Vec<String>,
+    /// Success, Failure or Both.
+    results: String,
+    /// Fault codes of failures that are reported.
+    faults: Vec<u32>,
+}
+
+impl Policy {
+    fn allows(&self, kind: &str, code: u32) -> bool {
+        let result = match self.results.as_str() {
+            "Success" => code == 0,
+            "Failure" => code != 0,
+            _ => true,
+        };
+        self.enable
+            && self.operations.iter().any(|o| o == kind)
+            && result
+            && (code == 0 || self.faults.contains(&code))
+    }
+}
+
 /// One operation and, once known, its result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Op {
     kind: String,
     #[serde(default)]
@@ -75,6 +108,10 @@ struct Op {
     password: String,
     #[serde(default)]
     env_ref: String,
+    /// A local file (an autonomous install or update through the control socket) instead of
+    /// a download; never set from a ChangeDUState.
+    #[serde(default)]
+    local: String,
     /// Set when the operation started (a restart finds it started without a result).
     #[serde(default)]
     start_time: String,
@@ -101,6 +138,10 @@ struct Job {
     id: u64,
     command_key: String,
     ops: Vec<Op>,
+    /// Not asked for by the ACS (the control socket): reported with
+    /// AutonomousDUStateChangeComplete as `DUStateChangeComplPolicy` allows, or not at all.
+    #[serde(default)]
+    autonomous: bool,
 }
 
 impl Job {
@@ -130,7 +171,13 @@ pub(crate) struct SoftwareModules {
     running: Option<(u64, usize)>,
     /// Execution units' processes.
     pub(crate) units: super::du_units::Units,
+    /// The outcomes of the latest autonomous jobs (job id, result), for `ctl du-result`;
+    /// at most `LOCAL_KEPT`, kept in memory only.
+    local_done: std::collections::VecDeque<(u64, serde_json::Value)>,
 }
+
+/// Autonomous outcomes `ctl du-result` remembers.
+const LOCAL_KEPT: usize = 16;
 
 /// A DUStateChangeComplete fault code: the codes `cwmp-1-2.xsd` allows in a result.
 fn result_code(c: u32) -> u32 {
@@ -144,15 +191,7 @@ fn result_code(c: u32) -> u32 {
 fn op_of(o: &DuOperation) -> Op {
     let mut op = Op {
         kind: o.operation_type().as_str().to_string(),
-        url: String::new(),
-        uuid: String::new(),
-        version: String::new(),
-        username: String::new(),
-        password: String::new(),
-        env_ref: String::new(),
-        start_time: String::new(),
-        before: String::new(),
-        result: None,
+        ..Op::default()
     };
     match o {
         DuOperation::Install {
@@ -423,6 +462,7 @@ impl Engine {
             id: self.du.next_id,
             command_key: command_key.to_string(),
             ops: ops.iter().map(op_of).collect(),
+            autonomous: false,
         };
         tracing::info!(
             "ChangeDUState {} queued: {} operation(s), CommandKey {command_key:?}",
@@ -646,36 +686,72 @@ impl Engine {
         self.du_tick();
     }
 
-    /// Queues the events of every finished job not yet delivered.
+    /// Queues the events of every finished job not yet delivered; forgets finished autonomous
+    /// jobs the policy lets nothing of through.
     fn du_events(&mut self) {
-        let done: Vec<String> = self
+        let policy = self.du_policy();
+        for j in self.du.jobs.iter().filter(|j| j.autonomous && j.done()) {
+            let Some(r) = j.ops.first().and_then(|o| o.result.as_ref()) else {
+                continue;
+            };
+            if self.du.local_done.iter().any(|(id, _)| *id == j.id) {
+                continue;
+            }
+            if self.du.local_done.len() >= LOCAL_KEPT {
+                self.du.local_done.pop_front();
+            }
+            self.du.local_done.push_back((
+                j.id,
+                serde_json::json!({
+                    "uuid": r.uuid, "version": r.version, "state": r.state,
+                    "fault_code": r.code, "fault_string": r.text,
+                }),
+            ));
+        }
+        let before = self.du.jobs.len();
+        self.du.jobs.retain(|j| {
+            !(j.autonomous
+                && j.done()
+                && !j.ops.iter().any(|o| {
+                    o.result
+                        .as_ref()
+                        .is_some_and(|r| policy.allows(&o.kind, r.code))
+                }))
+        });
+        if self.du.jobs.len() != before {
+            self.save_du();
+        }
+        let done: Vec<(bool, String)> = self
             .du
             .jobs
             .iter()
             .filter(|j| j.done())
-            .map(|j| j.command_key.clone())
+            .map(|j| (j.autonomous, j.command_key.clone()))
             .collect();
-        if done.is_empty() {
-            return;
-        }
         let now = Instant::now();
-        for key in &done {
+        for (autonomous, key) in &done {
+            let (code, key) = if *autonomous {
+                (EventCode::AutonomousDuStateChangeComplete, "")
+            } else {
+                (EventCode::MChangeDUState, key.as_str())
+            };
             let queued = self
                 .cwmp
                 .sched
                 .queue
                 .events
                 .iter()
-                .any(|e| e.code == EventCode::MChangeDUState && &e.command_key == key);
+                .any(|e| e.code == code && e.command_key == key);
             if !queued {
-                self.event_now(EventCode::MChangeDUState, key, now);
+                self.event_now(code, key, now);
             }
         }
-        if !self
-            .cwmp
-            .sched
-            .queue
-            .contains(&EventCode::DuStateChangeComplete)
+        if done.iter().any(|(a, _)| !a)
+            && !self
+                .cwmp
+                .sched
+                .queue
+                .contains(&EventCode::DuStateChangeComplete)
         {
             self.event_now(EventCode::DuStateChangeComplete, "", now);
         }
@@ -686,28 +762,137 @@ impl Engine {
         self.du_events();
     }
 
-    /// The DUStateChangeCompletes to send in this session: (call key, message).
-    pub(crate) fn pending_du_completes(&self) -> Vec<(u64, DUStateChangeComplete)> {
+    /// The DUStateChangeCompletes and AutonomousDUStateChangeCompletes to send in this
+    /// session: (call key, message).
+    pub(crate) fn pending_du_completes(&self) -> Vec<(u64, CpeCall)> {
+        let policy = self.du_policy();
         self.du
             .jobs
             .iter()
             .filter(|j| j.done())
-            .map(|j| {
-                let results = j
+            .filter_map(|j| {
+                let done = j
                     .ops
                     .iter()
-                    .filter_map(|o| o.result.as_ref().map(|r| (o, r)))
-                    .map(|(o, r)| self.du_result(o, r))
-                    .collect();
-                (
-                    CALL_KEY_BASE + j.id,
-                    DUStateChangeComplete {
-                        command_key: j.command_key.clone(),
+                    .filter_map(|o| o.result.as_ref().map(|r| (o, r)));
+                let call = if j.autonomous {
+                    let results: Vec<AutonDuOpResult> = done
+                        .filter(|(o, r)| policy.allows(&o.kind, r.code))
+                        .map(|(o, r)| AutonDuOpResult {
+                            result: self.du_result(o, r),
+                            operation_performed: match o.kind.as_str() {
+                                "Install" => DuOperationType::Install,
+                                "Update" => DuOperationType::Update,
+                                _ => DuOperationType::Uninstall,
+                            },
+                        })
+                        .collect();
+                    if results.is_empty() {
+                        return None;
+                    }
+                    CpeCall::AutonomousDUStateChangeComplete(AutonomousDUStateChangeComplete {
                         results,
-                    },
-                )
+                    })
+                } else {
+                    CpeCall::DUStateChangeComplete(DUStateChangeComplete {
+                        command_key: j.command_key.clone(),
+                        results: done.map(|(o, r)| self.du_result(o, r)).collect(),
+                    })
+                };
+                Some((CALL_KEY_BASE + j.id, call))
             })
             .collect()
+    }
+
+    /// `Device.ManagementServer.DUStateChangeComplPolicy.` as it is now.
+    fn du_policy(&self) -> Policy {
+        let v = |n: &str| {
+            // Plain (not hidden) values: the stored text as the ACS reads it.
+            self.store
+                .secret(&format!(
+                    "Device.ManagementServer.DUStateChangeComplPolicy.{n}"
+                ))
+                .unwrap_or_default()
+                .to_string()
+        };
+        Policy {
+            enable: v("Enable") == "true" || v("Enable") == "1",
+            operations: v("OperationTypeFilter")
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+            results: v("ResultTypeFilter"),
+            faults: v("FaultCodeFilter")
+                .split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect(),
+        }
+    }
+
+    /// Queues a DU state change the ACS did not ask for (the control socket): `kind` Install
+    /// (a local `file`, into the ExecEnv `env_ref` or the one the file fits), Update (`uuid`
+    /// to the version in `file`) or Uninstall (`uuid`). Returns the job id.
+    pub(crate) fn du_local(
+        &mut self,
+        kind: &str,
+        file: &str,
+        uuid: &str,
+        env_ref: &str,
+    ) -> Result<u64, String> {
+        if self.du.backend.is_none() {
+            return Err("software modules are disabled ([software] enable = false)".into());
+        }
+        if self.du.jobs.len() >= MAX_JOBS {
+            return Err(format!("{MAX_JOBS} jobs are waiting already"));
+        }
+        match kind {
+            "Install" | "Update" if !std::path::Path::new(file).is_absolute() => {
+                return Err(format!("{kind} needs the absolute path of a local file"));
+            }
+            "Update" | "Uninstall" if uuid.is_empty() => {
+                return Err(format!("{kind} needs the deployment unit's uuid"));
+            }
+            "Install" | "Update" | "Uninstall" => {}
+            _ => return Err(format!("unknown operation {kind:?}")),
+        }
+        self.du.next_id += 1;
+        let id = self.du.next_id;
+        self.du.jobs.push(Job {
+            id,
+            command_key: String::new(),
+            ops: vec![Op {
+                kind: kind.to_string(),
+                uuid: uuid.to_string(),
+                env_ref: env_ref.to_string(),
+                local: if kind == "Uninstall" {
+                    String::new()
+                } else {
+                    file.to_string()
+                },
+                ..Op::default()
+            }],
+            autonomous: true,
+        });
+        tracing::info!(
+            "autonomous {kind} {} queued as job {id}",
+            if uuid.is_empty() { file } else { uuid }
+        );
+        self.save_du();
+        // Between sessions it starts now; during one, when the session ends.
+        if !self.cwmp.sched.in_session() {
+            self.du_tick();
+        }
+        Ok(id)
+    }
+
+    /// The outcome of a job the control socket queued: None while it runs (or when unknown).
+    pub(crate) fn du_local_result(&self, id: u64) -> Option<serde_json::Value> {
+        self.du
+            .local_done
+            .iter()
+            .find(|(j, _)| *j == id)
+            .map(|(_, r)| r.clone())
     }
 
     fn du_result(&self, o: &Op, r: &OpResult) -> DuOpResult {
@@ -915,6 +1100,28 @@ async fn run_op(
     let de = |e: DuError| (e.code(), e.text().to_string());
     let archive = if op.kind == "Uninstall" {
         None
+    } else if !op.local.is_empty() {
+        // An autonomous operation's local file: copied, so the backend may consume it.
+        let src = std::path::Path::new(&op.local);
+        let len = tokio::fs::metadata(src)
+            .await
+            .map_err(|e| (9016, format!("{}: {e}", src.display())))?
+            .len();
+        if len > max_download {
+            return Err((
+                9027,
+                format!("{} is over {max_download} bytes", src.display()),
+            ));
+        }
+        tokio::fs::create_dir_all(dl_dir)
+            .await
+            .map_err(|e| (9001, format!("{}: {e}", dl_dir.display())))?;
+        let file = dl_dir.join(format!("du-{job}-{index}"));
+        if let Err(e) = tokio::fs::copy(src, &file).await {
+            let _ = tokio::fs::remove_file(&file).await;
+            return Err((9016, format!("{}: {e}", src.display())));
+        }
+        Some((file, format!("file://{}", op.local)))
     } else {
         let known = backends.get(&op.uuid).map(|(_, d)| d);
         if op.url.is_empty() && op.kind == "Update" && known.is_none() {

@@ -1380,6 +1380,25 @@ impl Engine {
                 );
                 json!({"ok": true, "queued": ev})
             }
+            "du-install" | "du-update" | "du-uninstall" => {
+                let arg = |k: &str| req.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let kind = match op {
+                    "du-install" => "Install",
+                    "du-update" => "Update",
+                    _ => "Uninstall",
+                };
+                match self.du_local(kind, &arg("file"), &arg("uuid"), &arg("env")) {
+                    Ok(job) => json!({"ok": true, "job": job}),
+                    Err(e) => json!({"ok": false, "error": e}),
+                }
+            }
+            "du-result" => match req.get("job").and_then(Value::as_u64) {
+                Some(job) => match self.du_local_result(job) {
+                    Some(r) => json!({"ok": true, "done": true, "result": r}),
+                    None => json!({"ok": true, "done": false}),
+                },
+                None => json!({"ok": false, "error": "du-result needs a \"job\" number"}),
+            },
             "poll" => {
                 self.poll(reply.take());
                 Value::Null

@@ -658,11 +658,7 @@ impl Engine {
             self.pending_transfer_completes()
                 .into_iter()
                 .map(|(id, tc)| (id, CpeCall::TransferComplete(tc)))
-                .chain(
-                    self.pending_du_completes()
-                        .into_iter()
-                        .map(|(k, m)| (k, CpeCall::DUStateChangeComplete(m))),
-                )
+                .chain(self.pending_du_completes())
                 .collect(),
             self.cwmp.id_counter,
         );

@@ -18,6 +18,7 @@ pub enum EventCode {
     RequestDownload,
     AutonomousTransferComplete,
     DuStateChangeComplete,
+    AutonomousDuStateChangeComplete,
     MReboot,
     MScheduleInform,
     MDownload,
@@ -29,7 +30,7 @@ pub enum EventCode {
 }
 
 impl EventCode {
-    const KNOWN: [(EventCode, &'static str); 18] = [
+    const KNOWN: [(EventCode, &'static str); 19] = [
         (EventCode::Bootstrap, "0 BOOTSTRAP"),
         (EventCode::Boot, "1 BOOT"),
         (EventCode::Periodic, "2 PERIODIC"),
@@ -47,6 +48,10 @@ impl EventCode {
         (
             EventCode::DuStateChangeComplete,
             "11 DU STATE CHANGE COMPLETE",
+        ),
+        (
+            EventCode::AutonomousDuStateChangeComplete,
+            "12 AUTONOMOUS DU STATE CHANGE COMPLETE",
         ),
         (EventCode::MReboot, "M Reboot"),
         (EventCode::MScheduleInform, "M ScheduleInform"),
@@ -140,6 +145,7 @@ impl EventQueue {
                     || e.code.is_multiple()
                     || e.code == EventCode::TransferComplete
                     || e.code == EventCode::DuStateChangeComplete
+                    || e.code == EventCode::AutonomousDuStateChangeComplete
             });
         }
         if !code.is_multiple() && self.events.iter().any(|e| e.code == code) {
