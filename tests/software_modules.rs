@@ -116,10 +116,15 @@ struct Rig {
 impl Rig {
     /// The agent with the test ACS as its ACS (no periodic Informs); the config's path.
     fn start(dir: &Path, acs: TestAcsHandle) -> (Rig, std::path::PathBuf) {
+        Rig::start_with(dir, acs, "")
+    }
+
+    /// [`Rig::start`] with `extra` config sections before `[parameters]`.
+    fn start_with(dir: &Path, acs: TestAcsHandle, extra: &str) -> (Rig, std::path::PathBuf) {
         let cfg = write_config(
             dir,
             &format!(
-                "[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
+                "{extra}[parameters]\n\"Device.ManagementServer.URL\" = \"{}\"\n\"Device.ManagementServer.PeriodicInformEnable\" = \"false\"\n",
                 acs.url()
             ),
         );
@@ -249,7 +254,26 @@ fn install_update_uninstall_with_faults_per_operation() {
     );
     let cut = archive(d.path(), "4.0", false);
     let cut = serve(&acs, "/apps/weather-cut.tgz", cut[..cut.len() / 2].to_vec());
-    let (mut r, cfg) = Rig::start(d.path(), acs);
+    // An archive whose members climb out of the unit's directory (GNU tar writes what it is
+    // told with --transform), and one over the download bound of the config below.
+    let src = d.path().join("src-1.0-false");
+    let climbing = d.path().join("climbing.tgz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&climbing)
+        .arg("-C")
+        .arg(&src)
+        .args(["--transform", "s,^bin,../../bin,", "manifest.toml", "bin"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let climbing = serve(
+        &acs,
+        "/apps/climbing.tgz",
+        std::fs::read(&climbing).unwrap(),
+    );
+    let big = serve(&acs, "/apps/big.tgz", vec![0x1f; 300_000]);
+    let (mut r, cfg) = Rig::start_with(d.path(), acs, "[actions]\nmax_download = 200000\n");
     let boot = r.next_session();
     assert!(events(&boot).contains(&"1 BOOT".to_string()));
 
@@ -269,6 +293,9 @@ fn install_update_uninstall_with_faults_per_operation() {
                 version: String::new(),
                 execution_env_ref: String::new(),
             },
+            install("ftp://127.0.0.1/apps/weather-1.0.tgz", "", ""),
+            install(&climbing, "", ""),
+            install(&big, "", ""),
         ],
     );
     let got: Vec<(DuState, u32)> = res
@@ -286,6 +313,9 @@ fn install_update_uninstall_with_faults_per_operation() {
             (DuState::Failed, 9022),
             (DuState::Failed, 9026),
             (DuState::Uninstalled, 9028),
+            (DuState::Failed, 9013),
+            (DuState::Failed, 9018),
+            (DuState::Failed, 9017),
         ],
         "{res:#?}"
     );
