@@ -127,6 +127,94 @@ impl CwmpNs {
     }
 }
 
+/// A CWMP protocol version (TR-069 Amendment 1 … 6). 1.3 and 1.4 keep the `cwmp-1-2`
+/// namespace, so a version is more than its namespace: 1.3 adds the `SessionTimeout` header
+/// and alias-based addressing, 1.4 the version negotiation headers (`SupportedCWMPVersions`,
+/// `UseCWMPVersion`), event `13 WAKEUP`, ACS fault 8006 and (Amendment 6) instance wildcards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum CwmpVersion {
+    /// CWMP 1.0 (Amendment 1), namespace `cwmp-1-0`.
+    V1_0,
+    /// CWMP 1.1 (Amendment 2), namespace `cwmp-1-1`.
+    V1_1,
+    /// CWMP 1.2 (Amendment 3), namespace `cwmp-1-2`.
+    #[default]
+    V1_2,
+    /// CWMP 1.3 (Amendment 4), namespace `cwmp-1-2`.
+    V1_3,
+    /// CWMP 1.4 (Amendments 5 and 6), namespace `cwmp-1-2`.
+    V1_4,
+}
+
+impl CwmpVersion {
+    /// Every version this implementation speaks, oldest first.
+    pub const ALL: [CwmpVersion; 5] = [
+        CwmpVersion::V1_0,
+        CwmpVersion::V1_1,
+        CwmpVersion::V1_2,
+        CwmpVersion::V1_3,
+        CwmpVersion::V1_4,
+    ];
+    /// The newest version supported.
+    pub const HIGHEST: CwmpVersion = CwmpVersion::V1_4;
+    /// The `SupportedCWMPVersions` value offering every version of [`Self::ALL`].
+    pub const SUPPORTED_LIST: &'static str = "1.0,1.1,1.2,1.3,1.4";
+
+    /// The `cwmp` namespace of the version's messages.
+    pub fn ns(self) -> CwmpNs {
+        match self {
+            CwmpVersion::V1_0 => CwmpNs::Cwmp10,
+            CwmpVersion::V1_1 => CwmpNs::Cwmp11,
+            _ => CwmpNs::Cwmp12,
+        }
+    }
+
+    /// The version an ACS that names none speaks, from the namespace it answered in (a
+    /// `cwmp-1-2` answer without `UseCWMPVersion` is 1.2: 1.3 cannot be told apart).
+    pub fn of_ns(ns: CwmpNs) -> CwmpVersion {
+        match ns {
+            CwmpNs::Cwmp10 => CwmpVersion::V1_0,
+            CwmpNs::Cwmp11 => CwmpVersion::V1_1,
+            CwmpNs::Cwmp12 => CwmpVersion::V1_2,
+        }
+    }
+
+    /// The version's text, as in `SupportedCWMPVersions` / `UseCWMPVersion` (`1.4`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CwmpVersion::V1_0 => "1.0",
+            CwmpVersion::V1_1 => "1.1",
+            CwmpVersion::V1_2 => "1.2",
+            CwmpVersion::V1_3 => "1.3",
+            CwmpVersion::V1_4 => "1.4",
+        }
+    }
+
+    /// Parses `1.0` … `1.4` (surrounding blanks allowed); anything else is None.
+    pub fn parse(s: &str) -> Option<CwmpVersion> {
+        CwmpVersion::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s.trim())
+    }
+
+    /// Whether the version has instance wildcards in GetParameterValues / Names /
+    /// Attributes (TR-069 Amendment 6, CWMP 1.4).
+    pub fn has_instance_wildcards(self) -> bool {
+        self >= CwmpVersion::V1_4
+    }
+
+    /// Whether the version has alias-based addressing (Amendment 4, CWMP 1.3).
+    pub fn has_alias_addressing(self) -> bool {
+        self >= CwmpVersion::V1_3
+    }
+}
+
+impl std::fmt::Display for CwmpVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Replaces a fault code; a standard fault string follows the new code, a
 /// specific one is kept.
 fn remap_code(code: &mut u32, string: &mut String, new: u32) {

@@ -1,0 +1,193 @@
+//! CWMP version negotiation (issue #18 part 1) of the real agent against test ACSs speaking
+//! CWMP 1.0, 1.1, 1.2 and 1.4: the offer in the Inform, the ACS's choice followed for the rest
+//! of the session (namespace, methods, fault codes), what is remembered across sessions and
+//! restarts, a new ACS URL starting over, and a broken choice. Every CPE message is validated
+//! against the schema of its own version (tests/common/xsd.rs).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle, spawn_in_thread};
+use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, CwmpNs, CwmpVersion};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(25);
+const OFFER: &str = "1.0,1.1,1.2,1.3,1.4";
+
+fn config_for(dir: &std::path::Path, acs: &TestAcsHandle) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[connreq]\nhttp_listen = [\"127.0.0.1:0\"]\n[parameters]\n\"Device.ManagementServer.URL\" = \"{url}\"\n\"Device.DeviceInfo.Manufacturer\" = \"Test Co\"\n\"Device.DeviceInfo.ManufacturerOUI\" = \"00D09E\"\n\"Device.DeviceInfo.ProductClass\" = \"STB\"\n\"Device.DeviceInfo.SerialNumber\" = \"SN0001\"\n",
+            url = acs.url()
+        ),
+    )
+}
+
+fn acs_speaking(v: CwmpVersion) -> TestAcsHandle {
+    spawn_in_thread(AcsOptions {
+        cwmp_version: Some(v),
+        ..AcsOptions::default()
+    })
+}
+
+fn methods(s: &SessionRecord) -> Vec<String> {
+    s.received
+        .iter()
+        .find_map(|m| match m {
+            CpeMessage::GetRPCMethodsResponse { methods } => Some(methods.clone()),
+            _ => None,
+        })
+        .expect("a GetRPCMethodsResponse")
+}
+
+fn fault_codes(s: &SessionRecord) -> Vec<u32> {
+    s.received
+        .iter()
+        .filter_map(|m| match m {
+            CpeMessage::Fault(f) => Some(f.code),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_offer_1_4(s: &SessionRecord) {
+    assert_eq!(s.inform_ns, Some(CwmpNs::Cwmp12), "the Inform offers 1.4");
+    assert_eq!(s.supported_cwmp_versions.as_deref(), Some(OFFER));
+    let b = String::from_utf8_lossy(&s.bodies[0]);
+    assert!(
+        b.contains("<cwmp:SupportedCWMPVersions soap-env:mustUnderstand=\"0\">"),
+        "{b}"
+    );
+}
+
+/// One agent per ACS version: the first Inform offers 1.4; the session then follows the ACS
+/// (methods of GetRPCMethods, 9000 for a method the version lacks, a 9005 fault, everything
+/// in the version's namespace, schema-valid for that version); the next session's Inform is
+/// the offer again for 1.2 / 1.4 and the remembered 1.0 / 1.1 for the older ACSs.
+#[test]
+fn talks_to_1_0_1_1_1_2_and_1_4_acs() {
+    for v in [
+        CwmpVersion::V1_0,
+        CwmpVersion::V1_1,
+        CwmpVersion::V1_2,
+        CwmpVersion::V1_4,
+    ] {
+        let acs = acs_speaking(v);
+        acs.queue(vec![
+            AcsRequest::GetRPCMethods,
+            AcsRequest::GetParameterValues {
+                names: vec!["Device.DeviceInfo.Manufacturer".into()],
+            },
+            AcsRequest::GetParameterValues {
+                names: vec!["Device.NoSuch.".into()],
+            },
+            AcsRequest::CancelTransfer {
+                command_key: "none".into(),
+            },
+        ]);
+        let d = TempDir::new("ver");
+        let a = Agent::start(&config_for(d.path(), &acs));
+        let s = acs.wait_sessions(1, WAIT);
+        assert!(s[0].succeeded(), "{v}: {:?}", s[0].errors);
+        assert_offer_1_4(&s[0]);
+        let m = methods(&s[0]);
+        assert_eq!(
+            m.iter().any(|x| x == "ScheduleDownload"),
+            v >= CwmpVersion::V1_2,
+            "{v}: {m:?}"
+        );
+        assert_eq!(
+            m.iter().any(|x| x == "GetAllQueuedTransfers"),
+            v >= CwmpVersion::V1_1,
+            "{v}: {m:?}"
+        );
+        let f = fault_codes(&s[0]);
+        assert_eq!(f[0], 9005, "{v}: {f:?}");
+        if v < CwmpVersion::V1_2 {
+            assert_eq!(f.get(1), Some(&9000), "{v}: CancelTransfer is 1.2's: {f:?}");
+        }
+        a.ctl(json!({"op": "inform"}));
+        let s = acs.wait_sessions(2, WAIT);
+        assert!(s[1].succeeded(), "{v}: {:?}", s[1].errors);
+        if v < CwmpVersion::V1_2 {
+            assert_eq!(s[1].inform_ns, Some(v.ns()), "{v}: remembered");
+            assert_eq!(s[1].supported_cwmp_versions, None, "{v}");
+        } else {
+            assert_offer_1_4(&s[1]);
+        }
+        let n = common::xsd::validate_sessions(&format!("versions {v}"), &s);
+        assert!(n.is_none_or(|n| n >= 6), "{v}: {n:?}");
+        a.stop();
+    }
+}
+
+/// The choice of a 1.0 ACS survives a restart; a new ManagementServer.URL starts over with the
+/// offer of 1.4, and a 1.4 ACS's UseCWMPVersion is followed.
+#[test]
+fn remembered_across_restart_until_the_url_changes() {
+    let old = acs_speaking(CwmpVersion::V1_0);
+    let d = TempDir::new("ver-url");
+    let a = Agent::start(&config_for(d.path(), &old));
+    let s = old.wait_sessions(1, WAIT);
+    assert_offer_1_4(&s[0]);
+    a.stop();
+    let a = Agent::start(&config_for(d.path(), &old));
+    let s = old.wait_sessions(2, WAIT);
+    assert!(s[1].succeeded(), "{:?}", s[1].errors);
+    assert_eq!(s[1].inform_ns, Some(CwmpNs::Cwmp10));
+    assert_eq!(s[1].supported_cwmp_versions, None);
+    common::xsd::validate_sessions("remembered (1.0 ACS)", &s);
+
+    let new = acs_speaking(CwmpVersion::V1_4);
+    new.queue(vec![AcsRequest::GetRPCMethods]);
+    a.set("Device.ManagementServer.URL", &new.url());
+    let s = new.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    assert_offer_1_4(&s[0]);
+    assert!(
+        methods(&s[0])
+            .iter()
+            .any(|m| m == "ChangeDUState" || m == "CancelTransfer")
+    );
+    common::xsd::validate_sessions("new URL (1.4 ACS)", &s);
+}
+
+/// A UseCWMPVersion that names no CWMP version fails the session (no crash); the agent forgets
+/// the remembered 1.0 and its retry offers 1.4 again.
+#[test]
+fn unknown_use_cwmp_version_fails_and_starts_over() {
+    let acs = acs_speaking(CwmpVersion::V1_0);
+    let d = TempDir::new("ver-bad");
+    let a = Agent::start(&config_for(d.path(), &acs));
+    acs.wait_sessions(1, WAIT);
+    acs.update_options(|o| {
+        o.cwmp_version = None;
+        o.use_cwmp_version_text = Some("9.9".into());
+    });
+    a.ctl(json!({"op": "inform"}));
+    assert!(wait_until(WAIT, || acs.session_count() >= 2
+        && acs.session(1).is_some_and(|s| s.ended)));
+    let s1 = acs.session(1).unwrap();
+    assert_eq!(s1.inform_ns, Some(CwmpNs::Cwmp10), "the remembered 1.0");
+    assert!(
+        s1.empty_posts == 0 && s1.received.is_empty(),
+        "the session ended at the InformResponse"
+    );
+    acs.update_options(|o| {
+        o.use_cwmp_version_text = None;
+        o.cwmp_version = Some(CwmpVersion::V1_4);
+    });
+    // The retry (TR-069 §3.2.1.1 wait) offers 1.4 again.
+    let s = acs.wait_sessions(3, Duration::from_secs(40));
+    assert!(s.len() >= 3, "a retry came");
+    assert!(s[2].succeeded(), "{:?}", s[2].errors);
+    assert_offer_1_4(&s[2]);
+    assert!(
+        a.ctl(json!({"op": "status"}))["ok"]
+            .as_bool()
+            .unwrap_or(true)
+    );
+}
