@@ -191,3 +191,116 @@ fn unknown_use_cwmp_version_fails_and_starts_over() {
             .unwrap_or(true)
     );
 }
+
+const IP: &str = "Device.ManagementServer.InformParameter.";
+
+fn wildcard_script() -> Vec<AcsRequest> {
+    let add = |k: &str| AcsRequest::AddObject {
+        object_name: IP.into(),
+        parameter_key: k.into(),
+    };
+    let gpv = |n: &str| AcsRequest::GetParameterValues {
+        names: vec![n.into()],
+    };
+    vec![
+        add("k1"),
+        add("k2"),
+        gpv(&format!("{IP}*.Enable")),
+        AcsRequest::GetParameterNames {
+            path: format!("{IP}*."),
+            next_level: true,
+        },
+        AcsRequest::GetParameterAttributes {
+            names: vec![format!("{IP}*.ParameterName")],
+        },
+        gpv("Device.DeviceInfo.*.Manufacturer"),
+        gpv(&format!("{IP}1*.Enable")),
+        gpv("Device.ManagementServer.InstanceWildcardsSupported"),
+    ]
+}
+
+fn added(s: &SessionRecord) -> Vec<u32> {
+    s.received
+        .iter()
+        .filter_map(|m| match m {
+            CpeMessage::AddObjectResponse {
+                instance_number, ..
+            } => Some(*instance_number),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Instance wildcards (CWMP 1.4, feature `cwmp14`): in a 1.4 session `*` names every instance
+/// in GetParameterValues / Names / Attributes; `*` where no instance number goes is 9005. In a
+/// 1.2 session every wildcard is 9005. All schema-valid for the session's version.
+#[test]
+fn instance_wildcards_in_1_4_sessions_only() {
+    let acs = acs_speaking(CwmpVersion::V1_4);
+    acs.queue(wildcard_script());
+    let d = TempDir::new("ver-wild");
+    let _a = Agent::start(&config_for(d.path(), &acs));
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    let inst = added(&s[0]);
+    assert_eq!(inst.len(), 2, "{:?}", s[0].received);
+    let r = &s[0].received[2..];
+    if cfg!(feature = "cwmp14") {
+        let CpeMessage::GetParameterValuesResponse { list } = &r[0] else {
+            panic!("GPV: {:?}", r[0])
+        };
+        let got: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+        let want: Vec<String> = inst.iter().map(|n| format!("{IP}{n}.Enable")).collect();
+        assert_eq!(got, want);
+        let CpeMessage::GetParameterNamesResponse { list } = &r[1] else {
+            panic!("GPN: {:?}", r[1])
+        };
+        for n in &inst {
+            assert!(
+                list.iter()
+                    .any(|p| p.name == format!("{IP}{n}.ParameterName"))
+            );
+        }
+        assert!(list.iter().all(|p| {
+            let rest = &p.name[IP.len()..];
+            rest.split('.').count() == 2 && !rest.ends_with('.')
+        }));
+        let CpeMessage::GetParameterAttributesResponse { list } = &r[2] else {
+            panic!("GPA: {:?}", r[2])
+        };
+        assert_eq!(list.len(), 2);
+        assert!(
+            matches!(&r[3], CpeMessage::Fault(f) if f.code == 9005),
+            "{:?}",
+            r[3]
+        );
+        assert!(
+            matches!(&r[4], CpeMessage::Fault(f) if f.code == 9005),
+            "{:?}",
+            r[4]
+        );
+        assert!(
+            matches!(&r[5], CpeMessage::GetParameterValuesResponse { list } if list[0].value == "true")
+        );
+    } else {
+        for m in &r[..5] {
+            assert!(matches!(m, CpeMessage::Fault(f) if f.code == 9005), "{m:?}");
+        }
+        assert!(
+            matches!(&r[5], CpeMessage::GetParameterValuesResponse { list } if list[0].value == "false")
+        );
+    }
+    common::xsd::validate_sessions("wildcards (1.4 ACS)", &s);
+
+    // A 1.2 ACS: no wildcards.
+    let old = acs_speaking(CwmpVersion::V1_2);
+    old.queue(wildcard_script());
+    let d = TempDir::new("ver-wild12");
+    let _a = Agent::start(&config_for(d.path(), &old));
+    let s = old.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    for m in &s[0].received[2..7] {
+        assert!(matches!(m, CpeMessage::Fault(f) if f.code == 9005), "{m:?}");
+    }
+    common::xsd::validate_sessions("wildcards (1.2 ACS)", &s);
+}

@@ -73,6 +73,12 @@ fn add_host_facts(schema: &Schema, factory: &mut Vec<(String, String)>) {
     {
         factory.push((sw.into(), v));
     }
+    // A capability of the build, not a setting: always the build's own value.
+    let iw = "Device.ManagementServer.InstanceWildcardsSupported";
+    if schema.param(iw).is_some() {
+        factory.retain(|(p, _)| p != iw);
+        factory.push((iw.into(), cfg!(feature = "cwmp14").to_string()));
+    }
     let sn = "Device.DeviceInfo.SerialNumber";
     if schema.param(sn).is_some()
         && !has(factory, sn)

@@ -62,6 +62,16 @@ fn fault_env(env: &Envelope<AcsRequest>, f: SoapFault) -> Envelope<CpeMessage> {
     e
 }
 
+/// What [`Engine::resolve_wildcards`] made of a request.
+enum Wildcards {
+    /// No wildcard: served as it is.
+    None,
+    /// The answer (or fault) is written.
+    Answered,
+    /// The request with the wildcards replaced by the names they match.
+    Expanded(Box<Envelope<AcsRequest>>),
+}
+
 fn model_fault(f: &Fault) -> SoapFault {
     SoapFault::with_string(f.code, Fault::standard_string(f.code))
 }
@@ -98,9 +108,115 @@ impl Engine {
     /// await, the engine serving its commands meanwhile), the pure second half
     /// ([`Engine::rpc_end`]).
     pub async fn serve_rpc(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) {
+        let expanded;
+        let env = match self.resolve_wildcards(env, out) {
+            Wildcards::None => env,
+            Wildcards::Answered => return,
+            Wildcards::Expanded(e) => {
+                expanded = e;
+                &*expanded
+            }
+        };
         if let Some((io, resume)) = self.rpc_begin(env, out) {
             let done = self.serving(io.run()).await;
             self.rpc_end(env, resume, done, out);
+        }
+    }
+
+    /// Instance wildcards (`*` in place of an instance number, CWMP 1.4) in a Get RPC. In a
+    /// session of an older version (or a build without the `cwmp14` feature) a wildcard name is
+    /// 9005 Invalid parameter name. Otherwise GetParameterValues / Attributes are rewritten to
+    /// the concrete names (then served, streamed and bounded, like any other), and
+    /// GetParameterNames is answered here, one instance after the other.
+    fn resolve_wildcards(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) -> Wildcards {
+        let names: Vec<&str> = match &env.body {
+            AcsRequest::GetParameterValues { names }
+            | AcsRequest::GetParameterAttributes { names } => {
+                names.iter().map(String::as_str).collect()
+            }
+            AcsRequest::GetParameterNames { path, .. } => vec![path.as_str()],
+            _ => return Wildcards::None,
+        };
+        let Some(first) = names.iter().find(|n| n.contains('*')) else {
+            return Wildcards::None;
+        };
+        let version = self.cwmp.version;
+        if !cfg!(feature = "cwmp14") || !version.has_instance_wildcards() {
+            tracing::info!(
+                "{}: instance wildcard in {first} refused (9005): {}",
+                env.body.method_name(),
+                if cfg!(feature = "cwmp14") {
+                    format!("CWMP {version} has none")
+                } else {
+                    "not built (feature cwmp14)".to_string()
+                }
+            );
+            soap::emit_cpe(
+                &fault_env(
+                    env,
+                    SoapFault::with_string(9005, "Invalid parameter name: instance wildcard"),
+                ),
+                out,
+            );
+            return Wildcards::Answered;
+        }
+        let mut concrete = Vec::new();
+        for n in &names {
+            let r = if n.contains('*') {
+                self.store.expand_wildcards(n)
+            } else {
+                Ok(vec![n.to_string()])
+            };
+            match r {
+                Ok(v) => concrete.extend(v),
+                Err(f) => {
+                    tracing::info!("{}: {} ({})", env.body.method_name(), f.reason, f.code);
+                    soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                    return Wildcards::Answered;
+                }
+            }
+            if concrete.len() > MAX_RESPONSE_ENTRIES {
+                soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                return Wildcards::Answered;
+            }
+        }
+        match &env.body {
+            AcsRequest::GetParameterValues { .. } => Wildcards::Expanded(Box::new(
+                env.header()
+                    .map(|_| AcsRequest::GetParameterValues { names: concrete }),
+            )),
+            AcsRequest::GetParameterAttributes { .. } => Wildcards::Expanded(Box::new(
+                env.header()
+                    .map(|_| AcsRequest::GetParameterAttributes { names: concrete }),
+            )),
+            AcsRequest::GetParameterNames { next_level, .. } => {
+                self.system_sync_for(concrete.iter().map(String::as_str));
+                let mut w = GpnWriter::begin(out, &env.header());
+                for path in &concrete {
+                    match self.store.get_names(path, *next_level) {
+                        Ok(list) => {
+                            for (n, wr) in &list {
+                                w.param(n, *wr);
+                            }
+                        }
+                        Err(f) => {
+                            drop(w);
+                            out.clear();
+                            soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                            return Wildcards::Answered;
+                        }
+                    }
+                    if w.bytes() > MAX_ANSWER_BYTES {
+                        drop(w);
+                        out.clear();
+                        soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                        return Wildcards::Answered;
+                    }
+                }
+                w.finish();
+                Wildcards::Answered
+            }
+            _ => Wildcards::None,
         }
     }
 

@@ -1922,3 +1922,53 @@ fn shipped_model_tables_and_patterns() {
         .unwrap();
     assert_eq!(s.add_object("Device.XMPP.Connection.", Origin::Acs), Ok(3));
 }
+
+// ---------------------------------------------------------------------------------------------
+// expand_wildcards (instance wildcards of the Get RPCs, TR-069 Amendment 6 / CWMP 1.4)
+// ---------------------------------------------------------------------------------------------
+
+/// `*` in place of an instance number names every existing instance, at any table level; a
+/// partial path gives instance paths, a parameter path parameter paths; no instance is an
+/// empty list; `*` anywhere else, or a part of a segment, is 9005.
+#[test]
+fn expand_wildcards_names_existing_instances() {
+    let mut s = store();
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Enable").unwrap(),
+        Vec::<String>::new()
+    );
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.2.Sub.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.2.Sub.", Origin::Acs).unwrap();
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Enable").unwrap(),
+        vec!["Device.Table.1.Enable", "Device.Table.2.Enable"]
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.").unwrap(),
+        vec!["Device.Table.1.", "Device.Table.2."]
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Sub.*.Value").unwrap(),
+        vec!["Device.Table.2.Sub.1.Value", "Device.Table.2.Sub.2.Value"]
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.1.Sub.*.").unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Stats.").unwrap(),
+        vec!["Device.Table.1.Stats.", "Device.Table.2.Stats."]
+    );
+    for bad in [
+        "Device.DeviceInfo.*.UpTime",
+        "Device.*.",
+        "Device.Table.1*.Enable",
+        "Device.Table.*",
+        "Device.Table.*.NoSuch",
+        "Device.Table.**.Enable",
+    ] {
+        assert_eq!(s.expand_wildcards(bad).unwrap_err().code, 9005, "{bad}");
+    }
+}
