@@ -273,7 +273,7 @@ impl Engine {
         self.agent_state.bootstrapped_url.as_deref() != Some(url.as_str()) && !url.is_empty()
     }
 
-    /// The CWMP version the Inform to `url` is written in (see ARCHITECTURE "CWMP versions"):
+    /// The CWMP version the Inform to `url` is written in (docs/CWMP-VERSIONS.md):
     /// an ACS at this URL that chose 1.0 or 1.1 keeps getting that version's Inform, otherwise
     /// the highest version is offered with SupportedCWMPVersions. A new URL starts over.
     pub(crate) fn version_offer(&self, url: &str) -> CwmpVersion {

@@ -18,7 +18,7 @@ Every CPE message is validated by the harness against the schema of its namespac
 import unittest
 
 from acs import CWMP, SOAP_ENV, Plan, Req
-from harness import ConformanceTest, WAIT, wait_until
+from harness import ConformanceTest, WAIT, gpv, wait_until
 
 OFFER = ["1.0", "1.1", "1.2", "1.3", "1.4"]
 GPV_SERIAL = ('<cwmp:GetParameterValues><ParameterNames soap-enc:arrayType="xsd:string[1]">'
@@ -144,6 +144,82 @@ class VersionTest(ConformanceTest):
         # Both sessions carried the BOOTSTRAP: the first was not delivered.
         self.assertTrue(s[1].has_event("0 BOOTSTRAP"))
         wait_until(lambda: s[1].complete, what="the retry session ended")
+
+
+IP = "Device.ManagementServer.InformParameter."
+
+
+def add_object(name, key):
+    return (f"<cwmp:AddObject><ObjectName>{name}</ObjectName>"
+            f"<ParameterKey>{key}</ParameterKey></cwmp:AddObject>")
+
+
+def gpn(path, next_level):
+    return (f"<cwmp:GetParameterNames><ParameterPath>{path}</ParameterPath>"
+            f"<NextLevel>{'true' if next_level else 'false'}</NextLevel>"
+            "</cwmp:GetParameterNames>")
+
+
+def gpa(*names):
+    return (f'<cwmp:GetParameterAttributes><ParameterNames soap-enc:arrayType='
+            f'"xsd:string[{len(names)}]">' + "".join(f"<string>{n}</string>" for n in names)
+            + "</ParameterNames></cwmp:GetParameterAttributes>")
+
+
+WILDCARD_SCRIPT = [
+    add_object(IP, "w1"), add_object(IP, "w2"),
+    gpv(IP + "*.Enable"),
+    gpn(IP + "*.", True),
+    gpa(IP + "*.ParameterName"),
+    gpv("Device.DeviceInfo.*.Manufacturer"),
+    gpv(IP + "1*.Enable"),
+    gpv("Device.ManagementServer.InstanceWildcardsSupported"),
+]
+
+
+class InstanceWildcardTest(ConformanceTest):
+    """Instance wildcards (TR-069 Amendment 6, CWMP 1.4; TR-181
+    ManagementServer.InstanceWildcardsSupported): `*` in place of an instance number in
+    GetParameterValues / GetParameterNames / GetParameterAttributes."""
+
+    def instances(self, s):
+        return [int(m.child("InstanceNumber")) for m in s.responses()
+                if m.method == "AddObjectResponse"]
+
+    def test_wildcards_in_a_1_4_session(self):
+        """In a 1.4 session every existing instance is named, in order; `*` in place of
+        something other than an instance number (or part of a segment) is 9005; the CPE says
+        InstanceWildcardsSupported = true."""
+        _, s = self.boot(Plan(WILDCARD_SCRIPT, inform_headers=use_version("1.4")))
+        rs = s.responses()
+        n = self.instances(s)
+        self.assertEqual(len(n), 2, rs)
+        self.assertEqual(list(rs[2].param_values()), [f"{IP}{i}.Enable" for i in n])
+        names = rs[3].param_names()
+        for i in n:
+            self.assertIn(f"{IP}{i}.ParameterName", names)
+        self.assertTrue(all(k[len(IP):].count(".") == 1 and not k.endswith(".")
+                            for k in names), names)
+        self.assertEqual(list(rs[4].param_attributes()), [f"{IP}{i}.ParameterName" for i in n])
+        self.assertFault(rs[5], 9005)
+        self.assertFault(rs[6], 9005)
+        self.assertEqual(rs[7].param_values()[
+            "Device.ManagementServer.InstanceWildcardsSupported"][0], "true")
+
+    def check_refused(self, plan):
+        _, s = self.boot(plan)
+        rs = s.responses()
+        self.assertEqual(len(self.instances(s)), 2, rs)
+        for r in rs[2:7]:
+            self.assertFault(r, 9005)
+
+    def test_no_wildcards_in_a_1_2_session(self):
+        """A 1.2 ACS (no UseCWMPVersion): a wildcard is an invalid parameter name (9005)."""
+        self.check_refused(Plan(WILDCARD_SCRIPT))
+
+    def test_no_wildcards_in_a_1_0_session(self):
+        """A 1.0 ACS: a wildcard is 9005, in cwmp-1-0."""
+        self.check_refused(Plan(WILDCARD_SCRIPT, ns="1-0"))
 
 
 if __name__ == "__main__":

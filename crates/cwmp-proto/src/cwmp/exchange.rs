@@ -11,7 +11,7 @@
 //! requests). No socket, no clock, no store: the tests drive it with bytes.
 //!
 //! CWMP version negotiation (TR-069 Amendment 6 §3.7.4 as read by cwmpd, see
-//! `docs/ARCHITECTURE.md` "CWMP versions"): the Inform goes in the namespace of the version
+//! `docs/CWMP-VERSIONS.md`): the Inform goes in the namespace of the version
 //! offered; an offer of 1.4 carries `SupportedCWMPVersions` (mustUnderstand 0) listing every
 //! version. The ACS's InformResponse decides: its `UseCWMPVersion` (mustUnderstand 1) when
 //! present, else the namespace it answered in. Every later message of the session is written in
