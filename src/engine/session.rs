@@ -276,10 +276,17 @@ impl Engine {
     /// The CWMP version the Inform to `url` is written in (docs/CWMP-VERSIONS.md):
     /// an ACS at this URL that chose 1.0 or 1.1 keeps getting that version's Inform, otherwise
     /// the highest version is offered with SupportedCWMPVersions. A new URL starts over.
-    pub(crate) fn version_offer(&self, url: &str) -> CwmpVersion {
+    /// An Inform carrying an event the remembered version's schema lacks (e.g. `M
+    /// ChangeDUState` for 1.0) offers the highest version instead.
+    pub(crate) fn version_offer(&self, url: &str, events: &[Event]) -> CwmpVersion {
         match &self.agent_state.acs_version {
             Some(r) if r.url == url => match CwmpVersion::parse(&r.version) {
-                Some(v) if v < CwmpVersion::V1_2 => v,
+                Some(v)
+                    if v < CwmpVersion::V1_2
+                        && events.iter().all(|e| v.allows_event(e.code.as_str())) =>
+                {
+                    v
+                }
                 _ => CwmpVersion::HIGHEST,
             },
             _ => CwmpVersion::HIGHEST,
@@ -682,7 +689,7 @@ impl Engine {
         let (inform, sent, changed) = self.build_inform();
         let codes: Vec<&str> = sent.iter().map(|e| e.code.as_str()).collect();
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
-        let offer = self.version_offer(&url);
+        let offer = self.version_offer(&url, &sent);
         let mut x = Exchange::new(
             Envelope::new(CpeMessage::Inform(inform)),
             self.pending_transfer_completes()

@@ -203,6 +203,35 @@ impl CwmpVersion {
         self >= CwmpVersion::V1_4
     }
 
+    /// Whether an Inform of this version can carry event `code`: cwmp-1-0.xsd lists the codes
+    /// 0–9, `M Reboot` / `ScheduleInform` / `Download` / `Upload`, `M X_…` and `X <OUI> …`;
+    /// from 1.1 on any `<n> <WORD>…` or `M <Method>` code is allowed.
+    pub fn allows_event(self, code: &str) -> bool {
+        if self != CwmpVersion::V1_0 {
+            return true;
+        }
+        let numbered = code
+            .split_once(' ')
+            .and_then(|(n, _)| n.parse::<u8>().ok())
+            .is_some_and(|n| n <= 9);
+        let vendor = code.strip_prefix("X ").is_some_and(|r| {
+            r.len() > 7
+                && r.as_bytes()[6] == b' '
+                && r[..6]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        });
+        numbered
+            || vendor
+            || matches!(
+                code,
+                "M Reboot" | "M ScheduleInform" | "M Download" | "M Upload"
+            )
+            || code
+                .strip_prefix("M X_")
+                .is_some_and(|r| !r.is_empty() && !r.contains(' '))
+    }
+
     /// Whether the version has alias-based addressing (Amendment 4, CWMP 1.3).
     pub fn has_alias_addressing(self) -> bool {
         self >= CwmpVersion::V1_3
@@ -845,6 +874,42 @@ pub fn soap_fault_code(code: u32) -> &'static str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The version texts, namespaces and the events a 1.0 Inform may carry (cwmp-1-0.xsd).
+    #[test]
+    fn cwmp_versions() {
+        for v in CwmpVersion::ALL {
+            assert_eq!(CwmpVersion::parse(v.as_str()), Some(v));
+        }
+        assert_eq!(CwmpVersion::parse(" 1.4 "), Some(CwmpVersion::V1_4));
+        assert_eq!(CwmpVersion::parse("1.5"), None);
+        assert_eq!(
+            CwmpVersion::SUPPORTED_LIST,
+            CwmpVersion::ALL.map(CwmpVersion::as_str).join(",")
+        );
+        assert_eq!(CwmpVersion::V1_4.ns(), CwmpNs::Cwmp12);
+        assert_eq!(CwmpVersion::of_ns(CwmpNs::Cwmp11), CwmpVersion::V1_1);
+        let v10 = CwmpVersion::V1_0;
+        for ok in [
+            "0 BOOTSTRAP",
+            "9 REQUEST DOWNLOAD",
+            "M Upload",
+            "M X_ACME_Go",
+            "X 00D09E Y",
+        ] {
+            assert!(v10.allows_event(ok), "{ok}");
+        }
+        for no in [
+            "10 AUTONOMOUS TRANSFER COMPLETE",
+            "11 DU STATE CHANGE COMPLETE",
+            "M ScheduleDownload",
+            "M ChangeDUState",
+            "X 00d09e Y",
+        ] {
+            assert!(!v10.allows_event(no), "{no}");
+            assert!(CwmpVersion::V1_2.allows_event(no), "{no}");
+        }
+    }
     use std::path::{Path, PathBuf};
 
     fn t() -> String {
