@@ -412,5 +412,8 @@ fn built_features() -> String {
     if cfg!(feature = "software-modules") {
         v.push("software-modules");
     }
+    if cfg!(feature = "cwmp14") {
+        v.push("cwmp14");
+    }
     v.join(" ")
 }
