@@ -1392,6 +1392,10 @@ impl LiveSource for ProcfsLive {
 
 #[path = "store_mirror.rs"]
 mod mirror_sync;
+
+#[path = "store_alias.rs"]
+mod alias;
+pub use alias::{AliasPath, MAX_ALIAS_LEN, check_alias_form, with_aliases};
 pub use mirror_sync::MAX_MIRROR_ROWS;
 
 #[cfg(test)]
