@@ -42,6 +42,8 @@ pub struct CwmpState {
     delay_reboot: Option<Instant>,
     /// The running (or last) session's CWMP version, as the ACS chose it.
     pub(crate) version: CwmpVersion,
+    /// The Alias an AddObject of `Table.[alias].` gives its new instance.
+    pub(crate) pending_alias: Option<String>,
 }
 
 /// Why a session failed.
