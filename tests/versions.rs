@@ -304,3 +304,157 @@ fn instance_wildcards_in_1_4_sessions_only() {
     }
     common::xsd::validate_sessions("wildcards (1.2 ACS)", &s);
 }
+
+fn spv(name: &str, value: &str, ty: &str) -> AcsRequest {
+    AcsRequest::SetParameterValues {
+        list: vec![cwmpd::cwmp::soap::ParamValue::new(name, value, ty)],
+        parameter_key: String::new(),
+    }
+}
+
+fn gpv1(name: &str) -> AcsRequest {
+    AcsRequest::GetParameterValues {
+        names: vec![name.into()],
+    }
+}
+
+fn spv_fault(m: &CpeMessage) -> Option<(u32, Vec<u32>)> {
+    match m {
+        CpeMessage::Fault(f) => Some((
+            f.code,
+            f.set_parameter_values_faults
+                .iter()
+                .map(|s| s.code)
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+/// Alias-based addressing (CWMP 1.3+, feature `cwmp14`): AddObject of `Table.[alias].`, a
+/// `cpe-N` Alias for an instance the ACS did not name, `[alias]` in every kind of path, the
+/// Alias rules (duplicate, bad form: 9007), AutoCreateInstances (off: 9005; on: the instance is
+/// made, and removed again when the rest of the SetParameterValues fails), InstanceMode =
+/// InstanceAlias in returned names, persisted across a restart; not in a 1.2 session.
+#[test]
+fn alias_based_addressing_in_1_3_and_later() {
+    if !cfg!(feature = "cwmp14") {
+        return;
+    }
+    let acs = acs_speaking(CwmpVersion::V1_4);
+    let b = "xsd:boolean";
+    let st = "xsd:string";
+    acs.queue(vec![
+        AcsRequest::AddObject {
+            object_name: format!("{IP}[evt]."),
+            parameter_key: "a1".into(),
+        },
+        AcsRequest::AddObject {
+            object_name: IP.into(),
+            parameter_key: "a2".into(),
+        },
+        spv(
+            &format!("{IP}[evt].ParameterName"),
+            "Device.DeviceInfo.UpTime",
+            st,
+        ),
+        gpv1(&format!("{IP}[evt].ParameterName")),
+        spv(&format!("{IP}[evt].Alias"), "1bad", st),
+        AcsRequest::AddObject {
+            object_name: format!("{IP}[evt]."),
+            parameter_key: "a3".into(),
+        },
+        spv(&format!("{IP}[auto].Enable"), "true", b),
+        spv("Device.ManagementServer.AutoCreateInstances", "true", b),
+        spv(&format!("{IP}[auto].Enable"), "true", b),
+        spv(&format!("{IP}[auto2].Enable"), "maybe", b),
+        spv("Device.ManagementServer.InstanceMode", "InstanceAlias", st),
+        AcsRequest::GetParameterNames {
+            path: IP.into(),
+            next_level: true,
+        },
+        AcsRequest::DeleteObject {
+            object_name: format!("{IP}[auto]."),
+            parameter_key: "d1".into(),
+        },
+    ]);
+    let d = TempDir::new("ver-alias");
+    let a = Agent::start(&config_for(d.path(), &acs));
+    let s = acs.wait_sessions(1, WAIT);
+    assert!(s[0].succeeded(), "{:?}", s[0].errors);
+    let r = &s[0].received;
+    let inst = added(&s[0]);
+    assert_eq!(inst.len(), 2, "{r:?}");
+    let (evt, other) = (inst[0], inst[1]);
+    assert!(
+        matches!(&r[2], CpeMessage::SetParameterValuesResponse { .. }),
+        "{:?}",
+        r[2]
+    );
+    let CpeMessage::GetParameterValuesResponse { list } = &r[3] else {
+        panic!("{:?}", r[3])
+    };
+    assert_eq!(list[0].name, format!("{IP}{evt}.ParameterName"));
+    assert_eq!(list[0].value, "Device.DeviceInfo.UpTime");
+    assert_eq!(spv_fault(&r[4]), Some((9003, vec![9007])), "bad form");
+    assert!(
+        matches!(&r[5], CpeMessage::Fault(f) if f.code == 9007),
+        "{:?}",
+        r[5]
+    );
+    assert_eq!(spv_fault(&r[6]), Some((9003, vec![9005])), "AutoCreate off");
+    assert!(
+        matches!(&r[8], CpeMessage::SetParameterValuesResponse { .. }),
+        "{:?}",
+        r[8]
+    );
+    assert!(matches!(&r[9], CpeMessage::Fault(_)), "{:?}", r[9]);
+    let CpeMessage::GetParameterNamesResponse { list } = &r[11] else {
+        panic!("{:?}", r[11])
+    };
+    let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+    assert!(names.contains(&format!("{IP}[evt].").as_str()), "{names:?}");
+    assert!(
+        names.contains(&format!("{IP}[cpe-{other}].").as_str()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&format!("{IP}[auto].").as_str()),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("auto2")),
+        "undone: {names:?}"
+    );
+    assert!(
+        matches!(&r[12], CpeMessage::DeleteObjectResponse { .. }),
+        "{:?}",
+        r[12]
+    );
+    common::xsd::validate_sessions("aliases (1.4 ACS)", &s);
+
+    // Persisted: after a restart the aliases still address the instances, and the names come
+    // back in the instance-alias form.
+    a.stop();
+    acs.queue(vec![
+        gpv1(&format!("{IP}[evt].ParameterName")),
+        spv(&format!("{IP}{other}.Alias"), "evt", st),
+    ]);
+    let _a = Agent::start(&config_for(d.path(), &acs));
+    let s = acs.wait_sessions(2, WAIT);
+    let r = &s[1].received;
+    let CpeMessage::GetParameterValuesResponse { list } = &r[0] else {
+        panic!("{:?}", r[0])
+    };
+    assert_eq!(list[0].name, format!("{IP}[evt].ParameterName"));
+    assert_eq!(spv_fault(&r[1]), Some((9003, vec![9007])), "duplicate");
+
+    // A 1.2 ACS: no aliases in paths.
+    let old = acs_speaking(CwmpVersion::V1_2);
+    old.queue(vec![gpv1(&format!("{IP}[evt].ParameterName"))]);
+    let d = TempDir::new("ver-alias12");
+    let _a = Agent::start(&config_for(d.path(), &old));
+    let s = old.wait_sessions(1, WAIT);
+    assert!(matches!(&s[0].received[0], CpeMessage::Fault(f) if f.code == 9005));
+    common::xsd::validate_sessions("aliases (1.2 ACS)", &s);
+}

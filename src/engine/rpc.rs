@@ -118,6 +118,7 @@ impl Engine {
         self.cwmp.pending_alias = None;
         let mut created = Vec::new();
         let aliased;
+        let original = env;
         let env = match self.resolve_aliases(env, out, &mut created) {
             Rewrite::None => env,
             Rewrite::Answered => return,
@@ -128,6 +129,24 @@ impl Engine {
         };
         self.serve_resolved(env, out).await;
         self.cwmp.pending_alias = None;
+        // A SetParameterValuesFault names the parameters as the ACS wrote them.
+        if let (
+            AcsRequest::SetParameterValues { list: sent, .. },
+            AcsRequest::SetParameterValues { list: served, .. },
+        ) = (&original.body, &env.body)
+            && sent.iter().zip(served).any(|(a, b)| a.name != b.name)
+            && is_fault(out)
+            && let Ok(mut reply) = soap::parse_cpe_message(out)
+            && let CpeMessage::Fault(f) = &mut reply.body
+        {
+            for pf in &mut f.set_parameter_values_faults {
+                if let Some((a, _)) = sent.iter().zip(served).find(|(_, b)| b.name == pf.name) {
+                    pf.name = a.name.clone();
+                }
+            }
+            out.clear();
+            soap::emit_cpe(&reply, out);
+        }
         // All or nothing: instances AutoCreateInstances made for a SetParameterValues that
         // failed are removed again.
         if !created.is_empty() && is_fault(out) {
@@ -255,8 +274,9 @@ impl Engine {
                     }
                     return Rewrite::Expanded(Box::new(env.header().map(|_| body)));
                 };
+                // `Table.` (what precedes `[alias].`).
                 let prefix = &object_name[..object_name.len() - alias.len() - 3];
-                let table = match self.resolve_known(&format!("{prefix}.")) {
+                let table = match self.resolve_known(prefix) {
                     Ok(t) => t,
                     Err(f) => return fail(out, f),
                 };

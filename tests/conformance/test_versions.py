@@ -222,5 +222,56 @@ class InstanceWildcardTest(ConformanceTest):
         self.check_refused(Plan(WILDCARD_SCRIPT, ns="1-0"))
 
 
+def spv(name, value, xsd_type="string"):
+    return ('<cwmp:SetParameterValues><ParameterList soap-enc:arrayType='
+            '"cwmp:ParameterValueStruct[1]"><ParameterValueStruct>'
+            f'<Name>{name}</Name><Value xsi:type="xsd:{xsd_type}">{value}</Value>'
+            '</ParameterValueStruct></ParameterList><ParameterKey></ParameterKey>'
+            '</cwmp:SetParameterValues>')
+
+
+class AliasTest(ConformanceTest):
+    """Alias-based addressing (TR-069 Amendment 4 §3.6.1, CWMP 1.3; TR-181
+    AliasBasedAddressing, InstanceMode, AutoCreateInstances; TR-106 Alias rules)."""
+
+    def test_aliases_in_a_1_4_session(self):
+        """AddObject of Table.[alias]. names the instance; [alias] addresses it; a new
+        instance the ACS did not name gets a cpe- Alias; a duplicate or malformed Alias is 9007;
+        with InstanceMode InstanceAlias the returned names carry [alias]; an unknown alias
+        without AutoCreateInstances is 9005; with it the instance is created."""
+        _, s = self.boot(Plan([
+            add_object(IP + "[news].", "a1"),
+            add_object(IP, "a2"),
+            gpv(IP + "[news].Alias"),
+            spv(IP + "[news].Alias", "x.y"),
+            add_object(IP + "[news].", "a3"),
+            spv(IP + "[late].Enable", "true", "boolean"),
+            spv("Device.ManagementServer.AutoCreateInstances", "true", "boolean"),
+            spv(IP + "[late].Enable", "true", "boolean"),
+            spv("Device.ManagementServer.InstanceMode", "InstanceAlias"),
+            gpn(IP, True),
+            gpv(IP + "[late].Enable"),
+        ], inform_headers=use_version("1.4")))
+        rs = s.responses()
+        self.assertEqual(rs[0].method, "AddObjectResponse", rs[0].text[:600])
+        self.assertEqual(rs[1].method, "AddObjectResponse")
+        n2 = int(rs[1].child("InstanceNumber"))
+        self.assertEqual(rs[2].param_values()[f"{IP}{int(rs[0].child('InstanceNumber'))}.Alias"][0],
+                         "news")
+        self.assertFault(rs[3], 9003, spv=[(IP + "[news].Alias", 9007)])
+        self.assertFault(rs[4], 9007)
+        self.assertFault(rs[5], 9003, spv=[(IP + "[late].Enable", 9005)])
+        self.assertEqual(rs[7].method, "SetParameterValuesResponse")
+        names = list(rs[9].param_names())
+        for a in ("news", f"cpe-{n2}", "late"):
+            self.assertIn(f"{IP}[{a}].", names)
+        self.assertEqual(list(rs[10].param_values()), [IP + "[late].Enable"])
+
+    def test_no_aliases_in_a_1_2_session(self):
+        """A 1.2 ACS: a path with [alias] names nothing (9005)."""
+        _, s = self.boot(Plan([add_object(IP, "a1"), gpv(IP + "[cpe-1].Enable")]))
+        self.assertFault(s.responses()[1], 9005)
+
+
 if __name__ == "__main__":
     unittest.main()
