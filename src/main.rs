@@ -422,5 +422,8 @@ fn built_features() -> String {
     if cfg!(feature = "bulkdata") {
         v.push("bulkdata");
     }
+    if cfg!(feature = "cwmp14") {
+        v.push("cwmp14");
+    }
     v.join(" ")
 }

@@ -78,6 +78,16 @@ fn add_host_facts(schema: &Schema, factory: &mut Vec<(String, String)>) {
     {
         factory.push((sw.into(), v));
     }
+    // Capabilities of the build, not settings: always the build's own values.
+    for cap in [
+        "Device.ManagementServer.InstanceWildcardsSupported",
+        "Device.ManagementServer.AliasBasedAddressing",
+    ] {
+        if schema.param(cap).is_some() {
+            factory.retain(|(p, _)| p != cap);
+            factory.push((cap.into(), cfg!(feature = "cwmp14").to_string()));
+        }
+    }
     let sn = "Device.DeviceInfo.SerialNumber";
     if schema.param(sn).is_some()
         && !has(factory, sn)
@@ -1021,11 +1031,31 @@ impl Engine {
     }
 
     pub(crate) fn add_commit(&mut self, table: &str, n: u32) -> Result<u32, Fault> {
+        let pending = self.cwmp.pending_alias.take();
         if let Some(f) = self.bulk_add_refused(table) {
             let _ = self
                 .store
                 .delete_object(&format!("{table}{n}."), Origin::Internal);
             return Err(f);
+        }
+        if cfg!(feature = "cwmp14") && self.store.table_has_alias(table) {
+            // The ACS's alias (AddObject of `Table.[alias].`), else one of the CPE's own
+            // (TR-106 Alias: `cpe-` prefix, unique in the table).
+            let param = format!("{table}{n}.Alias");
+            let alias = pending.unwrap_or_else(|| {
+                let mut a = format!("cpe-{n}");
+                let mut k = 1;
+                while self.store.instance_by_alias(table, &a).is_some() {
+                    k += 1;
+                    a = format!("cpe-{n}-{k}");
+                }
+                a
+            });
+            if self.store.get(&param).is_some_and(|v| v.is_empty())
+                && let Err(f) = self.store.set_unchecked(&param, &alias, Origin::Acs)
+            {
+                tracing::warn!("cannot set {param}: {f}");
+            }
         }
         if let Err(e) = self.persist() {
             // Not durable: undo, so the state matches what the ACS is told (a fault).

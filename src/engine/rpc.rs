@@ -8,8 +8,10 @@ use super::{Engine, Fetched, SetPlan, fetch};
 use crate::cwmp::soap::{
     self, AcsRequest, CpeMessage, Envelope, Fault as SoapFault, GpnWriter, GpvWriter, ParamAttr,
 };
-use crate::model::store::AttrSet;
+use std::collections::HashMap;
+
 use crate::model::store::SetError;
+use crate::model::store::{AliasPath, AttrSet, check_alias_form, with_aliases};
 use crate::model::{Fault, Origin};
 use crate::provider::{Provider, ProviderError};
 
@@ -62,6 +64,21 @@ fn fault_env(env: &Envelope<AcsRequest>, f: SoapFault) -> Envelope<CpeMessage> {
     e
 }
 
+/// What [`Engine::resolve_aliases`] / [`Engine::resolve_wildcards`] made of a request.
+enum Rewrite {
+    /// No wildcard: served as it is.
+    None,
+    /// The answer (or fault) is written.
+    Answered,
+    /// The request with its aliases or wildcards replaced by concrete names.
+    Expanded(Box<Envelope<AcsRequest>>),
+}
+
+/// Whether a written response is a SOAP fault.
+fn is_fault(out: &[u8]) -> bool {
+    out.windows(16).any(|w| w == b"<soap-env:Fault>")
+}
+
 fn model_fault(f: &Fault) -> SoapFault {
     SoapFault::with_string(f.code, Fault::standard_string(f.code))
 }
@@ -98,9 +115,417 @@ impl Engine {
     /// await, the engine serving its commands meanwhile), the pure second half
     /// ([`Engine::rpc_end`]).
     pub async fn serve_rpc(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) {
+        self.cwmp.pending_alias = None;
+        let mut created = Vec::new();
+        let aliased;
+        let original = env;
+        let env = match self.resolve_aliases(env, out, &mut created) {
+            Rewrite::None => env,
+            Rewrite::Answered => return,
+            Rewrite::Expanded(e) => {
+                aliased = e;
+                &*aliased
+            }
+        };
+        self.serve_resolved(env, out).await;
+        self.cwmp.pending_alias = None;
+        // A SetParameterValuesFault names the parameters as the ACS wrote them.
+        if let (
+            AcsRequest::SetParameterValues { list: sent, .. },
+            AcsRequest::SetParameterValues { list: served, .. },
+        ) = (&original.body, &env.body)
+            && sent.iter().zip(served).any(|(a, b)| a.name != b.name)
+            && is_fault(out)
+            && let Ok(mut reply) = soap::parse_cpe_message(out)
+            && let CpeMessage::Fault(f) = &mut reply.body
+        {
+            for pf in &mut f.set_parameter_values_faults {
+                if let Some((a, _)) = sent.iter().zip(served).find(|(_, b)| b.name == pf.name) {
+                    pf.name = a.name.clone();
+                }
+            }
+            out.clear();
+            soap::emit_cpe(&reply, out);
+        }
+        // All or nothing: instances AutoCreateInstances made for a SetParameterValues that
+        // failed are removed again.
+        if !created.is_empty() && is_fault(out) {
+            for inst in created.iter().rev() {
+                if let Err(f) = self.acs_delete_commit(inst, Origin::Acs) {
+                    tracing::warn!("cannot remove the auto-created {inst}: {f}");
+                }
+            }
+        }
+    }
+
+    async fn serve_resolved(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) {
+        let expanded;
+        let env = match self.resolve_wildcards(env, out) {
+            Rewrite::None => env,
+            Rewrite::Answered => return,
+            Rewrite::Expanded(e) => {
+                expanded = e;
+                &*expanded
+            }
+        };
         if let Some((io, resume)) = self.rpc_begin(env, out) {
             let done = self.serving(io.run()).await;
             self.rpc_end(env, resume, done, out);
+        }
+    }
+
+    /// Whether alias-based addressing applies in this session (CWMP 1.3+, feature cwmp14).
+    fn alias_addressing(&self) -> bool {
+        cfg!(feature = "cwmp14") && self.cwmp.version.has_alias_addressing()
+    }
+
+    /// The instance path → Alias map for returned names when they are to carry aliases
+    /// (`InstanceMode = InstanceAlias` in a session with alias-based addressing).
+    pub(crate) fn returned_aliases(&mut self) -> Option<HashMap<String, String>> {
+        (self.alias_addressing()
+            && self
+                .store
+                .get("Device.ManagementServer.InstanceMode")
+                .is_some_and(|m| m == "InstanceAlias"))
+        .then(|| self.store.alias_map())
+    }
+
+    /// Instance aliases (`[alias]` in place of an instance number, CWMP 1.3) in a request's
+    /// paths, replaced by instance numbers. An unknown alias is 9005, except in a
+    /// SetParameterValues with `AutoCreateInstances` true, which creates the instance with that
+    /// Alias (`created`: removed again if the request fails); an AddObject of `Table.[alias].`
+    /// creates the instance with that Alias (9007 when the table has it already or it is not
+    /// a valid Alias). Outside alias-based addressing the paths are served as they are (and
+    /// name nothing: 9005).
+    fn resolve_aliases(
+        &mut self,
+        env: &Envelope<AcsRequest>,
+        out: &mut Vec<u8>,
+        created: &mut Vec<String>,
+    ) -> Rewrite {
+        let has = |n: &String| n.contains('[');
+        let any = match &env.body {
+            AcsRequest::GetParameterValues { names }
+            | AcsRequest::GetParameterAttributes { names } => names.iter().any(has),
+            AcsRequest::GetParameterNames { path, .. } => has(path),
+            AcsRequest::SetParameterValues { list, .. } => list.iter().any(|p| has(&p.name)),
+            AcsRequest::SetParameterAttributes { list } => list.iter().any(|a| has(&a.name)),
+            AcsRequest::AddObject { object_name, .. }
+            | AcsRequest::DeleteObject { object_name, .. } => has(object_name),
+            _ => false,
+        };
+        if !any {
+            return Rewrite::None;
+        }
+        let method = env.body.method_name();
+        if !self.alias_addressing() {
+            tracing::info!(
+                "{method}: instance alias in a path refused: CWMP {} has no alias-based addressing{}",
+                self.cwmp.version,
+                if cfg!(feature = "cwmp14") {
+                    ""
+                } else {
+                    " (not built: feature cwmp14)"
+                }
+            );
+            return Rewrite::None;
+        }
+        let fail = |out: &mut Vec<u8>, f: Fault| {
+            tracing::info!("{method}: {} ({})", f.reason, f.code);
+            soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+            Rewrite::Answered
+        };
+        let mut body = env.body.clone();
+        match &mut body {
+            AcsRequest::GetParameterValues { names }
+            | AcsRequest::GetParameterAttributes { names } => {
+                for n in names.iter_mut() {
+                    match self.resolve_known(n) {
+                        Ok(r) => *n = r,
+                        Err(f) => return fail(out, f),
+                    }
+                }
+            }
+            AcsRequest::GetParameterNames { path, .. }
+            | AcsRequest::DeleteObject {
+                object_name: path, ..
+            } => match self.resolve_known(path) {
+                Ok(r) => *path = r,
+                Err(f) => return fail(out, f),
+            },
+            AcsRequest::SetParameterAttributes { list } => {
+                for a in list.iter_mut() {
+                    match self.resolve_known(&a.name) {
+                        Ok(r) => a.name = r,
+                        Err(f) => return fail(out, f),
+                    }
+                }
+            }
+            AcsRequest::AddObject { object_name, .. } => {
+                let Some(alias) = object_name
+                    .strip_suffix("].")
+                    .and_then(|s| s.rsplit_once(".["))
+                    .map(|(_, a)| a.to_string())
+                else {
+                    // Aliases only above the table: resolved like any path.
+                    match self.resolve_known(object_name) {
+                        Ok(r) => *object_name = r,
+                        Err(f) => return fail(out, f),
+                    }
+                    return Rewrite::Expanded(Box::new(env.header().map(|_| body)));
+                };
+                // `Table.` (what precedes `[alias].`).
+                let prefix = &object_name[..object_name.len() - alias.len() - 3];
+                let table = match self.resolve_known(prefix) {
+                    Ok(t) => t,
+                    Err(f) => return fail(out, f),
+                };
+                if !self.store.table_has_alias(&table) {
+                    let f = Fault::new(9005, format!("{table} has no Alias"));
+                    return fail(out, f);
+                }
+                if let Err(f) = check_alias_form(&alias)
+                    .map_err(|m| Fault::new(9007, m))
+                    .and_then(|()| match self.store.instance_by_alias(&table, &alias) {
+                        Some(_) => Err(Fault::new(
+                            9007,
+                            format!("Alias {alias:?} is already used in {table}"),
+                        )),
+                        None => Ok(()),
+                    })
+                {
+                    return fail(out, f);
+                }
+                self.cwmp.pending_alias = Some(alias);
+                *object_name = table;
+            }
+            AcsRequest::SetParameterValues { list, .. } => {
+                let auto = self
+                    .store
+                    .get("Device.ManagementServer.AutoCreateInstances")
+                    .is_some_and(|v| v == "true" || v == "1");
+                for p in list.iter_mut() {
+                    // Each unknown alias on the way is created (a bounded number of levels).
+                    let mut tries = 0;
+                    loop {
+                        let r = self.store.resolve_alias_path(&p.name);
+                        match r {
+                            Ok(AliasPath::Resolved(r)) => {
+                                p.name = r;
+                                break;
+                            }
+                            Ok(AliasPath::Unknown { table, alias, .. }) => {
+                                tries += 1;
+                                let problem = if !auto {
+                                    Some((9005, format!("no instance [{alias}] in {table}")))
+                                } else if tries > 8 {
+                                    Some((9005, format!("{}: too deep", p.name)))
+                                } else if !self.store.table_has_alias(&table) {
+                                    Some((9005, format!("{table} has no Alias")))
+                                } else if self.provider_for(&table).is_some() {
+                                    Some((9005, format!("{table} is a provider's table")))
+                                } else {
+                                    check_alias_form(&alias).err().map(|m| (9007, m))
+                                };
+                                if let Some((code, why)) = problem {
+                                    tracing::info!("SetParameterValues: {why}");
+                                    let mut f = SoapFault::new(9003);
+                                    f.push_spv_fault(p.name.clone(), code);
+                                    soap::emit_cpe(&fault_env(env, f), out);
+                                    return Rewrite::Answered;
+                                }
+                                match self.store.add_object(&table, Origin::Acs) {
+                                    Ok(n) => {
+                                        let a = format!("{table}{n}.Alias");
+                                        let _ = self.store.set_unchecked(&a, &alias, Origin::Acs);
+                                        tracing::info!(
+                                            "AutoCreateInstances: {table}{n}. with Alias {alias}"
+                                        );
+                                        created.push(format!("{table}{n}."));
+                                    }
+                                    Err(f) => {
+                                        let mut sf = SoapFault::new(9003);
+                                        sf.push_spv_fault(p.name.clone(), f.code);
+                                        soap::emit_cpe(&fault_env(env, sf), out);
+                                        return Rewrite::Answered;
+                                    }
+                                }
+                            }
+                            Err(f) => {
+                                let mut sf = SoapFault::new(9003);
+                                sf.push_spv_fault(p.name.clone(), f.code);
+                                tracing::info!("SetParameterValues: {}", f.reason);
+                                soap::emit_cpe(&fault_env(env, sf), out);
+                                return Rewrite::Answered;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => return Rewrite::None,
+        }
+        Rewrite::Expanded(Box::new(env.header().map(|_| body)))
+    }
+
+    /// The Alias values a SetParameterValues writes (with the `cwmp14` feature, i.e. when the
+    /// CPE supports alias-based addressing, TR-106 `_AliasCWMP` is enforced whatever the
+    /// session's version): the form, unique in the table, also among the request's own values;
+    /// 9007 per parameter, 9003 overall.
+    fn check_aliases(&self, items: &[(String, String, Option<String>)]) -> Result<(), SetError> {
+        if !cfg!(feature = "cwmp14") {
+            return Ok(());
+        }
+        let mut per_param = Vec::new();
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for (name, value, _) in items {
+            let Some(inst) = name.strip_suffix("Alias") else {
+                continue;
+            };
+            let Some(table) = inst
+                .strip_suffix('.')
+                .and_then(|s| s.rsplit_once('.'))
+                .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .map(|(t, _)| &name[..t.len() + 1])
+            else {
+                continue;
+            };
+            if !self.store.table_has_alias(table) || self.store.secret(name).is_none() {
+                continue;
+            }
+            let r = self.store.check_alias(name, value).and_then(|()| {
+                if seen.contains(&(table, value.as_str())) {
+                    Err(Fault::new(
+                        9007,
+                        format!("Alias {value:?} set twice in {table}"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+            seen.push((table, value.as_str()));
+            if let Err(f) = r {
+                per_param.push((name.clone(), f));
+            }
+        }
+        if per_param.is_empty() {
+            Ok(())
+        } else {
+            Err(SetError {
+                fault: Fault::new(9003, "Invalid arguments"),
+                per_param,
+            })
+        }
+    }
+
+    /// A path whose aliases must all name existing instances (9005 otherwise).
+    fn resolve_known(&self, path: &str) -> Result<String, Fault> {
+        if !path.contains('[') {
+            return Ok(path.to_string());
+        }
+        match self.store.resolve_alias_path(path)? {
+            AliasPath::Resolved(r) => Ok(r),
+            AliasPath::Unknown { table, alias, .. } => Err(Fault::new(
+                9005,
+                format!("{path}: no instance [{alias}] in {table}"),
+            )),
+        }
+    }
+
+    /// Instance wildcards (`*` in place of an instance number, CWMP 1.4) in a Get RPC. In a
+    /// session of an older version (or a build without the `cwmp14` feature) a wildcard name is
+    /// 9005 Invalid parameter name. Otherwise GetParameterValues / Attributes are rewritten to
+    /// the concrete names (then served, streamed and bounded, like any other), and
+    /// GetParameterNames is answered here, one instance after the other.
+    fn resolve_wildcards(&mut self, env: &Envelope<AcsRequest>, out: &mut Vec<u8>) -> Rewrite {
+        let names: Vec<&str> = match &env.body {
+            AcsRequest::GetParameterValues { names }
+            | AcsRequest::GetParameterAttributes { names } => {
+                names.iter().map(String::as_str).collect()
+            }
+            AcsRequest::GetParameterNames { path, .. } => vec![path.as_str()],
+            _ => return Rewrite::None,
+        };
+        let Some(first) = names.iter().find(|n| n.contains('*')) else {
+            return Rewrite::None;
+        };
+        let version = self.cwmp.version;
+        if !cfg!(feature = "cwmp14") || !version.has_instance_wildcards() {
+            tracing::info!(
+                "{}: instance wildcard in {first} refused (9005): {}",
+                env.body.method_name(),
+                if cfg!(feature = "cwmp14") {
+                    format!("CWMP {version} has none")
+                } else {
+                    "not built (feature cwmp14)".to_string()
+                }
+            );
+            soap::emit_cpe(
+                &fault_env(
+                    env,
+                    SoapFault::with_string(9005, "Invalid parameter name: instance wildcard"),
+                ),
+                out,
+            );
+            return Rewrite::Answered;
+        }
+        let mut concrete = Vec::new();
+        for n in &names {
+            let r = if n.contains('*') {
+                self.store.expand_wildcards(n)
+            } else {
+                Ok(vec![n.to_string()])
+            };
+            match r {
+                Ok(v) => concrete.extend(v),
+                Err(f) => {
+                    tracing::info!("{}: {} ({})", env.body.method_name(), f.reason, f.code);
+                    soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                    return Rewrite::Answered;
+                }
+            }
+            if concrete.len() > MAX_RESPONSE_ENTRIES {
+                soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                return Rewrite::Answered;
+            }
+        }
+        match &env.body {
+            AcsRequest::GetParameterValues { .. } => Rewrite::Expanded(Box::new(
+                env.header()
+                    .map(|_| AcsRequest::GetParameterValues { names: concrete }),
+            )),
+            AcsRequest::GetParameterAttributes { .. } => Rewrite::Expanded(Box::new(
+                env.header()
+                    .map(|_| AcsRequest::GetParameterAttributes { names: concrete }),
+            )),
+            AcsRequest::GetParameterNames { next_level, .. } => {
+                self.system_sync_for(concrete.iter().map(String::as_str));
+                let aliases = self.returned_aliases().unwrap_or_default();
+                let mut w = GpnWriter::begin(out, &env.header());
+                for path in &concrete {
+                    match self.store.get_names(path, *next_level) {
+                        Ok(list) => {
+                            for (n, wr) in &list {
+                                w.param(&with_aliases(n, &aliases), *wr);
+                            }
+                        }
+                        Err(f) => {
+                            drop(w);
+                            out.clear();
+                            soap::emit_cpe(&fault_env(env, model_fault(&f)), out);
+                            return Rewrite::Answered;
+                        }
+                    }
+                    if w.bytes() > MAX_ANSWER_BYTES {
+                        drop(w);
+                        out.clear();
+                        soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
+                        return Rewrite::Answered;
+                    }
+                }
+                w.finish();
+                Rewrite::Answered
+            }
+            _ => Rewrite::None,
         }
     }
 
@@ -116,11 +541,12 @@ impl Engine {
         // Reserve roughly what the answer needs (within the budget), so the buffer is not grown
         // by doubling.
         out.reserve((count * 160).min(MAX_ANSWER_BYTES));
+        let aliases = self.returned_aliases().unwrap_or_default();
         let mut w = GpvWriter::begin(out, &env.header());
         let mut over = false;
         let r = self.store.for_each_value_ref(&refs, |n, v, t| {
             if !over {
-                w.param(n, v, t);
+                w.param(&with_aliases(n, &aliases), v, t);
                 over = w.bytes() > MAX_ANSWER_BYTES;
             }
         });
@@ -307,9 +733,10 @@ impl Engine {
                 self.system_sync_for([path.as_str()]);
                 match self.store.get_names(path, *next_level) {
                     Ok(list) => {
+                        let aliases = self.returned_aliases().unwrap_or_default();
                         let mut w = GpnWriter::begin(out, &env.header());
                         for (n, wr) in &list {
-                            w.param(n, *wr);
+                            w.param(&with_aliases(n, &aliases), *wr);
                             if w.bytes() > MAX_ANSWER_BYTES {
                                 drop(w);
                                 out.clear();
@@ -332,6 +759,10 @@ impl Engine {
                     .map(|p| (p.name.clone(), p.value.clone(), p.xsi_type.clone()))
                     .collect();
                 self.system_sync_for(items.iter().map(|(n, _, _)| n.as_str()));
+                if let Err(e) = self.check_aliases(&items) {
+                    soap::emit_cpe(&spv_fault(env, &e), out);
+                    return None;
+                }
                 let old_key = match self.stage_key(parameter_key) {
                     Ok(o) => o,
                     Err(f) => {
@@ -373,6 +804,7 @@ impl Engine {
                     soap::emit_cpe(&fault_env(env, SoapFault::new(9004)), out);
                     return None;
                 }
+                let aliases = self.returned_aliases().unwrap_or_default();
                 match self.store.get_attributes(&refs) {
                     Ok(v) => reply(
                         env,
@@ -380,7 +812,7 @@ impl Engine {
                             list: v
                                 .into_iter()
                                 .map(|(name, notification, access_list)| ParamAttr {
-                                    name,
+                                    name: with_aliases(&name, &aliases).into_owned(),
                                     notification,
                                     access_list,
                                 })

@@ -13,8 +13,10 @@ use super::{Done, Engine};
 use crate::cwmp::events::{Event, EventCode, EventQueue};
 use crate::cwmp::exchange::{CpeCall, Exchange, ExchangeError, Step};
 use crate::cwmp::schedule::{Outcome, Scheduler, SessionParams};
-use crate::cwmp::soap::{CpeMessage, DeviceId, Envelope, EventStruct, Inform, ParamValue};
-use crate::model::persist::{ActionKind, AgentState, PendingAction};
+use crate::cwmp::soap::{
+    CpeMessage, CwmpVersion, DeviceId, Envelope, EventStruct, Inform, ParamValue,
+};
+use crate::model::persist::{AcsVersion, ActionKind, AgentState, PendingAction};
 use crate::net::acs::{AcsClient, AcsError, TlsSettings};
 use crate::util::time::{current_time_or_unknown, now_unix, parse_datetime};
 
@@ -38,6 +40,10 @@ pub struct CwmpState {
     effects: Vec<Effect>,
     /// When ManagementServer.DelayReboot asks for a reboot.
     delay_reboot: Option<Instant>,
+    /// The running (or last) session's CWMP version, as the ACS chose it.
+    pub(crate) version: CwmpVersion,
+    /// The Alias an AddObject of `Table.[alias].` gives its new instance.
+    pub(crate) pending_alias: Option<String>,
 }
 
 /// Why a session failed.
@@ -267,6 +273,39 @@ impl Engine {
     pub fn needs_bootstrap(&mut self) -> bool {
         let url = self.ms("URL");
         self.agent_state.bootstrapped_url.as_deref() != Some(url.as_str()) && !url.is_empty()
+    }
+
+    /// The CWMP version the Inform to `url` is written in (docs/CWMP-VERSIONS.md):
+    /// an ACS at this URL that chose 1.0 or 1.1 keeps getting that version's Inform, otherwise
+    /// the highest version is offered with SupportedCWMPVersions. A new URL starts over.
+    /// An Inform carrying an event the remembered version's schema lacks (e.g. `M
+    /// ChangeDUState` for 1.0) offers the highest version instead.
+    pub(crate) fn version_offer(&self, url: &str, events: &[Event]) -> CwmpVersion {
+        match &self.agent_state.acs_version {
+            Some(r) if r.url == url => match CwmpVersion::parse(&r.version) {
+                Some(v)
+                    if v < CwmpVersion::V1_2
+                        && events.iter().all(|e| v.allows_event(e.code.as_str())) =>
+                {
+                    v
+                }
+                _ => CwmpVersion::HIGHEST,
+            },
+            _ => CwmpVersion::HIGHEST,
+        }
+    }
+
+    /// Remembers the ACS's choice (persisted); `None` forgets it.
+    fn remember_version(&mut self, url: &str, v: Option<CwmpVersion>) {
+        let new = v.map(|v| AcsVersion {
+            url: url.to_string(),
+            version: v.as_str().to_string(),
+        });
+        if self.agent_state.acs_version != new {
+            self.agent_state.acs_version = new;
+            // Rare (a new ACS or a changed choice): written at once.
+            let _ = self.persist();
+        }
     }
 
     /// Pushes 0 BOOTSTRAP when the ACS is new. Returns true when it did.
@@ -653,6 +692,7 @@ impl Engine {
         let (inform, sent, changed) = self.build_inform();
         let codes: Vec<&str> = sent.iter().map(|e| e.code.as_str()).collect();
         tracing::info!("session to {url} with events [{}]", codes.join(", "));
+        let offer = self.version_offer(&url, &sent);
         let mut x = Exchange::new(
             Envelope::new(CpeMessage::Inform(inform)),
             self.pending_transfer_completes()
@@ -661,14 +701,19 @@ impl Engine {
                 .chain(self.pending_du_completes())
                 .collect(),
             self.cwmp.id_counter,
+            offer,
         );
+        self.cwmp.version = offer;
         let result = loop {
             match x.poll() {
                 Step::Post(body) => match self.post_serving(&mut client, body).await {
                     Ok(resp) => x.on_response(resp.status, &resp.body),
                     Err(e) => break Err(SessionError::Transport(e)),
                 },
-                Step::InformDelivered { .. } => {
+                Step::InformDelivered { version } => {
+                    tracing::info!("CWMP {version} (offered {offer})");
+                    self.cwmp.version = version;
+                    self.remember_version(&url, Some(version));
                     // The Inform was delivered: its events and changes are done with.
                     self.cwmp.sched.delivered(&sent);
                     self.store.clear_changes(&changed);
@@ -693,6 +738,11 @@ impl Engine {
                     break Err(match e {
                         ExchangeError::Status(s) => SessionError::Status(s),
                         ExchangeError::Protocol(m) => SessionError::Protocol(m),
+                        ExchangeError::Version(m) => {
+                            // Start over with the highest version next time.
+                            self.remember_version(&url, None);
+                            SessionError::Protocol(format!("CWMP version: {m}"))
+                        }
                     });
                 }
             }

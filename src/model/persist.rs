@@ -44,6 +44,9 @@ pub struct AgentState {
     /// The ACS URL the last BOOTSTRAP was delivered to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrapped_url: Option<String>,
+    /// The CWMP version the ACS at `url` chose in the last session's InformResponse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acs_version: Option<AcsVersion>,
     /// File transfers (the transfer module's own record).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers: Option<serde_json::Value>,
@@ -65,6 +68,14 @@ pub struct AgentState {
     /// The armed ScheduleReboot time (Unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_reboot_at: Option<i64>,
+}
+
+/// The version an ACS chose, and where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcsVersion {
+    pub url: String,
+    /// `1.0` … `1.4`.
+    pub version: String,
 }
 
 /// A device action the ACS requested.

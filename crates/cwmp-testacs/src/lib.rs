@@ -59,8 +59,8 @@ use tokio::sync::Notify;
 
 use cwmp_proto::connreq::digest::{DigestError, DigestServer};
 use cwmp_proto::cwmp::soap::{
-    AcsMessage, AcsRequest, CpeMessage, CwmpNs, Envelope, Inform, emit_acs, is_empty_body,
-    parse_cpe_message,
+    AcsMessage, AcsRequest, CpeMessage, CwmpNs, CwmpVersion, Envelope, Inform, emit_acs,
+    is_empty_body, parse_cpe_message,
 };
 
 /// Largest request body accepted.
@@ -117,6 +117,12 @@ pub struct AcsOptions {
     pub max_envelopes: u32,
     /// Wait this long before answering each request (a slow ACS; makes sessions long).
     pub response_delay: Duration,
+    /// The CWMP version this ACS speaks: the InformResponse and everything after it go in that
+    /// version's namespace, with `UseCWMPVersion` from 1.4 on (a 1.0–1.3 ACS knows no such
+    /// header). None: answer in the namespace the CPE's Inform used, without the header.
+    pub cwmp_version: Option<CwmpVersion>,
+    /// Send this text as `UseCWMPVersion` instead (a hostile or broken ACS).
+    pub use_cwmp_version_text: Option<String>,
 }
 
 impl Default for AcsOptions {
@@ -130,6 +136,8 @@ impl Default for AcsOptions {
             refuse_event: None,
             max_envelopes: 1,
             response_delay: Duration::ZERO,
+            cwmp_version: None,
+            use_cwmp_version_text: None,
         }
     }
 }
@@ -172,6 +180,12 @@ pub struct SessionRecord {
     pub auth_failures: u32,
     /// Every non-empty body the CPE posted, as received (for schema validation).
     pub bodies: Vec<Vec<u8>>,
+    /// The namespace of the CPE's Inform.
+    pub inform_ns: Option<CwmpNs>,
+    /// The Inform's `SupportedCWMPVersions` header.
+    pub supported_cwmp_versions: Option<String>,
+    /// The CWMP version this ACS answered the Inform with (its option, or the Inform's).
+    pub version: Option<CwmpVersion>,
 }
 
 impl SessionRecord {
@@ -193,6 +207,9 @@ impl SessionRecord {
             aborted: false,
             auth_failures: 0,
             bodies: Vec::new(),
+            inform_ns: None,
+            supported_cwmp_versions: None,
+            version: None,
         }
     }
 
@@ -1041,12 +1058,23 @@ fn send_acs(
     msg: AcsMessage,
     id: Option<String>,
 ) -> Response<Full<Bytes>> {
+    send_acs_with(st, i, msg, id, None)
+}
+
+fn send_acs_with(
+    st: &mut State,
+    i: usize,
+    msg: AcsMessage,
+    id: Option<String>,
+    use_cwmp_version: Option<String>,
+) -> Response<Full<Bytes>> {
     let id = id.unwrap_or_else(|| {
         let n = st.next_id;
         st.next_id += 1;
         format!("acs-{n}")
     });
-    let env = Envelope::new(msg).with_id(id).with_ns(st.sessions[i].ns);
+    let mut env = Envelope::new(msg).with_id(id).with_ns(st.sessions[i].ns);
+    env.use_cwmp_version = use_cwmp_version;
     let mut out = Vec::with_capacity(512);
     emit_acs(&env, &mut out);
     xml_reply(out)
@@ -1115,7 +1143,14 @@ fn process(
             let s = &mut st.sessions[i];
             s.rec.inform = Some(inform);
             s.rec.inform_at = Some(now);
-            s.ns = env.ns;
+            s.ns = st.opts.cwmp_version.map_or(env.ns, CwmpVersion::ns);
+            s.rec.inform_ns = Some(env.ns);
+            s.rec.supported_cwmp_versions = env.supported_cwmp_versions.clone();
+            s.rec.version = Some(
+                st.opts
+                    .cwmp_version
+                    .unwrap_or_else(|| CwmpVersion::of_ns(env.ns)),
+            );
             s.queue.extend(pending);
             let status = if refused {
                 Some(503)
@@ -1131,13 +1166,20 @@ fn process(
                 mark_ended(st, i);
                 return r;
             }
-            let mut r = send_acs(
+            let use_version = st.opts.use_cwmp_version_text.clone().or_else(|| {
+                st.opts
+                    .cwmp_version
+                    .filter(|v| *v >= CwmpVersion::V1_4)
+                    .map(|v| v.as_str().to_string())
+            });
+            let mut r = send_acs_with(
                 st,
                 i,
                 AcsMessage::InformResponse {
                     max_envelopes: st.opts.max_envelopes,
                 },
                 env.id,
+                use_version,
             );
             if set_cookie {
                 let n = st.next_id;

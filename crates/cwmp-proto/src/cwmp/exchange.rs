@@ -9,11 +9,21 @@
 //! negotiated CWMP version lacks, invalid arguments, an unknown mandatory header), and when the
 //! session has failed (an HTTP error, a malformed or unexpected message, a fault to one of our
 //! requests). No socket, no clock, no store: the tests drive it with bytes.
+//!
+//! CWMP version negotiation (TR-069 Amendment 6 §3.7.4 as read by cwmpd, see
+//! `docs/CWMP-VERSIONS.md`): the Inform goes in the namespace of the version
+//! offered; an offer of 1.4 carries `SupportedCWMPVersions` (mustUnderstand 0) listing every
+//! version. The ACS's InformResponse decides: its `UseCWMPVersion` (mustUnderstand 1) when
+//! present, else the namespace it answered in. Every later message of the session is written in
+//! that version's namespace with that version's methods and fault codes; an ACS request is
+//! read in the session's version whatever namespace it carries. A `UseCWMPVersion` that names
+//! no version cwmpd speaks, or fault 8006 (ACS version incompatible with CPE) to the Inform,
+//! fails the session with [`ExchangeError::Version`].
 
 use std::collections::VecDeque;
 
 use super::soap::{
-    self, AcsMessage, AcsRequest, AutonomousDUStateChangeComplete, CpeMessage, CwmpNs,
+    self, AcsMessage, AcsRequest, AutonomousDUStateChangeComplete, CpeMessage, CwmpNs, CwmpVersion,
     DUStateChangeComplete, Envelope, Fault, ParseError, TransferComplete, cpe_fault,
 };
 
@@ -79,6 +89,9 @@ pub enum ExchangeError {
     Status(u16),
     /// A malformed, unexpected or refused message.
     Protocol(String),
+    /// The version negotiation failed: the ACS chose a version cwmpd does not speak, or refused
+    /// the offer with fault 8006. The driver forgets what it remembered of the ACS's version.
+    Version(String),
 }
 
 impl std::fmt::Display for ExchangeError {
@@ -86,6 +99,7 @@ impl std::fmt::Display for ExchangeError {
         match self {
             ExchangeError::Status(s) => write!(f, "ACS answered HTTP {s}"),
             ExchangeError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ExchangeError::Version(m) => write!(f, "CWMP version negotiation failed: {m}"),
         }
     }
 }
@@ -96,9 +110,9 @@ pub enum Step {
     /// POST this body (empty: the empty POST) and pass the answer to
     /// [`Exchange::on_response`].
     Post(Vec<u8>),
-    /// The ACS answered the Inform: the events and changes it carried are delivered. `ns` is
-    /// the CWMP version the ACS speaks.
-    InformDelivered { ns: CwmpNs },
+    /// The ACS answered the Inform: the events and changes it carried are delivered. `version`
+    /// is the CWMP version the ACS chose for the session.
+    InformDelivered { version: CwmpVersion },
     /// The ACS acknowledged the CPE request the driver keyed `id`.
     Delivered(u64),
     /// Serve this request and pass the response envelope to [`Exchange::served`].
@@ -127,7 +141,9 @@ enum State {
 #[derive(Debug)]
 pub struct Exchange {
     state: State,
-    /// The CWMP version of the ACS (from the InformResponse).
+    /// The session's CWMP version (offered until the InformResponse, then the ACS's choice).
+    version: CwmpVersion,
+    /// Its namespace.
     ns: CwmpNs,
     /// The CPE's requests to deliver: (the driver's key, message).
     pending: VecDeque<(u64, CpeCall)>,
@@ -139,17 +155,20 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts a session with `inform` (its cwmp:ID is set here) and the CPE's requests
-    /// waiting for delivery, in order. `id_counter` numbers the CPE's messages (`cwmpd-N`);
-    /// read it back with [`Self::id_counter`].
+    /// Starts a session with `inform` (its cwmp:ID, namespace and version headers are set
+    /// here) and the CPE's requests waiting for delivery, in order. `offer` is the CWMP version
+    /// the Inform is written in (1.4 carries `SupportedCWMPVersions`). `id_counter` numbers the
+    /// CPE's messages (`cwmpd-N`); read it back with [`Self::id_counter`].
     pub fn new(
         inform: Envelope<CpeMessage>,
         calls: Vec<(u64, CpeCall)>,
         id_counter: u64,
+        offer: CwmpVersion,
     ) -> Exchange {
         let mut x = Exchange {
             state: State::Inform,
-            ns: CwmpNs::default(),
+            version: offer,
+            ns: offer.ns(),
             pending: calls.into(),
             held: false,
             exchanges: 0,
@@ -157,8 +176,14 @@ impl Exchange {
             out: VecDeque::new(),
         };
         let id = x.next_id();
+        let mut inform = inform.with_id(id).with_ns(offer.ns());
+        // SupportedCWMPVersions exists from cwmp-1-4.xsd on; SessionTimeout is not sent.
+        inform.supported_cwmp_versions =
+            (offer >= CwmpVersion::V1_4).then(|| CwmpVersion::SUPPORTED_LIST.to_string());
+        inform.session_timeout = None;
+        inform.use_cwmp_version = None;
         let mut body = Vec::with_capacity(4096);
-        soap::emit_cpe(&inform.with_id(id), &mut body);
+        soap::emit_cpe(&inform, &mut body);
         x.out.push_back(Step::Post(body));
         x
     }
@@ -168,9 +193,14 @@ impl Exchange {
         self.id_counter
     }
 
-    /// The ACS's CWMP version (valid once the Inform was answered).
+    /// The session's namespace (the offer's until the Inform was answered).
     pub fn ns(&self) -> CwmpNs {
         self.ns
+    }
+
+    /// The session's CWMP version (the offer until the Inform was answered).
+    pub fn version(&self) -> CwmpVersion {
+        self.version
     }
 
     fn next_id(&mut self) -> String {
@@ -243,10 +273,29 @@ impl Exchange {
                 match soap::parse_acs_message(body) {
                     Ok(env) => match env.body {
                         AcsMessage::InformResponse { .. } => {
-                            self.ns = env.ns;
+                            let version = match env.use_cwmp_version.as_deref() {
+                                None => CwmpVersion::of_ns(env.ns),
+                                Some(v) => match CwmpVersion::parse(v) {
+                                    Some(v) => v,
+                                    None => {
+                                        return self.fail(ExchangeError::Version(format!(
+                                            "UseCWMPVersion {v:?} is none of {}",
+                                            CwmpVersion::SUPPORTED_LIST
+                                        )));
+                                    }
+                                },
+                            };
+                            self.version = version;
+                            self.ns = version.ns();
                             self.held = env.hold_requests == Some(true);
-                            self.out.push_back(Step::InformDelivered { ns: env.ns });
+                            self.out.push_back(Step::InformDelivered { version });
                             self.next_request_or_empty();
+                        }
+                        AcsMessage::Fault(f) if f.code == 8006 => {
+                            self.fail(ExchangeError::Version(format!(
+                                "ACS answered the Inform of CWMP {} with fault 8006 {}",
+                                self.version, f.string
+                            )))
                         }
                         AcsMessage::Fault(f) => self.fail(ExchangeError::Protocol(format!(
                             "ACS answered the Inform with fault {} {}",
@@ -319,12 +368,9 @@ impl Exchange {
                         session_timeout: None,
                         supported_cwmp_versions: None,
                         use_cwmp_version: None,
-                        // A request without a namespace of its own is read in the session's.
-                        ns: if env.ns == CwmpNs::Cwmp12 {
-                            self.ns
-                        } else {
-                            env.ns
-                        },
+                        // Read and answered in the session's version, whatever namespace the
+                        // request carries (a method that version lacks gets 9000).
+                        ns: self.ns,
                         body: req,
                     };
                     if env.ns.has_cpe_method(env.body.method_name()) {
@@ -377,6 +423,8 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::cwmp::soap::{DeviceId, DuOpResult, DuState, Inform, TransferFault};
+
+    const V14: CwmpVersion = CwmpVersion::V1_4;
 
     fn inform() -> Envelope<CpeMessage> {
         Envelope::new(CpeMessage::Inform(Inform {
@@ -460,10 +508,15 @@ mod tests {
     /// TR-069 §3.7.1: Inform, InformResponse, TransferComplete, empty POST, 204.
     #[test]
     fn inform_transfer_complete_empty_post_end() {
-        let mut x = Exchange::new(inform(), vec![(7, tc("fw"))], 0);
+        let mut x = Exchange::new(inform(), vec![(7, tc("fw"))], 0, V14);
         assert_eq!(method(&post(&mut x)), "Inform");
         x.on_response(200, &inform_response(None));
-        assert_eq!(x.poll(), Step::InformDelivered { ns: CwmpNs::Cwmp12 });
+        assert_eq!(
+            x.poll(),
+            Step::InformDelivered {
+                version: CwmpVersion::V1_2
+            }
+        );
         assert_eq!(method(&post(&mut x)), "TransferComplete");
         x.on_response(
             200,
@@ -480,7 +533,7 @@ mod tests {
     /// response; a TransferCompleteResponse does not acknowledge a DUStateChangeComplete.
     #[test]
     fn transfer_and_du_state_change_completes_in_order() {
-        let mut x = Exchange::new(inform(), vec![(1, tc("fw")), (9, du("apps"))], 0);
+        let mut x = Exchange::new(inform(), vec![(1, tc("fw")), (9, du("apps"))], 0, V14);
         post(&mut x);
         x.on_response(200, &inform_response(None));
         assert!(matches!(x.poll(), Step::InformDelivered { .. }));
@@ -504,7 +557,7 @@ mod tests {
         x.on_response(204, b"");
         assert_eq!(x.poll(), Step::Done);
 
-        let mut x = Exchange::new(inform(), vec![(9, du("apps"))], 0);
+        let mut x = Exchange::new(inform(), vec![(9, du("apps"))], 0, V14);
         post(&mut x);
         x.on_response(200, &inform_response(None));
         x.poll();
@@ -523,7 +576,7 @@ mod tests {
     /// empty answer no longer holds them, then a new empty POST ends the session.
     #[test]
     fn hold_requests_defers_transfer_complete_until_released() {
-        let mut x = Exchange::new(inform(), vec![(1, tc("a"))], 0);
+        let mut x = Exchange::new(inform(), vec![(1, tc("a"))], 0, V14);
         post(&mut x);
         x.on_response(200, &inform_response(Some(true)));
         assert!(matches!(x.poll(), Step::InformDelivered { .. }));
@@ -558,7 +611,7 @@ mod tests {
     /// A.3.3.2: 8005 asks for the TransferComplete again (bounded); another fault fails.
     #[test]
     fn transfer_complete_retry_and_fault() {
-        let mut x = Exchange::new(inform(), vec![(3, tc("a"))], 0);
+        let mut x = Exchange::new(inform(), vec![(3, tc("a"))], 0, V14);
         post(&mut x);
         x.on_response(200, &inform_response(None));
         x.poll();
@@ -575,11 +628,11 @@ mod tests {
     /// §3.7.1.4: an HTTP error or a malformed answer fails the session.
     #[test]
     fn http_errors_and_garbage_fail_the_session() {
-        let mut x = Exchange::new(inform(), vec![], 0);
+        let mut x = Exchange::new(inform(), vec![], 0, V14);
         post(&mut x);
         x.on_response(503, b"");
         assert_eq!(x.poll(), Step::Failed(ExchangeError::Status(503)));
-        let mut x = Exchange::new(inform(), vec![], 0);
+        let mut x = Exchange::new(inform(), vec![], 0, V14);
         post(&mut x);
         x.on_response(200, b"<not-soap/>");
         assert!(matches!(x.poll(), Step::Failed(ExchangeError::Protocol(_))));
@@ -590,7 +643,7 @@ mod tests {
     /// request's cwmp:ID, and the session goes on.
     #[test]
     fn requests_that_cannot_be_served_get_faults() {
-        let mut x = Exchange::new(inform(), vec![], 0);
+        let mut x = Exchange::new(inform(), vec![], 0, V14);
         post(&mut x);
         x.on_response(
             200,
@@ -600,7 +653,12 @@ mod tests {
                 None,
             ),
         );
-        assert_eq!(x.poll(), Step::InformDelivered { ns: CwmpNs::Cwmp10 });
+        assert_eq!(
+            x.poll(),
+            Step::InformDelivered {
+                version: CwmpVersion::V1_0
+            }
+        );
         post(&mut x);
         let sd = AcsRequest::ScheduleDownload(Default::default());
         x.on_response(200, &acs(AcsMessage::Request(sd), CwmpNs::Cwmp10, None));
@@ -620,10 +678,120 @@ mod tests {
         assert_eq!(x.poll(), Step::Done);
     }
 
+    /// The Inform offered as 1.4 goes in cwmp-1-2 with SupportedCWMPVersions (mustUnderstand
+    /// 0); the ACS's UseCWMPVersion decides the session's version.
+    #[test]
+    fn offer_1_4_and_use_cwmp_version() {
+        let mut x = Exchange::new(inform(), vec![], 0, V14);
+        let b = String::from_utf8(post(&mut x)).unwrap();
+        assert!(
+            b.contains("xmlns:cwmp=\"urn:dslforum-org:cwmp-1-2\""),
+            "{b}"
+        );
+        assert!(
+            b.contains("<cwmp:SupportedCWMPVersions soap-env:mustUnderstand=\"0\">1.0,1.1,1.2,1.3,1.4</cwmp:SupportedCWMPVersions>"),
+            "{b}"
+        );
+        let mut ir = Envelope::new(AcsMessage::InformResponse { max_envelopes: 1 }).with_id("i");
+        ir.use_cwmp_version = Some("1.4".into());
+        let mut out = Vec::new();
+        soap::emit_acs(&ir, &mut out);
+        x.on_response(200, &out);
+        assert_eq!(x.poll(), Step::InformDelivered { version: V14 });
+        assert_eq!(x.version(), V14);
+        assert!(post(&mut x).is_empty());
+    }
+
+    /// An ACS answering in cwmp-1-0 (no UseCWMPVersion) gets 1-0 for the rest of the session:
+    /// the TransferComplete in 1-0, a 1.2-only request in another namespace refused with 9000.
+    #[test]
+    fn acs_answering_in_1_0_gets_1_0() {
+        let mut x = Exchange::new(inform(), vec![(4, tc("a"))], 0, V14);
+        post(&mut x);
+        x.on_response(
+            200,
+            &acs(
+                AcsMessage::InformResponse { max_envelopes: 1 },
+                CwmpNs::Cwmp10,
+                None,
+            ),
+        );
+        assert_eq!(
+            x.poll(),
+            Step::InformDelivered {
+                version: CwmpVersion::V1_0
+            }
+        );
+        let tc = soap::parse_cpe_message(&post(&mut x)).unwrap();
+        assert_eq!(tc.ns, CwmpNs::Cwmp10);
+        x.on_response(
+            200,
+            &acs(AcsMessage::TransferCompleteResponse, CwmpNs::Cwmp10, None),
+        );
+        assert_eq!(x.poll(), Step::Delivered(4));
+        post(&mut x);
+        let cd = AcsRequest::CancelTransfer {
+            command_key: "k".into(),
+        };
+        x.on_response(200, &acs(AcsMessage::Request(cd), CwmpNs::Cwmp12, None));
+        let f = soap::parse_cpe_message(&post(&mut x)).unwrap();
+        assert_eq!(f.ns, CwmpNs::Cwmp10);
+        assert!(matches!(f.body, CpeMessage::Fault(ref f) if f.code == 9000));
+        // A method 1.0 has, sent in another namespace, is served in 1-0.
+        x.on_response(
+            200,
+            &acs(
+                AcsMessage::Request(AcsRequest::GetRPCMethods),
+                CwmpNs::Cwmp12,
+                None,
+            ),
+        );
+        let Step::Serve(env) = x.poll() else {
+            panic!("expected Serve")
+        };
+        assert_eq!(env.ns, CwmpNs::Cwmp10);
+    }
+
+    /// An offer of 1.0 (remembered from an older ACS) is a plain 1-0 Inform.
+    #[test]
+    fn offer_1_0_has_no_version_header() {
+        let mut x = Exchange::new(inform(), vec![], 0, CwmpVersion::V1_0);
+        let b = String::from_utf8(post(&mut x)).unwrap();
+        assert!(b.contains("urn:dslforum-org:cwmp-1-0"), "{b}");
+        assert!(!b.contains("SupportedCWMPVersions"), "{b}");
+    }
+
+    /// UseCWMPVersion naming a version cwmpd does not speak, or fault 8006 to the Inform,
+    /// fails the negotiation.
+    #[test]
+    fn bad_version_choice_fails() {
+        for v in ["2.0", "1.5", "", "one"] {
+            let mut x = Exchange::new(inform(), vec![], 0, V14);
+            post(&mut x);
+            let mut ir =
+                Envelope::new(AcsMessage::InformResponse { max_envelopes: 1 }).with_id("i");
+            ir.use_cwmp_version = Some(v.into());
+            let mut out = Vec::new();
+            soap::emit_acs(&ir, &mut out);
+            x.on_response(200, &out);
+            assert!(
+                matches!(x.poll(), Step::Failed(ExchangeError::Version(_))),
+                "{v}"
+            );
+        }
+        let mut x = Exchange::new(inform(), vec![], 0, V14);
+        post(&mut x);
+        x.on_response(
+            200,
+            &acs(AcsMessage::Fault(Fault::new(8006)), CwmpNs::Cwmp12, None),
+        );
+        assert!(matches!(x.poll(), Step::Failed(ExchangeError::Version(_))));
+    }
+
     /// A runaway ACS cannot keep the session forever.
     #[test]
     fn session_length_is_bounded() {
-        let mut x = Exchange::new(inform(), vec![], 0);
+        let mut x = Exchange::new(inform(), vec![], 0, V14);
         post(&mut x);
         x.on_response(200, &inform_response(None));
         x.poll();

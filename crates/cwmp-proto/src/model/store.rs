@@ -1014,6 +1014,72 @@ impl Store {
         Ok(())
     }
 
+    /// The concrete names a Get RPC name with instance wildcards stands for (TR-069 Amendment
+    /// 6, CWMP 1.4: `*` in place of an instance number in GetParameterValues / Names /
+    /// Attributes), in path order: instance paths for a partial path (ending in `.`),
+    /// parameter paths otherwise. Only instances that exist are named; none matching is an
+    /// empty list. 9005 Invalid parameter name: a `*` that is not a whole path segment, one
+    /// that does not stand in place of a table's instance number, or a path the data model
+    /// does not define.
+    pub fn expand_wildcards(&self, name: &str) -> Result<Vec<String>, Fault> {
+        if name.len() > MAX_PATH_LEN {
+            return Err(Fault::new(9005, "name longer than 256 characters"));
+        }
+        let partial = name.ends_with('.');
+        let body = name.strip_suffix('.').unwrap_or(name);
+        let segs: Vec<&str> = body.split('.').collect();
+        if segs.iter().any(|s| s.contains('*') && *s != "*") {
+            return Err(Fault::new(
+                9005,
+                format!("{name}: `*` must be a whole segment"),
+            ));
+        }
+        // The generic path: `*` and instance numbers become `{i}`.
+        let generic = generic_path(&name.replace('*', "{i}")).into_owned();
+        let defined = if partial {
+            self.schema.object(&generic).is_some()
+        } else {
+            self.schema.param(&generic).is_some()
+        };
+        if !defined {
+            return Err(Fault::new(
+                9005,
+                format!("{name}: no such path, or `*` not in place of an instance number"),
+            ));
+        }
+        let mut prefixes = vec![String::new()];
+        for (i, seg) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            let mut next = Vec::with_capacity(prefixes.len());
+            for p in &prefixes {
+                if *seg == "*" {
+                    next.extend(
+                        self.instance_numbers(p)
+                            .into_iter()
+                            .map(|n| format!("{p}{n}.")),
+                    );
+                } else if last && !partial {
+                    next.push(format!("{p}{seg}"));
+                } else {
+                    let o = format!("{p}{seg}.");
+                    // A path through an instance that does not exist matches nothing.
+                    if self.objects.contains_key(&o) {
+                        next.push(o);
+                    }
+                }
+            }
+            prefixes = next;
+        }
+        prefixes.retain(|p| {
+            if partial {
+                self.objects.contains_key(p)
+            } else {
+                self.params.contains_key(p)
+            }
+        });
+        Ok(prefixes)
+    }
+
     /// The parameters a name with instance wildcards names (`*` in place of an instance
     /// number, as InformParameter.ParameterName allows); a partial path (ending in `.`) names
     /// every parameter below. Unknown names give nothing.
@@ -1326,6 +1392,10 @@ impl LiveSource for ProcfsLive {
 
 #[path = "store_mirror.rs"]
 mod mirror_sync;
+
+#[path = "store_alias.rs"]
+mod alias;
+pub use alias::{AliasPath, MAX_ALIAS_LEN, check_alias_form, with_aliases};
 pub use mirror_sync::MAX_MIRROR_ROWS;
 
 #[cfg(test)]

@@ -1922,3 +1922,141 @@ fn shipped_model_tables_and_patterns() {
         .unwrap();
     assert_eq!(s.add_object("Device.XMPP.Connection.", Origin::Acs), Ok(3));
 }
+
+// ---------------------------------------------------------------------------------------------
+// expand_wildcards (instance wildcards of the Get RPCs, TR-069 Amendment 6 / CWMP 1.4)
+// ---------------------------------------------------------------------------------------------
+
+/// `*` in place of an instance number names every existing instance, at any table level; a
+/// partial path gives instance paths, a parameter path parameter paths; no instance is an
+/// empty list; `*` anywhere else, or a part of a segment, is 9005.
+#[test]
+fn expand_wildcards_names_existing_instances() {
+    let mut s = store();
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Enable").unwrap(),
+        Vec::<String>::new()
+    );
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.2.Sub.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.2.Sub.", Origin::Acs).unwrap();
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Enable").unwrap(),
+        vec!["Device.Table.1.Enable", "Device.Table.2.Enable"]
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.").unwrap(),
+        vec!["Device.Table.1.", "Device.Table.2."]
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Sub.*.Value").unwrap(),
+        vec!["Device.Table.2.Sub.1.Value", "Device.Table.2.Sub.2.Value"]
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.1.Sub.*.").unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        s.expand_wildcards("Device.Table.*.Stats.").unwrap(),
+        vec!["Device.Table.1.Stats.", "Device.Table.2.Stats."]
+    );
+    for bad in [
+        "Device.DeviceInfo.*.UpTime",
+        "Device.*.",
+        "Device.Table.1*.Enable",
+        "Device.Table.*",
+        "Device.Table.*.NoSuch",
+        "Device.Table.**.Enable",
+    ] {
+        assert_eq!(s.expand_wildcards(bad).unwrap_err().code, 9005, "{bad}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alias-based addressing (TR-069 Amendment 4 §3.6.1, CWMP 1.3)
+// ---------------------------------------------------------------------------------------------
+
+/// `[alias]` resolves to the instance with that Alias at any level; an unknown alias is
+/// reported with its table (for AutoCreateInstances); a bracket elsewhere is 9005. Returned
+/// names get `[alias]` where an instance has one.
+#[test]
+fn alias_paths_resolve_and_names_take_aliases() {
+    let mut s = store();
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.2.Sub.", Origin::Acs).unwrap();
+    s.set_values(&spv(&[("Device.Table.2.Alias", "wan")]), Origin::Acs)
+        .unwrap();
+    assert!(s.table_has_alias("Device.Table."));
+    assert_eq!(s.instance_by_alias("Device.Table.", "wan"), Some(2));
+    assert_eq!(
+        s.resolve_alias_path("Device.Table.[wan].Sub.1.Value")
+            .unwrap(),
+        AliasPath::Resolved("Device.Table.2.Sub.1.Value".into())
+    );
+    assert_eq!(
+        s.resolve_alias_path("Device.Table.[wan].").unwrap(),
+        AliasPath::Resolved("Device.Table.2.".into())
+    );
+    assert_eq!(
+        s.resolve_alias_path("Device.Table.[lan].Enable").unwrap(),
+        AliasPath::Unknown {
+            table: "Device.Table.".into(),
+            alias: "lan".into(),
+            rest: "Enable".into()
+        }
+    );
+    for bad in [
+        "Device.Table.[].Enable",
+        "Device.[wan].X",
+        "Device.Table.x[wan].Enable",
+        "Device.Table.[w[a]n].Enable",
+    ] {
+        assert_eq!(s.resolve_alias_path(bad).unwrap_err().code, 9005, "{bad}");
+    }
+    let map = s.alias_map();
+    assert_eq!(map.get("Device.Table.2.").map(String::as_str), Some("wan"));
+    assert_eq!(
+        with_aliases("Device.Table.2.Sub.1.Value", &map),
+        "Device.Table.[wan].Sub.1.Value"
+    );
+    assert_eq!(
+        with_aliases("Device.Table.1.Enable", &map),
+        "Device.Table.1.Enable"
+    );
+}
+
+/// An Alias must start with a letter, have none of `.[]*,` or blanks, be at most 64
+/// characters and be unique in its table: 9007 otherwise.
+#[test]
+fn alias_values_are_checked_and_unique() {
+    let mut s = store();
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.add_object("Device.Table.", Origin::Acs).unwrap();
+    s.set_values(&spv(&[("Device.Table.1.Alias", "tv")]), Origin::Acs)
+        .unwrap();
+    assert!(s.check_alias("Device.Table.2.Alias", "radio-1_x").is_ok());
+    assert!(
+        s.check_alias("Device.Table.1.Alias", "tv").is_ok(),
+        "its own value"
+    );
+    for bad in [
+        "",
+        "1tv",
+        "a.b",
+        "a[b",
+        "a]",
+        "a*",
+        "a,b",
+        "a b",
+        &"a".repeat(65),
+        "tv",
+    ] {
+        assert_eq!(
+            s.check_alias("Device.Table.2.Alias", bad).unwrap_err().code,
+            9007,
+            "{bad:?}"
+        );
+    }
+}

@@ -127,6 +127,123 @@ impl CwmpNs {
     }
 }
 
+/// A CWMP protocol version (TR-069 Amendment 1 … 6). 1.3 and 1.4 keep the `cwmp-1-2`
+/// namespace, so a version is more than its namespace: 1.3 adds the `SessionTimeout` header
+/// and alias-based addressing, 1.4 the version negotiation headers (`SupportedCWMPVersions`,
+/// `UseCWMPVersion`), event `13 WAKEUP`, ACS fault 8006 and (Amendment 6) instance wildcards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum CwmpVersion {
+    /// CWMP 1.0 (Amendment 1), namespace `cwmp-1-0`.
+    V1_0,
+    /// CWMP 1.1 (Amendment 2), namespace `cwmp-1-1`.
+    V1_1,
+    /// CWMP 1.2 (Amendment 3), namespace `cwmp-1-2`.
+    #[default]
+    V1_2,
+    /// CWMP 1.3 (Amendment 4), namespace `cwmp-1-2`.
+    V1_3,
+    /// CWMP 1.4 (Amendments 5 and 6), namespace `cwmp-1-2`.
+    V1_4,
+}
+
+impl CwmpVersion {
+    /// Every version this implementation speaks, oldest first.
+    pub const ALL: [CwmpVersion; 5] = [
+        CwmpVersion::V1_0,
+        CwmpVersion::V1_1,
+        CwmpVersion::V1_2,
+        CwmpVersion::V1_3,
+        CwmpVersion::V1_4,
+    ];
+    /// The newest version supported.
+    pub const HIGHEST: CwmpVersion = CwmpVersion::V1_4;
+    /// The `SupportedCWMPVersions` value offering every version of [`Self::ALL`].
+    pub const SUPPORTED_LIST: &'static str = "1.0,1.1,1.2,1.3,1.4";
+
+    /// The `cwmp` namespace of the version's messages.
+    pub fn ns(self) -> CwmpNs {
+        match self {
+            CwmpVersion::V1_0 => CwmpNs::Cwmp10,
+            CwmpVersion::V1_1 => CwmpNs::Cwmp11,
+            _ => CwmpNs::Cwmp12,
+        }
+    }
+
+    /// The version an ACS that names none speaks, from the namespace it answered in (a
+    /// `cwmp-1-2` answer without `UseCWMPVersion` is 1.2: 1.3 cannot be told apart).
+    pub fn of_ns(ns: CwmpNs) -> CwmpVersion {
+        match ns {
+            CwmpNs::Cwmp10 => CwmpVersion::V1_0,
+            CwmpNs::Cwmp11 => CwmpVersion::V1_1,
+            CwmpNs::Cwmp12 => CwmpVersion::V1_2,
+        }
+    }
+
+    /// The version's text, as in `SupportedCWMPVersions` / `UseCWMPVersion` (`1.4`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CwmpVersion::V1_0 => "1.0",
+            CwmpVersion::V1_1 => "1.1",
+            CwmpVersion::V1_2 => "1.2",
+            CwmpVersion::V1_3 => "1.3",
+            CwmpVersion::V1_4 => "1.4",
+        }
+    }
+
+    /// Parses `1.0` … `1.4` (surrounding blanks allowed); anything else is None.
+    pub fn parse(s: &str) -> Option<CwmpVersion> {
+        CwmpVersion::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s.trim())
+    }
+
+    /// Whether the version has instance wildcards in GetParameterValues / Names /
+    /// Attributes (TR-069 Amendment 6, CWMP 1.4).
+    pub fn has_instance_wildcards(self) -> bool {
+        self >= CwmpVersion::V1_4
+    }
+
+    /// Whether an Inform of this version can carry event `code`: cwmp-1-0.xsd lists the codes
+    /// 0–9, `M Reboot` / `ScheduleInform` / `Download` / `Upload`, `M X_…` and `X <OUI> …`;
+    /// from 1.1 on any `<n> <WORD>…` or `M <Method>` code is allowed.
+    pub fn allows_event(self, code: &str) -> bool {
+        if self != CwmpVersion::V1_0 {
+            return true;
+        }
+        let numbered = code
+            .split_once(' ')
+            .and_then(|(n, _)| n.parse::<u8>().ok())
+            .is_some_and(|n| n <= 9);
+        let vendor = code.strip_prefix("X ").is_some_and(|r| {
+            r.len() > 7
+                && r.as_bytes()[6] == b' '
+                && r[..6]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        });
+        numbered
+            || vendor
+            || matches!(
+                code,
+                "M Reboot" | "M ScheduleInform" | "M Download" | "M Upload"
+            )
+            || code
+                .strip_prefix("M X_")
+                .is_some_and(|r| !r.is_empty() && !r.contains(' '))
+    }
+
+    /// Whether the version has alias-based addressing (Amendment 4, CWMP 1.3).
+    pub fn has_alias_addressing(self) -> bool {
+        self >= CwmpVersion::V1_3
+    }
+}
+
+impl std::fmt::Display for CwmpVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Replaces a fault code; a standard fault string follows the new code, a
 /// specific one is kept.
 fn remap_code(code: &mut u32, string: &mut String, new: u32) {
@@ -757,6 +874,42 @@ pub fn soap_fault_code(code: u32) -> &'static str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The version texts, namespaces and the events a 1.0 Inform may carry (cwmp-1-0.xsd).
+    #[test]
+    fn cwmp_versions() {
+        for v in CwmpVersion::ALL {
+            assert_eq!(CwmpVersion::parse(v.as_str()), Some(v));
+        }
+        assert_eq!(CwmpVersion::parse(" 1.4 "), Some(CwmpVersion::V1_4));
+        assert_eq!(CwmpVersion::parse("1.5"), None);
+        assert_eq!(
+            CwmpVersion::SUPPORTED_LIST,
+            CwmpVersion::ALL.map(CwmpVersion::as_str).join(",")
+        );
+        assert_eq!(CwmpVersion::V1_4.ns(), CwmpNs::Cwmp12);
+        assert_eq!(CwmpVersion::of_ns(CwmpNs::Cwmp11), CwmpVersion::V1_1);
+        let v10 = CwmpVersion::V1_0;
+        for ok in [
+            "0 BOOTSTRAP",
+            "9 REQUEST DOWNLOAD",
+            "M Upload",
+            "M X_ACME_Go",
+            "X 00D09E Y",
+        ] {
+            assert!(v10.allows_event(ok), "{ok}");
+        }
+        for no in [
+            "10 AUTONOMOUS TRANSFER COMPLETE",
+            "11 DU STATE CHANGE COMPLETE",
+            "M ScheduleDownload",
+            "M ChangeDUState",
+            "X 00d09e Y",
+        ] {
+            assert!(!v10.allows_event(no), "{no}");
+            assert!(CwmpVersion::V1_2.allows_event(no), "{no}");
+        }
+    }
     use std::path::{Path, PathBuf};
 
     fn t() -> String {
