@@ -27,8 +27,8 @@ SET=${CROSS_FEATURE_SET:-all}
 case "$SET" in
   all) pkgs=(-p cwmpd -p cwmp-connreq --bin cwmpd --bin cwmp-connreq) bins=(cwmpd cwmp-connreq) ;;
   # The agent alone: built with cwmp-connreq, cargo would unify in the xmpp feature it needs.
-  # Every connection-request mechanism, without the TR-143 diagnostics runners.
-  no-diag) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features xmpp,stun,upnp,software-modules,cwmp14) bins=(cwmpd) ;;
+  # Everything but the TR-143 diagnostics runners.
+  no-diag) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features xmpp,stun,upnp,software-modules,bulkdata,cwmp14) bins=(cwmpd) ;;
   # Every connection-request mechanism, neither diagnostics nor software modules.
   cr-only) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features xmpp,stun,upnp) bins=(cwmpd) ;;
   http+stun+upnp) pkgs=(-p cwmpd --bin cwmpd --no-default-features --features stun,upnp) bins=(cwmpd) ;;
