@@ -415,5 +415,8 @@ fn built_features() -> String {
     if cfg!(feature = "bulkdata") {
         v.push("bulkdata");
     }
+    if cfg!(feature = "lightweight-notif") {
+        v.push("lightweight-notif");
+    }
     v.join(" ")
 }
