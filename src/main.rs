@@ -425,5 +425,8 @@ fn built_features() -> String {
     if cfg!(feature = "cwmp14") {
         v.push("cwmp14");
     }
+    if cfg!(feature = "lightweight-notif") {
+        v.push("lightweight-notif");
+    }
     v.join(" ")
 }

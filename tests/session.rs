@@ -649,7 +649,7 @@ fn argument_facets_attributes_and_acs_own_changes() {
         AcsRequest::Reboot {
             command_key: key33.clone(),
         },
-        attr("Device.DeviceInfo.UpTime", 3),
+        attr("Device.DeviceInfo.UpTime", 7),
         spv("Device.ManagementServer.PeriodicInformEnable", "TRUE", "k1"),
         AcsRequest::AddObject {
             object_name: "Device.ManagementServer.InformParameter.".into(),
@@ -671,7 +671,7 @@ fn argument_facets_attributes_and_acs_own_changes() {
     assert_eq!(
         fault(&r[5]),
         9003,
-        "Notification 3 (lightweight) is not supported"
+        "Notification 7 is outside cwmp-1-4.xsd's 0-6"
     );
     assert!(matches!(
         r[6],

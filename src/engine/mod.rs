@@ -17,6 +17,11 @@ pub(crate) mod du;
 pub(crate) mod du;
 #[cfg(feature = "software-modules")]
 pub(crate) mod du_units;
+#[cfg(feature = "lightweight-notif")]
+pub mod lwnotif;
+#[cfg(not(feature = "lightweight-notif"))]
+#[path = "lwnotif_off.rs"]
+pub mod lwnotif;
 pub mod rpc;
 pub mod session;
 pub(crate) mod system;
@@ -140,6 +145,9 @@ pub enum Done {
     /// A bulk-data fetch or report delivery ended.
     #[cfg(feature = "bulkdata")]
     Bulk(bulkdata::BulkDone),
+    /// A lightweight notification was sent (or failed).
+    #[cfg_attr(not(feature = "lightweight-notif"), allow(dead_code))]
+    Lwn(lwnotif::LwnDone),
     /// An execution unit's process ended (`requested`: the agent stopped it).
     #[cfg(feature = "software-modules")]
     EuExit { key: String, requested: bool },
@@ -329,6 +337,9 @@ pub struct Engine {
     /// TR-181 bulk data collection profiles.
     #[cfg_attr(not(feature = "bulkdata"), allow(dead_code))]
     pub(crate) bulk: bulkdata::BulkData,
+    /// UDP Lightweight Notifications (TR-069 Annex M).
+    #[cfg_attr(not(feature = "lightweight-notif"), allow(dead_code))]
+    pub(crate) lwn: lwnotif::Lwn,
 }
 
 const MS_ENABLE: &str = "Device.ManagementServer.EnableCWMP";
@@ -428,10 +439,12 @@ impl Engine {
             du: Default::default(),
             sys_warn: crate::util::LogLimit::new(Duration::from_secs(60)),
             bulk: Default::default(),
+            lwn: Default::default(),
         };
         e.system_init();
         e.diag_init();
         e.bulk_init();
+        e.lwn_init();
         e.publish_settings();
         e.refresh_cr();
         if created {
@@ -664,6 +677,7 @@ impl Engine {
             }
             #[cfg(feature = "bulkdata")]
             Done::Bulk(d) => self.bulk_done(d),
+            Done::Lwn(d) => self.lwn_done(d),
         }
     }
 
@@ -763,6 +777,7 @@ impl Engine {
         loop {
             let open = !self.shutdown_requested;
             let bulk_wake = self.bulk_next_wakeup();
+            let lwn_wake = self.lwn_next_wakeup();
             let ev = tokio::select! {
                 biased;
                 r = &mut fut => return r,
@@ -771,6 +786,10 @@ impl Engine {
                 Some(d) = self.tasks.next(), if !self.tasks.is_empty() => Ev::Done(d),
                 _ = sleep_opt(bulk_wake) => {
                     self.bulk_tick(std::time::Instant::now());
+                    continue;
+                }
+                _ = sleep_opt(lwn_wake) => {
+                    self.lwn_tick(std::time::Instant::now());
                     continue;
                 }
             };
@@ -1452,6 +1471,7 @@ impl Engine {
                 "retry_count": self.cwmp.sched.retry_count,
                 "pending_events": self.cwmp.sched.queue.events.iter().map(|e| e.code.to_string()).collect::<Vec<_>>(),
                 "bulkdata": self.bulk_status(),
+                "lightweight_notifications": self.lwn_status(),
             }),
             "" => json!({"ok": false, "error": "request needs an \"op\""}),
             other => json!({"ok": false, "error": format!("unknown op {other:?}")}),
@@ -1516,6 +1536,7 @@ impl Engine {
             }
             let sleep = sleep_opt(wake);
             let bulk_wake = self.bulk_next_wakeup();
+            let lwn_wake = self.lwn_next_wakeup();
             tokio::select! {
                 biased;
                 cmd = recv_opt(&mut self.rx) => match cmd {
@@ -1550,6 +1571,7 @@ impl Engine {
                     self.system_changed();
                 }
                 _ = sleep_opt(bulk_wake) => self.bulk_tick(std::time::Instant::now()),
+                _ = sleep_opt(lwn_wake) => self.lwn_tick(std::time::Instant::now()),
                 _ = sleep => self.cwmp_tick(std::time::Instant::now()).await,
             }
             if self.shutdown_requested {

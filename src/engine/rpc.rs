@@ -836,7 +836,16 @@ impl Engine {
                         access_list: a.access_list_change.then(|| a.access_list.clone()),
                     })
                     .collect();
-                match self.store.set_attributes(&sets) {
+                // Notification 3-6 only where the session's CWMP version has them.
+                let refused = sets.iter().find_map(|a| {
+                    a.notification
+                        .filter(|n| !super::lwnotif::notification_allowed(self.cwmp.version, *n))
+                });
+                let set = match refused {
+                    Some(n) => Err(Fault::new(9003, format!("Notification {n} not allowed"))),
+                    None => self.store.set_attributes(&sets),
+                };
+                match set {
                     Ok(()) => match self.persist() {
                         Ok(()) => reply(env, CpeMessage::SetParameterAttributesResponse),
                         Err(_) => fault_env(env, SoapFault::new(9002)),

@@ -330,6 +330,7 @@ impl Engine {
         self.refresh_cr();
         self.publish_settings();
         self.bulk_after_change(now);
+        self.lwn_after_change(now);
     }
 
     /// Persists the events that survive a restart. Nothing is written when they did not change

@@ -7,6 +7,9 @@ import unittest
 from acs import Plan, Req
 from harness import SERIAL, ConformanceTest, gpv, wait_until
 
+# An InformResponse header that makes the session CWMP 1.4 (cwmp-1-4.xsd).
+USE_1_4 = '<cwmp:UseCWMPVersion soap-env:mustUnderstand="1">1.4</cwmp:UseCWMPVersion>'
+
 MS = "Device.ManagementServer."
 REQUIRED_METHODS = ["GetRPCMethods", "GetParameterNames", "GetParameterValues",
                     "SetParameterValues", "GetParameterAttributes", "SetParameterAttributes",
@@ -469,12 +472,46 @@ class AttributesTest(ConformanceTest):
         self.assertFault(rs[2], 9009)
         self.assertEqual(rs[3].param_attributes()["Device.DeviceInfo.SoftwareVersion"][0], "2")
 
-    def test_lightweight_notification_values_are_refused(self):
-        """TR-069 A.3.2.4 with cwmp-1-4 Notification 3-6 (UDP lightweight notification, which
-        the agent does not offer) (KNOWN DEFECT): SetParameterAttributes with Notification 3,
-        4, 5 or 6 gets fault 9003 and leaves the attribute unchanged."""
+    def test_lightweight_notification_values_are_accepted_in_cwmp_1_4(self):
+        """TR-069 A.3.2.4 with cwmp-1-4.xsd ParameterAttributeNotificationValueType (0-6; 3-6
+        are the UDP Lightweight Notifications of Annex M, which the agent offers: TR-181
+        LightweightNotificationProtocolsSupported = UDP): in a session the ACS made CWMP 1.4
+        (UseCWMPVersion 1.4) SetParameterAttributes with Notification 3, 4, 5 or 6
+        succeeds and GetParameterAttributes reads each back; 7 is outside the schema's range
+        and gets fault 9003 leaving the attribute unchanged."""
         host = "Device.DeviceInfo.HostName"
-        _, s = self.boot(Plan([spa(host, notification=n) for n in (3, 4, 5, 6)] + [gpa(host)]))
+        plan = []
+        for n in (3, 4, 5, 6):
+            plan += [spa(host, notification=n), gpa(host)]
+        plan += [Req(spa(host, notification=7), valid=False), gpa(host)]
+        a, s = self.boot(Plan(plan, inform_headers=USE_1_4))
+        rs = s.responses()
+        for i, n in enumerate((3, 4, 5, 6)):
+            self.assertEqual(rs[2 * i].method, "SetParameterAttributesResponse", rs[2 * i])
+            self.assertEqual(rs[2 * i + 1].param_attributes()[host][0], str(n))
+        self.assertFault(rs[8], 9003)
+        self.assertEqual(rs[9].param_attributes()[host][0], "6")
+
+    def test_lightweight_notification_values_are_refused_in_cwmp_1_0(self):
+        """TR-069 A.3.2.4 with cwmp-1-0.xsd, whose Notification is 0-2 (lightweight
+        notifications came with CWMP 1.4): when the ACS speaks urn:dslforum-org:cwmp-1-0,
+        SetParameterAttributes with Notification 3-6 gets fault 9003 and leaves the
+        attribute unchanged."""
+        host = "Device.DeviceInfo.HostName"
+        _, s = self.boot(Plan([Req(spa(host, notification=n), valid=False) for n in (3, 4, 5, 6)]
+                              + [gpa(host)], ns="1-0"))
+        rs = s.responses()
+        for r in rs[:4]:
+            self.assertFault(r, 9003)
+        self.assertEqual(rs[4].param_attributes()[host][0], "0")
+
+    def test_lightweight_notification_values_are_refused_in_cwmp_1_2(self):
+        """cwmp-1-2.xsd (and cwmp-1-3.xsd) list Notification 3-6 as "Reserved for future use":
+        an ACS answering in cwmp-1-2 without UseCWMPVersion is a CWMP 1.2 ACS, and
+        SetParameterAttributes with 3-6 gets fault 9003, leaving the attribute unchanged."""
+        host = "Device.DeviceInfo.HostName"
+        _, s = self.boot(Plan([Req(spa(host, notification=n), valid=False) for n in (3, 4, 5, 6)]
+                              + [gpa(host)]))
         rs = s.responses()
         for r in rs[:4]:
             self.assertFault(r, 9003)

@@ -10,5 +10,6 @@
 pub mod connreq;
 pub mod cwmp;
 pub mod linux;
+pub mod lwnotif;
 pub mod model;
 pub mod util;

@@ -139,6 +139,11 @@ pub struct Store {
     active_change: bool,
     /// Counts active-notification changes, so a caller can tell a new one from an old one.
     active_generation: u64,
+    /// Parameters with lightweight notification (3–6) whose value changed since their last
+    /// Lightweight Notification message (TR-069 Annex M), coalesced per parameter.
+    lw_changed: BTreeSet<String>,
+    /// Counts active-lightweight (5, 6) changes: each asks for a message soon.
+    lw_active_generation: u64,
     dirty: bool,
     live: Box<dyn LiveSource>,
     /// Tables the system fills: concrete table path → row key → instance number.
@@ -149,6 +154,19 @@ pub struct Store {
 
 /// Instances allowed in a table whose schema says `maxEntries="unbounded"`.
 pub const MAX_ENTRIES_UNBOUNDED: u32 = 256;
+
+/// Highest Notification attribute value (cwmp-1-4.xsd: 0–6; earlier versions: 0–2).
+pub const MAX_NOTIFICATION: u8 = 6;
+
+/// Whether Notification `n` puts a changed value in the next Inform (1, 2, 4, 6).
+pub fn notify_in_inform(n: u8) -> bool {
+    matches!(n, 1 | 2 | 4 | 6)
+}
+
+/// Whether Notification `n` puts a changed value in the next Lightweight Notification (3–6).
+pub fn notify_lightweight(n: u8) -> bool {
+    matches!(n, 3..=6)
+}
 
 /// Parameter paths are ≤256 characters (cwmp-1-2.xsd).
 pub const MAX_PATH_LEN: usize = 256;
@@ -181,6 +199,8 @@ impl Store {
             factory_values: HashMap::new(),
             factory_tables: BTreeMap::new(),
             changed: BTreeSet::new(),
+            lw_changed: BTreeSet::new(),
+            lw_active_generation: 0,
             active_change: false,
             active_generation: 0,
             dirty: false,
@@ -194,6 +214,7 @@ impl Store {
         }
         s.factory_tables = s.table_state();
         s.changed.clear();
+        s.lw_changed.clear();
         s.active_change = false;
         s.dirty = false;
         Ok(s)
@@ -755,13 +776,28 @@ impl Store {
             self.dirty = true;
         }
         if origin != Origin::Acs && notification > 0 {
-            self.changed.insert(path.to_string());
-            if notification == 2 {
-                self.active_change = true;
-                self.active_generation += 1;
-            }
+            self.record_change(path, notification);
         }
         true
+    }
+
+    /// Records a value change for the notification mechanisms `notification` asks for
+    /// (cwmp-1-4.xsd: 1 passive, 2 active, 3 passive lightweight, 4 = 1 + 3, 5 active
+    /// lightweight, 6 = 1 + 5; the Inform and the lightweight mechanisms run independently).
+    fn record_change(&mut self, path: &str, notification: u8) {
+        if notify_in_inform(notification) {
+            self.changed.insert(path.to_string());
+        }
+        if notification == 2 {
+            self.active_change = true;
+            self.active_generation += 1;
+        }
+        if notify_lightweight(notification) {
+            self.lw_changed.insert(path.to_string());
+            if matches!(notification, 5 | 6) {
+                self.lw_active_generation += 1;
+            }
+        }
     }
 
     /// Re-reads live values of parameters with notification on and records changes.
@@ -782,12 +818,8 @@ impl Store {
                 let node = self.params.get_mut(&path).expect("listed");
                 if node.value != v {
                     node.value = v;
-                    let active = node.notification == 2;
-                    self.changed.insert(path);
-                    self.active_change |= active;
-                    if active {
-                        self.active_generation += 1;
-                    }
+                    let notification = node.notification;
+                    self.record_change(&path, notification);
                     n += 1;
                 }
             }
@@ -908,6 +940,7 @@ impl Store {
         for k in ps {
             self.params.remove(&k);
             self.changed.remove(&k);
+            self.lw_changed.remove(&k);
         }
         self.next_instance.retain(|k, _| !k.starts_with(inst));
         self.active_change = self
@@ -933,8 +966,9 @@ impl Store {
 
     /// SetParameterAttributes: all or nothing.
     ///
-    /// Notification 3–6 (lightweight notifications) is refused with 9003: not implemented.
-    /// A parameter whose Notification cannot take the requested value (forceEnabled: always
+    /// Notification takes 0–6 (cwmp-1-4.xsd; 3–6 are the lightweight notifications of Annex
+    /// M); more is refused with 9003. Whether the session's CWMP version allows 3–6 is the
+    /// caller's check. A parameter whose Notification cannot take the requested value (forceEnabled: always
     /// active; canDeny: active refused) gives 9009 when named by its full path; under a partial
     /// path it keeps its own attribute and the others below are set (TR-069 A.3.2.4: a partial
     /// path applies the attributes to the parameters below it; one that cannot take them is not
@@ -952,10 +986,10 @@ impl Store {
             let partial = a.name.is_empty() || a.name.ends_with('.');
             let mut notify = Vec::new();
             if let Some(n) = a.notification {
-                if n > 2 {
+                if n > MAX_NOTIFICATION {
                     return Err(Fault::new(
                         9003,
-                        format!("notification {n} (lightweight) is not supported"),
+                        format!("notification {n} is out of range"),
                     ));
                 }
                 for p in &all {
@@ -1125,6 +1159,47 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Parameters with lightweight notification that changed since their last Lightweight
+    /// Notification message, with their current values, in path order.
+    pub fn lw_pending(&mut self) -> Vec<ValueEntry> {
+        let names: Vec<String> = self.lw_changed.iter().cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let value = self.read(&n)?;
+                let t = self.schema.params[self.params[&n].def].syntax.xsi_type();
+                Some(ValueEntry {
+                    name: n,
+                    value,
+                    xsi_type: t,
+                })
+            })
+            .collect()
+    }
+
+    /// How many parameters wait for a Lightweight Notification message.
+    pub fn lw_pending_count(&self) -> usize {
+        self.lw_changed.len()
+    }
+
+    /// Increases with every active-lightweight (Notification 5 or 6) change.
+    pub fn lw_active_generation(&self) -> u64 {
+        self.lw_active_generation
+    }
+
+    /// Forgets lightweight changes (sent, or discarded while the mechanism is off); `None`:
+    /// all of them.
+    pub fn clear_lw_changes(&mut self, names: Option<&[String]>) {
+        match names {
+            Some(ns) => {
+                for n in ns {
+                    self.lw_changed.remove(n);
+                }
+            }
+            None => self.lw_changed.clear(),
+        }
     }
 
     /// Whether an active-notification change is waiting (it should start a session).
@@ -1306,7 +1381,11 @@ impl Store {
             }
         }
         for (path, (n, al)) in &snap.attrs {
-            if let Some(node) = self.params.get_mut(path) {
+            if *n > MAX_NOTIFICATION {
+                warnings.push(format!(
+                    "state attributes of {path} skipped: notification {n}"
+                ));
+            } else if let Some(node) = self.params.get_mut(path) {
                 node.notification = *n;
                 node.subscriber = al.iter().any(|e| e == "Subscriber");
             } else {
@@ -1317,6 +1396,7 @@ impl Store {
         }
         self.mirror_keys = snap.keys.clone();
         self.changed.clear();
+        self.lw_changed.clear();
         self.active_change = false;
         self.dirty = false;
         warnings

@@ -1305,22 +1305,79 @@ fn notification_0_to_2_is_set_and_read_back() {
     assert_eq!(s.get_attributes(&[""]).unwrap().len(), s.param_count());
 }
 
-/// TR-069 A.3.2.4 (cwmp-1-4.xsd Notification 3–6 are lightweight notifications, which cwmpd
-/// does not implement): refused with 9003, nothing changed.
+/// TR-069 A.3.2.4 with cwmp-1-4.xsd: Notification takes 0–6 (3–6 are the lightweight
+/// notifications of Annex M); 7 is refused with 9003 and nothing changes. 3–6 read back and
+/// survive a snapshot / restore.
 #[test]
-fn notification_3_to_6_is_9003() {
+fn notification_3_to_6_accepted_7_is_9003() {
     let mut s = store();
     for n in 3..=6 {
-        let e = s
-            .set_attributes(&[notif(n, "Device.Settings.Flag")])
-            .unwrap_err();
-        assert_eq!(e.code, 9003, "{n}");
-        let e = s
-            .set_attributes(&[notif(n, "Device.Settings.")])
-            .unwrap_err();
-        assert_eq!(e.code, 9003, "{n} partial");
+        s.set_attributes(&[notif(n, "Device.Settings.Flag")])
+            .unwrap();
+        assert_eq!(notification(&s, "Device.Settings.Flag"), n);
     }
-    assert_eq!(notification(&s, "Device.Settings.Flag"), 0);
+    for name in ["Device.Settings.Flag", "Device.Settings."] {
+        let e = s.set_attributes(&[notif(7, name)]).unwrap_err();
+        assert_eq!(e.code, 9003, "{name}");
+    }
+    assert_eq!(notification(&s, "Device.Settings.Flag"), 6);
+    let snap = s.snapshot();
+    let mut t = store();
+    assert!(t.restore(&snap).is_empty());
+    assert_eq!(notification(&t, "Device.Settings.Flag"), 6);
+}
+
+/// cwmp-1-4.xsd: 3 passive lightweight, 4 = passive + passive lightweight, 5 active
+/// lightweight, 6 = passive + active lightweight; the two mechanisms run independently and
+/// none of 3–6 is an active (session-opening) notification. The ACS's own changes are not
+/// notified; changes coalesce per parameter.
+#[test]
+fn lightweight_notification_values_split_inform_and_lightweight() {
+    let mut s = store();
+    let names = [
+        "Device.Settings.Int",
+        "Device.Settings.Plain",
+        "Device.Settings.Count",
+        "Device.Settings.Flag",
+    ];
+    for (n, name) in (3..=6).zip(names) {
+        s.set_attributes(&[notif(n, name)]).unwrap();
+    }
+    let g0 = s.lw_active_generation();
+    for (i, name) in names.iter().enumerate() {
+        let v = if *name == "Device.Settings.Flag" {
+            "true".to_string()
+        } else {
+            (i + 1).to_string()
+        };
+        assert_eq!(s.set_internal(name, &v), Ok(true), "{name}");
+    }
+    // The Inform gets the passive parts of 4 and 6 only; no active change.
+    let inform: Vec<String> = pending(&mut s).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(inform, ["Device.Settings.Flag", "Device.Settings.Plain"]);
+    assert!(!s.has_active_change());
+    // The lightweight side gets all four; 5 and 6 are active lightweight.
+    let lw: Vec<String> = s.lw_pending().into_iter().map(|e| e.name).collect();
+    assert_eq!(lw.len(), 4, "{lw:?}");
+    assert_eq!(s.lw_active_generation(), g0 + 2);
+    // A second change of the same parameter coalesces.
+    s.set_internal("Device.Settings.Int", "9").unwrap();
+    assert_eq!(s.lw_pending_count(), 4);
+    let int = s
+        .lw_pending()
+        .into_iter()
+        .find(|e| e.name == "Device.Settings.Int")
+        .unwrap();
+    assert_eq!(int.value, "9");
+    s.clear_lw_changes(Some(&["Device.Settings.Int".to_string()]));
+    assert_eq!(s.lw_pending_count(), 3);
+    s.clear_lw_changes(None);
+    assert_eq!(s.lw_pending_count(), 0);
+    // The ACS's own change is not notified, lightweight or not.
+    s.set_values(&spv(&[("Device.Settings.Plain", "42")]), Origin::Acs)
+        .unwrap();
+    assert_eq!(s.lw_pending_count(), 0);
+    assert_eq!(s.lw_active_generation(), g0 + 2);
 }
 
 /// TR-069 A.3.2.4 with TR-106 activeNotify="forceEnabled" (SoftwareVersion, ProvisioningCode):
@@ -1422,7 +1479,7 @@ fn access_list_takes_only_subscriber() {
 }
 
 /// TR-069 A.3.2.4: SetParameterAttributes is all or nothing across its list: one entry refused
-/// (9005 unknown, 9009 forced, 9007 access list, 9003 lightweight) and no entry is applied.
+/// (9005 unknown, 9009 forced, 9007 access list, 9003 out of range) and no entry is applied.
 #[test]
 fn set_attributes_is_all_or_nothing() {
     let mut s = store();
@@ -1459,7 +1516,7 @@ fn set_attributes_is_all_or_nothing() {
         (
             vec![
                 notif(1, "Device.Settings.Flag"),
-                notif(5, "Device.Settings.Count"),
+                notif(7, "Device.Settings.Count"),
             ],
             9003,
         ),
