@@ -624,7 +624,7 @@ fn factory_reset_bootstrap_inform_carries_the_connection_request_url() {
 }
 
 /// Issue #12, defects 4, 10, 11, 17: arguments the schema or the model cannot hold are
-/// refused with 9003 and nothing applied; Notification 3–6 → 9003; the ACS's own changes
+/// refused with 9003 and nothing applied; Notification 7 → 9003; the ACS's own changes
 /// (ParameterKey, *NumberOfEntries) are not notified back to it; booleans in any case.
 #[test]
 fn argument_facets_attributes_and_acs_own_changes() {

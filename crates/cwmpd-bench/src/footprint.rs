@@ -103,8 +103,33 @@ pub(crate) fn judge(value: f64, limit: f64) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// The x86_64 feature sets: name and the cargo flags that build it.
-pub(crate) const FEATURE_SETS: [(&str, &[&str]); 4] = [
+pub(crate) const FEATURE_SETS: [(&str, &[&str]); 7] = [
     ("all", &[]),
+    // What each part of issue #18 costs: everything but that one feature.
+    (
+        "no-bulkdata",
+        &[
+            "--no-default-features",
+            "--features",
+            "xmpp,upnp,stun,diagnostics,software-modules,cwmp14,lightweight-notif",
+        ],
+    ),
+    (
+        "no-cwmp14",
+        &[
+            "--no-default-features",
+            "--features",
+            "xmpp,upnp,stun,diagnostics,software-modules,bulkdata,lightweight-notif",
+        ],
+    ),
+    (
+        "no-lightweight-notif",
+        &[
+            "--no-default-features",
+            "--features",
+            "xmpp,upnp,stun,diagnostics,software-modules,bulkdata,cwmp14",
+        ],
+    ),
     (
         "http+stun+upnp",
         &["--no-default-features", "--features", "stun,upnp"],
