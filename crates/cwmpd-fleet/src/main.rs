@@ -5,7 +5,7 @@
 //! template configures one), built from one TOML template in which `{n}` (the instance number),
 //! `{n+K}` (the instance number plus K, e.g. a port base) and `{dir}` (the instance's own
 //! directory under `--dir`) are replaced. All agents run on one current-thread runtime; the data
-//! model definitions are parsed once and each agent's store gets its own copy.
+//! model definitions are parsed once and shared by every agent's store.
 //!
 //! Agents start with at most `--concurrency` boot sessions in flight; a progress line per second
 //! while they ramp up; a summary (sessions, connection requests, failures) when SIGINT/SIGTERM
@@ -151,18 +151,24 @@ fn main() -> ExitCode {
 }
 
 /// Each agent holds a TCP listener, a UDP socket and the ACS connection of a session: raise
-/// the soft limit on open files to the hard one.
-fn raise_nofile() -> u64 {
+/// the limit on open files to `want` (root may raise the hard limit too), else to the hard limit.
+/// Returns the soft limit in force.
+fn raise_nofile(want: u64) -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Err(_) => 0,
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft >= want {
+        return soft;
+    }
+    if want > hard && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return want;
+    }
+    let to = want.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, to, hard).is_ok() {
+        to
+    } else {
+        soft
     }
 }
 
@@ -195,27 +201,36 @@ fn rss_bytes() -> u64 {
 fn run(o: Opts) -> Result<bool, String> {
     let text = std::fs::read_to_string(&o.template)
         .map_err(|e| format!("{}: {e}", o.template.display()))?;
-    let nofile = raise_nofile();
+    let nofile = raise_nofile(o.count as u64 * 4 + 1024);
+    if nofile < o.count as u64 * 3 {
+        eprintln!(
+            "cwmpd-fleet: warning: the open-file limit {nofile} is low for {} agents (3 per agent)",
+            o.count
+        );
+    }
     cwmpd::logging::init(&o.log);
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
     let dir = std::fs::canonicalize(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
     // The first instance's configuration checks the template and names the data model.
     let first = instance_config(&text, o.first, &dir)?;
+    let before = LIVE.load(Ordering::Relaxed);
     let schema = load_schema(&first)?;
+    let defs = LIVE.load(Ordering::Relaxed).saturating_sub(before);
     println!(
-        "cwmpd-fleet: {} agents (instances {}..={}), {} parameters defined, open-file limit {nofile}",
+        "cwmpd-fleet: {} agents (instances {}..={}), {} parameters defined ({:.1} KB of definitions), open-file limit {nofile}",
         o.count,
         o.first,
         o.first + o.count - 1,
-        schema.params.len()
+        schema.params.len(),
+        defs as f64 / 1024.0
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, fleet(o, text, dir, Rc::new(schema)))
+    local.block_on(&rt, fleet(o, text, dir, std::sync::Arc::new(schema)))
 }
 
 /// The agent configuration of instance `n`.
@@ -232,10 +247,11 @@ fn load_schema(cfg: &Config) -> Result<Schema, String> {
 }
 
 /// Builds instance `n`'s engine on a copy of the shared definitions.
-fn build_engine(cfg: &Config, schema: &Schema) -> Result<Engine, String> {
+fn build_engine(cfg: &Config, schema: &std::sync::Arc<Schema>) -> Result<Engine, String> {
     cfg.check_against(schema).map_err(|e| e.to_string())?;
     let live = Box::new(cwmpd::model::store::ProcfsLive::default());
-    let mut store = Store::new(schema.clone(), &cfg.parameters, live).map_err(|m| m.to_string())?;
+    let mut store = Store::new(std::sync::Arc::clone(schema), &cfg.parameters, live)
+        .map_err(|m| m.to_string())?;
     for (i, p) in cfg.providers.iter().enumerate() {
         let g = cwmpd::model::schema::generic_path(&p.prefix).into_owned();
         store.set_external_source(&g, i);
@@ -262,7 +278,12 @@ async fn status(tx: &tokio::sync::mpsc::Sender<Command>) -> Option<AgentStats> {
 
 type Agents = Rc<RefCell<Vec<Option<Running>>>>;
 
-async fn fleet(o: Opts, text: String, dir: PathBuf, schema: Rc<Schema>) -> Result<bool, String> {
+async fn fleet(
+    o: Opts,
+    text: String,
+    dir: PathBuf,
+    schema: std::sync::Arc<Schema>,
+) -> Result<bool, String> {
     let heap0 = LIVE.load(Ordering::Relaxed);
     let rss0 = rss_bytes();
     let t0 = Instant::now();
