@@ -71,6 +71,7 @@ impl Opts {
 /// What one run measured.
 struct Run {
     count: usize,
+    procs: usize,
     up: usize,
     heap_per_agent: f64,
     rss_per_agent: f64,
@@ -133,6 +134,61 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
+/// One `cwmpd-fleet` process of a run.
+struct Proc {
+    child: std::process::Child,
+    json: PathBuf,
+    count: usize,
+}
+
+impl Proc {
+    /// SIGTERM, then a bounded wait for the summary; killed when it does not come.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(60 + self.count as u64 / 50);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+    fn phase(&self, phase: &str) -> Option<serde_json::Value> {
+        read_json(&self.json).filter(|v| v["phase"] == phase)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Agents one process can hold under the open-file limit (a TCP listener and a UDP socket
+/// each, plus the session's ACS connection while booting and some slack).
+fn per_process_limit() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if hard != nix::sys::resource::RLIM_INFINITY => {
+            (hard.saturating_sub(1024) / 2).max(1) as usize
+        }
+        _ => usize::MAX,
+    }
+}
+
 fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
     let acs = cwmp_testacs::spawn_in_thread(AcsOptions::default());
     let dir = base.join(format!("n{count}"));
@@ -140,73 +196,97 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let tpl = dir.join("template.toml");
     std::fs::write(&tpl, template(&acs.url())).map_err(|e| e.to_string())?;
-    let json = dir.join("fleet.json");
-    let log = std::fs::File::create(dir.join("fleet.log")).map_err(|e| e.to_string())?;
-    let mut child = Command::new(bin)
-        .args(["-t", &tpl.to_string_lossy(), "-n", &count.to_string()])
-        .args(["-d", &dir.join("agents").to_string_lossy()])
-        .args(["--concurrency", &o.concurrency.to_string()])
-        .args(["--json", &json.to_string_lossy(), "--log", "error"])
-        .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let pid = child.id();
-    let stop = |child: &mut std::process::Child| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 50);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return Some(st),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-        }
-    };
     let mut notes = Vec::new();
-    let boot_bound = Duration::from_secs(120 + count as u64 / 20);
-    let ended = acs.wait_ended(count, boot_bound);
-    // The fleet writes its figures once every agent's boot session has ended.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let up = loop {
-        if let Some(v) = read_json(&json).filter(|v| v["phase"] == "up") {
-            break Some(v);
-        }
-        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let Some(up) = up else {
-        stop(&mut child);
-        return Err(format!(
-            "{count} agents: the fleet did not come up ({ended} boot sessions ended); see {}",
-            dir.join("fleet.log").display()
+    let nprocs = count.div_ceil(per_process_limit().min(count));
+    if nprocs > 1 {
+        notes.push(format!(
+            "{count} agents: {nprocs} processes of about {} (the open-file limit here allows {} agents with a TCP listener and a UDP socket each per process; raising it needs CAP_SYS_RESOURCE)",
+            count.div_ceil(nprocs),
+            per_process_limit()
         ));
+    }
+    let mut procs = Vec::new();
+    let mut first = 1;
+    for p in 0..nprocs {
+        let n = count / nprocs + usize::from(p < count % nprocs);
+        let json = dir.join(format!("fleet{p}.json"));
+        let log =
+            std::fs::File::create(dir.join(format!("fleet{p}.log"))).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .args(["-t", &tpl.to_string_lossy(), "-n", &n.to_string()])
+            .args(["--first", &first.to_string()])
+            .args(["-d", &dir.join("agents").to_string_lossy()])
+            .args(["--concurrency", &o.concurrency.div_ceil(nprocs).to_string()])
+            .args(["--json", &json.to_string_lossy(), "--log", "error"])
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        procs.push(Proc {
+            child,
+            json,
+            count: n,
+        });
+        first += n;
+    }
+    // Up when every process has written its ramp figures (each does once all its agents'
+    // boot sessions have ended or failed), bounded.
+    let deadline = Instant::now() + Duration::from_secs(120 + count as u64 / 20);
+    let ups = loop {
+        let ups: Vec<_> = procs.iter().filter_map(|p| p.phase("up")).collect();
+        if ups.len() == procs.len() {
+            break ups;
+        }
+        let dead = procs
+            .iter_mut()
+            .any(|p| matches!(p.child.try_wait(), Ok(Some(_))));
+        if Instant::now() > deadline || dead {
+            for p in &mut procs {
+                p.stop();
+            }
+            return Err(format!(
+                "{count} agents: the fleet did not come up ({} boot sessions ended); see {}",
+                acs.wait_ended(count, Duration::ZERO),
+                dir.display()
+            ));
+        }
+        acs.wait_ended(count, Duration::from_millis(200));
     };
-    if ended < count {
-        notes.push(format!("{count} agents: only {ended} boot sessions ended"));
+    let sum = |k: &str| {
+        ups.iter()
+            .map(|v| v[k].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let booted = sum("booted") as usize;
+    let started = sum("started").max(1.0);
+    let ramp_s = ups
+        .iter()
+        .map(|v| v["ramp_seconds"].as_f64().unwrap_or(f64::NAN))
+        .fold(0.0, f64::max);
+    let ended = acs.wait_ended(booted, Duration::from_secs(10));
+    if booted < count || sum("start_failures") + sum("boot_failures") > 0.0 {
+        notes.push(format!(
+            "{count} agents: {booted} booted, {} start and {} boot failures (see the fleet logs)",
+            sum("start_failures"),
+            sum("boot_failures")
+        ));
     }
     let sessions = acs.sessions();
-    let first = sessions.iter().filter_map(|s| s.inform_at).min();
+    let first_inform = sessions.iter().filter_map(|s| s.inform_at).min();
     let last = sessions.iter().filter_map(|s| s.ended_at).max();
-    let boots_per_s = match (first, last) {
+    let boots_per_s = match (first_inform, last) {
         (Some(a), Some(b)) if b > a => ended as f64 / (b - a).as_secs_f64(),
         _ => f64::NAN,
     };
     // Idle memory: let the last sessions' buffers go.
     std::thread::sleep(Duration::from_secs(2));
-    let rss_kb = crate::session::status_kb(pid, "VmRSS").unwrap_or(0) as f64;
-    let anon_kb = crate::session::status_kb(pid, "RssAnon").unwrap_or(0) as f64;
+    let kb = |f: &str| {
+        procs
+            .iter()
+            .map(|p| crate::session::status_kb(p.child.id(), f).unwrap_or(0) as f64)
+            .sum::<f64>()
+    };
+    let (rss_kb, anon_kb) = (kb("VmRSS"), kb("RssAnon"));
     // Connection requests, one at a time, to agents spread over the fleet.
     let urls: std::collections::HashMap<String, String> = sessions
         .iter()
@@ -257,40 +337,43 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
         }
     }
     lat.sort_by(f64::total_cmp);
-    let status = stop(&mut child);
-    let end = read_json(&json).filter(|v| v["phase"] == "stopped");
+    let mut ends = Vec::new();
+    for p in &mut procs {
+        let st = p.stop();
+        match p.phase("stopped") {
+            Some(v) => ends.push(v),
+            None => notes.push(format!(
+                "{count} agents: a process left no summary ({st:?})"
+            )),
+        }
+    }
     let acs_total = acs.session_count() as u64;
-    let summary_matches = match &end {
-        Some(v) => {
-            let ok = v["sessions_ok"].as_u64() == Some(acs_total)
-                && v["connection_requests"].as_u64() == Some(lat.len() as u64)
-                && v["sessions_failed"].as_u64() == Some(0);
-            if !ok {
-                notes.push(format!(
-                    "{count} agents: fleet summary {v} vs ACS {acs_total} sessions, {} CRs",
-                    lat.len()
-                ));
-            }
-            ok
-        }
-        None => {
-            notes.push(format!(
-                "{count} agents: no final summary (exit {status:?})"
-            ));
-            false
-        }
-    };
+    let esum = |k: &str| ends.iter().map(|v| v[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let summary_matches = ends.len() == procs.len()
+        && esum("sessions_ok") == acs_total
+        && esum("connection_requests") == lat.len() as u64
+        && esum("sessions_failed") == 0;
+    if !summary_matches {
+        notes.push(format!(
+            "{count} agents: fleet summary sessions ok {} failed {} CRs {} vs ACS {acs_total} sessions, {} CRs",
+            esum("sessions_ok"),
+            esum("sessions_failed"),
+            esum("connection_requests"),
+            lat.len()
+        ));
+    }
     let n = count as f64;
     let _ = std::fs::remove_dir_all(dir.join("agents"));
     Ok(Run {
         count,
-        up: up["booted"].as_u64().unwrap_or(0) as usize,
-        heap_per_agent: up["heap_per_agent_bytes"].as_f64().unwrap_or(f64::NAN),
+        procs: nprocs,
+        up: booted,
+        heap_per_agent: sum("heap_bytes") / started,
         rss_per_agent: rss_kb * 1024.0 / n,
         anon_per_agent: anon_kb * 1024.0 / n,
         rss_total: rss_kb * 1024.0,
         boots_per_s,
-        ramp_s: up["ramp_seconds"].as_f64().unwrap_or(f64::NAN),
+        ramp_s,
         cr_p50_ms: pct(&lat, 50.0),
         cr_p99_ms: pct(&lat, 99.0),
         crs: lat.len(),
@@ -328,13 +411,14 @@ pub fn run(o: &Opts) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(&base);
     let mut md = String::from(
-        "| simulator | agents up / asked | heap per idle agent | RSS per agent (anon) | process RSS | boot Informs/s (ramp) | CR → Inform p50 / p99 (n) | summary = ACS |\n|---|---|---|---|---|---|---|---|\n",
+        "| simulator | agents up / asked (processes) | heap per idle agent | RSS per agent (anon) | RSS, all processes | boot Informs/s (ramp) | CR → Inform p50 / p99 (n) | summary = ACS |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in &runs {
         md.push_str(&format!(
-            "| cwmpd-fleet | {} / {} | {:.1} KB | {:.1} KB ({:.1} KB) | {:.0} MB | {:.0} ({:.1} s) | {:.2} / {:.2} ms ({}) | {} |\n",
+            "| cwmpd-fleet | {} / {} ({}) | {:.1} KB | {:.1} KB ({:.1} KB) | {:.0} MB | {:.0} ({:.1} s) | {:.2} / {:.2} ms ({}) | {} |\n",
             r.up,
             r.count,
+            r.procs,
             r.heap_per_agent / 1024.0,
             r.rss_per_agent / 1024.0,
             r.anon_per_agent / 1024.0,

@@ -217,20 +217,29 @@ fn run(o: Opts) -> Result<bool, String> {
     let before = LIVE.load(Ordering::Relaxed);
     let schema = load_schema(&first)?;
     let defs = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let schema = std::sync::Arc::new(schema);
+    // One agent's store alone (the rest of an agent's heap is its engine, tasks and sockets).
+    let before = LIVE.load(Ordering::Relaxed);
+    let live = Box::new(cwmpd::model::store::ProcfsLive::default());
+    let store = Store::new(schema.clone(), &first.parameters, live)?;
+    let store_heap = LIVE.load(Ordering::Relaxed).saturating_sub(before);
     println!(
-        "cwmpd-fleet: {} agents (instances {}..={}), {} parameters defined ({:.1} KB of definitions), open-file limit {nofile}",
+        "cwmpd-fleet: {} agents (instances {}..={}), {} parameters defined ({:.1} KB of shared definitions), {} instantiated ({:.1} KB per agent's store), open-file limit {nofile}",
         o.count,
         o.first,
         o.first + o.count - 1,
         schema.params.len(),
-        defs as f64 / 1024.0
+        defs as f64 / 1024.0,
+        store.param_count(),
+        store_heap as f64 / 1024.0
     );
+    drop(store);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, fleet(o, text, dir, std::sync::Arc::new(schema)))
+    local.block_on(&rt, fleet(o, text, dir, schema))
 }
 
 /// The agent configuration of instance `n`.
