@@ -377,9 +377,11 @@ async fn fleet(
         .collect();
     let mut total = AgentStats::default();
     let mut unanswered = 0usize;
+    let mut with_session = 0usize;
     for a in &list {
         match status(a.commands()).await {
             Some(s) => {
+                with_session += usize::from(s.sessions_ok > 0);
                 total.sessions_ok += s.sessions_ok;
                 total.sessions_failed += s.sessions_failed;
                 total.connection_requests += s.connection_requests;
@@ -395,10 +397,11 @@ async fn fleet(
     while stops.join_next().await.is_some() {}
     let c = counters.borrow();
     println!(
-        "cwmpd-fleet: summary: agents {}, started {}, booted {}, start failures {}, boot failures {}, sessions ok {}, sessions failed {}, connection requests answered {}, status unanswered {}, stopped in {:.1} s",
+        "cwmpd-fleet: summary: agents {}, started {}, booted {} (with a successful session at the end: {}), start failures {}, boot failures {}, sessions ok {}, sessions failed {}, connection requests answered {}, status unanswered {}, stopped in {:.1} s",
         o.count,
         c.started,
         c.booted,
+        with_session,
         c.start_failed,
         c.boot_failed,
         total.sessions_ok,
@@ -414,6 +417,7 @@ async fn fleet(
         "stopped",
         &up,
         Some(json!({
+            "with_session": with_session,
             "sessions_ok": total.sessions_ok,
             "sessions_failed": total.sessions_failed,
             "connection_requests": total.connection_requests,

@@ -108,6 +108,21 @@ fn two_hundred_agents_boot_and_answer_connection_requests() {
     let distinct: BTreeSet<&String> = urls.values().collect();
     assert_eq!(distinct.len(), AGENTS, "each agent has its own CR listener");
 
+    // The fleet's ramp figures (written once it has seen every agent's boot session end).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let up = loop {
+        let v: Option<serde_json::Value> = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(v) = v.filter(|v| v["phase"] == "up") {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no ramp figures from the fleet");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(up["booted"], AGENTS, "{up}");
+    assert_eq!(up["boot_failures"], 0, "{up}");
+
     // A connection request to each sampled agent: exactly that agent opens a CR session.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -163,6 +178,7 @@ fn two_hundred_agents_boot_and_answer_connection_requests() {
     assert_eq!(v["phase"], "stopped");
     assert_eq!(v["started"], AGENTS);
     assert_eq!(v["booted"], AGENTS);
+    assert_eq!(v["with_session"], AGENTS);
     assert_eq!(v["boot_failures"], 0);
     assert_eq!(v["sessions_ok"], AGENTS + SAMPLE.len());
     assert_eq!(v["sessions_failed"], 0);
