@@ -170,57 +170,102 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
         .map_err(AgentError::Runtime)?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let (signal, _) = tokio::sync::watch::channel(false);
-        let (done, mut all_done) = mpsc::channel::<()>(1);
-        let shutdown = Shutdown { signal, done };
-        let mut engine = Engine::new(cfg.clone())?;
-        engine.start_providers();
-        let (tx, rx) = mpsc::channel::<Command>(64);
-        // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute, shared by
-        // all connection-request mechanisms.
-        let limiter = std::rc::Rc::new(std::cell::RefCell::new(
-            crate::connreq::backoff::RateLimiter::new(
-                cfg.connreq.rate_burst,
-                f64::from(cfg.connreq.rate_per_minute) / 60.0,
-            ),
-        ));
-        start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone(), &shutdown).await?;
-        #[cfg(feature = "stun")]
-        start_udp_cr(&cfg, &engine, tx.clone(), limiter.clone()).await;
-        #[cfg(not(feature = "stun"))]
-        tracing::info!("built without the stun feature: no UDP connection requests or STUN");
-        // The XMPP connection-request client (idle while ConnReqXMPPConnection is empty).
-        #[cfg(feature = "xmpp")]
-        tokio::task::spawn_local(crate::connreq::xmpp::run(
-            engine.settings(),
-            cfg.xmpp.ca_file.clone(),
-            limiter,
-            tx.clone(),
-        ));
-        #[cfg(not(feature = "xmpp"))]
-        drop(limiter);
-        if !cfg.agent.control_socket.as_os_str().is_empty() {
-            let l = crate::ctl::bind(&cfg.agent.control_socket).map_err(|source| {
-                AgentError::ControlSocket {
-                    path: cfg.agent.control_socket.clone(),
-                    source,
-                }
-            })?;
-            tokio::task::spawn_local(crate::ctl::serve(l, tx.clone()));
-        }
-        tracing::info!(
-            config = %cfg.file.display(),
-            parameters = engine.store.param_count(),
-            "cwmpd {} started",
-            env!("CARGO_PKG_VERSION")
-        );
+        let agent = start(cfg).await?;
         crate::util::trim_heap();
-        let engine_task = tokio::task::spawn_local(engine.run(rx));
         stop.await;
+        agent.stop().await;
+        Ok::<_, AgentError>(())
+    })
+}
+
+/// A started agent: its engine and listeners are tasks on the caller's `LocalSet`.
+pub struct Running {
+    tx: mpsc::Sender<Command>,
+    shutdown: Shutdown,
+    all_done: mpsc::Receiver<()>,
+    engine_task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts one agent on the current thread's `LocalSet` (the caller owns the runtime and may run
+/// several agents on it; the fleet simulator does). Errors when the configuration, the data
+/// model, the state directory or every HTTP connection-request listener is unusable.
+pub async fn start(cfg: Config) -> Result<Running, AgentError> {
+    let engine = Engine::new(cfg.clone())?;
+    start_with(cfg, engine).await
+}
+
+/// [`start`] with an engine the caller built (e.g. with [`Engine::with_store`] on a schema it
+/// loaded once for many agents).
+pub async fn start_with(cfg: Config, mut engine: Engine) -> Result<Running, AgentError> {
+    let (signal, _) = tokio::sync::watch::channel(false);
+    let (done, all_done) = mpsc::channel::<()>(1);
+    let shutdown = Shutdown { signal, done };
+    engine.start_providers();
+    let (tx, rx) = mpsc::channel::<Command>(64);
+    // A bucket of `rate_burst` refilled with `rate_per_minute` tokens per minute, shared by
+    // all connection-request mechanisms.
+    let limiter = std::rc::Rc::new(std::cell::RefCell::new(
+        crate::connreq::backoff::RateLimiter::new(
+            cfg.connreq.rate_burst,
+            f64::from(cfg.connreq.rate_per_minute) / 60.0,
+        ),
+    ));
+    start_http_cr(&cfg, &mut engine, tx.clone(), limiter.clone(), &shutdown).await?;
+    #[cfg(feature = "stun")]
+    start_udp_cr(&cfg, &engine, tx.clone(), limiter.clone()).await;
+    #[cfg(not(feature = "stun"))]
+    tracing::info!("built without the stun feature: no UDP connection requests or STUN");
+    // The XMPP connection-request client (idle while ConnReqXMPPConnection is empty).
+    #[cfg(feature = "xmpp")]
+    tokio::task::spawn_local(crate::connreq::xmpp::run(
+        engine.settings(),
+        cfg.xmpp.ca_file.clone(),
+        limiter,
+        tx.clone(),
+    ));
+    #[cfg(not(feature = "xmpp"))]
+    drop(limiter);
+    if !cfg.agent.control_socket.as_os_str().is_empty() {
+        let l = crate::ctl::bind(&cfg.agent.control_socket).map_err(|source| {
+            AgentError::ControlSocket {
+                path: cfg.agent.control_socket.clone(),
+                source,
+            }
+        })?;
+        tokio::task::spawn_local(crate::ctl::serve(l, tx.clone()));
+    }
+    tracing::info!(
+        config = %cfg.file.display(),
+        parameters = engine.store.param_count(),
+        "cwmpd {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    let engine_task = tokio::task::spawn_local(engine.run(rx));
+    Ok(Running {
+        tx,
+        shutdown,
+        all_done,
+        engine_task,
+    })
+}
+
+impl Running {
+    /// The engine's command channel (what the control socket and the listeners send on).
+    pub fn commands(&self) -> &mpsc::Sender<Command> {
+        &self.tx
+    }
+
+    /// Stops the agent: every task is told; the engine saves what is unsaved; the CR ports
+    /// close and the connections in flight finish their request; the UPnP mapping is removed;
+    /// all within SHUTDOWN_BOUND, then whatever is left is abandoned.
+    pub async fn stop(self) {
+        let Running {
+            tx,
+            shutdown,
+            mut all_done,
+            engine_task,
+        } = self;
         tracing::info!("shutting down");
-        // Every task is told; the engine saves what is unsaved; the CR ports close and the
-        // connections in flight finish their request; the UPnP mapping is removed; all within
-        // SHUTDOWN_BOUND, then the runtime (and whatever is left) is dropped.
         let Shutdown { signal, done } = shutdown;
         let _ = signal.send(true);
         drop(done);
@@ -233,6 +278,5 @@ pub fn run(cfg: Config, stop: impl std::future::Future<Output = ()>) -> Result<(
         if finished.is_err() {
             tracing::warn!("shutdown took longer than {SHUTDOWN_BOUND:?}; stopping anyway");
         }
-        Ok::<_, AgentError>(())
-    })
+    }
 }

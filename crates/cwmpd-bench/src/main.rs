@@ -12,6 +12,9 @@
 //! * `diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR]`: the TR-143 IPPing and
 //!   Download diagnostics against `ping` and `curl` on the same path, and end to end through the
 //!   release agent (Requested → 8 DIAGNOSTICS COMPLETE);
+//! * `fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR]`: the fleet simulator
+//!   (`cwmpd-fleet`) against the test ACS: agents per process, heap and RSS per idle agent, boot
+//!   Informs/s, CR → Inform p50/p99 (`fleet_sim.rs`); writes `DIR/fleet-sim.md`;
 //! * `all [cr options]`: store, session and cr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -23,6 +26,7 @@ use cwmpd::model::{Schema, Store};
 
 mod cr;
 mod diag;
+mod fleet_sim;
 mod footprint;
 mod report;
 mod rig;
@@ -58,7 +62,7 @@ impl LiveSource for NoLive {
     }
 }
 
-const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | all [cr options]]";
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR] | all [cr options]]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,6 +87,12 @@ fn main() {
             diag::Opts::parse(&args[1..])
                 .map_err(|e| format!("{e}\n{USAGE}"))
                 .and_then(|o| diag::run(&o)),
+        ),
+        Some("fleet") if args.get(1).map(String::as_str) == Some("sim") => report_err(
+            "fleet sim",
+            fleet_sim::Opts::parse(&args[2..])
+                .map_err(|e| format!("{e}\n{USAGE}"))
+                .and_then(|o| fleet_sim::run(&o)),
         ),
         Some("all") => {
             bench_store(10_000);

@@ -124,7 +124,8 @@ pub struct Snapshot {
 }
 
 pub struct Store {
-    schema: Schema,
+    /// The definitions, shared by every store built from them (the fleet simulator's agents).
+    schema: std::sync::Arc<Schema>,
     sources: Vec<Source>,
     objects: BTreeMap<String, ObjNode>,
     params: BTreeMap<String, ParamNode>,
@@ -175,10 +176,11 @@ impl Store {
     /// Builds the factory state: every single-instance object of the schema, plus the
     /// instances named by `factory` paths, with their values.
     pub fn new(
-        schema: Schema,
+        schema: impl Into<std::sync::Arc<Schema>>,
         factory: &[(String, String)],
         live: Box<dyn LiveSource>,
     ) -> Result<Store, String> {
+        let schema: std::sync::Arc<Schema> = schema.into();
         let sources = schema
             .params
             .iter()
