@@ -12,6 +12,10 @@
 //! * `diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR]`: the TR-143 IPPing and
 //!   Download diagnostics against `ping` and `curl` on the same path, and end to end through the
 //!   release agent (Requested → 8 DIAGNOSTICS COMPLETE);
+//! * `fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N]
+//!   [--server-core C] [--load-core C] [--out DIR]`: keep-alives per second of one STUN server
+//!   instance on one core against coturn, and CR routing latency through the Redis registry
+//!   (`fleet_stun.rs`);
 //! * `all [cr options]`: store, session and cr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -23,6 +27,7 @@ use cwmpd::model::{Schema, Store};
 
 mod cr;
 mod diag;
+mod fleet_stun;
 mod footprint;
 mod report;
 mod rig;
@@ -58,7 +63,7 @@ impl LiveSource for NoLive {
     }
 }
 
-const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | all [cr options]]";
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N] [--server-core C] [--load-core C] [--out DIR] | all [cr options]]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,6 +88,12 @@ fn main() {
             diag::Opts::parse(&args[1..])
                 .map_err(|e| format!("{e}\n{USAGE}"))
                 .and_then(|o| diag::run(&o)),
+        ),
+        Some("fleet-stun") => report_err(
+            "fleet-stun",
+            fleet_stun::Opts::parse(&args[1..])
+                .map_err(|e| format!("{e}\n{USAGE}"))
+                .and_then(|o| fleet_stun::run(&o)),
         ),
         Some("all") => {
             bench_store(10_000);
