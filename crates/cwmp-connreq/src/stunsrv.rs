@@ -44,6 +44,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 
+use crate::mmsg;
 use crate::resp::{self, Resp};
 
 /// API connections served at once; more are answered 503 at once.
@@ -199,7 +200,7 @@ struct Counters {
 struct Server {
     sock: Rc<UdpSocket>,
     creds: Option<(String, String)>,
-    bindings: BTreeMap<String, Binding>,
+    bindings: HashMap<String, Binding>,
     last: Option<String>,
     n: Counters,
     log: Log,
@@ -354,7 +355,7 @@ pub async fn serve(
     let srv = Rc::new(RefCell::new(Server {
         sock: sock.clone(),
         creds: credentials,
-        bindings: BTreeMap::new(),
+        bindings: HashMap::new(),
         last: None,
         n: Counters::default(),
         log: log.clone(),
@@ -400,38 +401,44 @@ pub async fn serve(
         stun: bound,
         api: api_bound,
     });
-    let mut buf = vec![0u8; 2048];
     let mut stop = std::pin::pin!(stop);
+    let mut rx = mmsg::RecvBatch::default();
+    let mut tx = mmsg::SendQueue::default();
     loop {
-        let r = tokio::select! {
-            r = sock.recv_from(&mut buf) => r,
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { continue },
             _ = &mut stop => break,
         };
-        // What is already queued is served without going back to the reactor, a bounded
+        // What is queued is read and answered in batches (recvmmsg / sendmmsg), a bounded
         // number at a time (the API and registry tasks get their turn in between).
-        let mut next = Some(r);
         let mut served = 0;
-        while let Some(r) = next.take() {
-            if let Ok((n, from)) = r {
-                let reply = srv.borrow_mut().on_request(&buf[..n], from);
-                if let Some((bytes, to)) = reply {
-                    match sock.try_send_to(&bytes, to) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            let _ = sock.send_to(&bytes, to).await;
-                        }
-                        _ => {}
+        while served < 256 {
+            let n = match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(&sock)) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            served += n.max(1);
+            {
+                let mut s = srv.borrow_mut();
+                for i in 0..n {
+                    let (data, from) = rx.get(i);
+                    if let Some((bytes, to)) = s.on_request(data, from) {
+                        tx.push(bytes, to);
                     }
                 }
             }
-            served += 1;
-            if served < 64 {
-                match sock.try_recv_from(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    r => next = Some(r),
+            while tx.pending() {
+                match sock.try_io(tokio::io::Interest::WRITABLE, || tx.send(&sock)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = sock.writable().await;
+                    }
+                    // One that cannot be sent (e.g. no route) is dropped.
+                    Err(_) => tx.skip_one(),
                 }
             }
         }
-        if served >= 64 {
+        if served >= 256 {
             tokio::task::yield_now().await;
         }
     }
@@ -515,21 +522,27 @@ impl Server {
         let now = unix_now();
         let at = Instant::now();
         let new = !self.bindings.contains_key(&key);
-        let b = self.bindings.entry(key.clone()).or_insert(Binding {
-            addr: from,
-            username: req.username.clone(),
-            first_seen: now,
-            last_seen: now,
-            requests: 0,
-            binding_changes: 0,
-            address_changes: 0,
-            crb: false,
-            crb_exact: false,
-            classic: false,
-            authenticated: false,
-            seen: at,
-            written: None,
-        });
+        if new {
+            self.bindings.insert(
+                key.clone(),
+                Binding {
+                    addr: from,
+                    username: req.username.clone(),
+                    first_seen: now,
+                    last_seen: now,
+                    requests: 0,
+                    binding_changes: 0,
+                    address_changes: 0,
+                    crb: false,
+                    crb_exact: false,
+                    classic: false,
+                    authenticated: false,
+                    seen: at,
+                    written: None,
+                },
+            );
+        }
+        let b = self.bindings.get_mut(&key)?;
         let moved = b.addr != from;
         if moved {
             b.address_changes += 1;
@@ -552,7 +565,9 @@ impl Server {
             c.write(&key, from, now);
         }
         let changed = new || moved || req.binding_change;
-        self.last = Some(key.clone());
+        if self.last.as_deref() != Some(key.as_str()) {
+            self.last = Some(key.clone());
+        }
         if self.quiet && !changed {
             return stun::binding_success(
                 &req.txid,
@@ -585,9 +600,10 @@ impl Server {
     }
 
     fn bindings_json(&self) -> Value {
-        let list: Vec<Value> = self
-            .bindings
-            .iter()
+        let mut sorted: Vec<(&String, &Binding)> = self.bindings.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let list: Vec<Value> = sorted
+            .into_iter()
             .map(|(k, b)| {
                 json!({
                     "key": k,

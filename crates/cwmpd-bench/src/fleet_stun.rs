@@ -178,7 +178,8 @@ fn load(o: &Opts, what: &str, server: SocketAddr, pid: u32) -> Result<Rate, Stri
     let mut next = vec![0usize; o.sockets];
     let mut inflight = vec![0usize; o.sockets];
     let mut last_answer = vec![Instant::now(); o.sockets];
-    let mut buf = [0u8; 1500];
+    let mut rbufs = vec![0u8; RSLOT * BATCH];
+    let mut rlens = [0usize; BATCH];
     let start = Instant::now();
     let warm = Duration::from_secs(1);
     let end = warm + Duration::from_secs_f64(o.seconds);
@@ -200,21 +201,30 @@ fn load(o: &Opts, what: &str, server: SocketAddr, pid: u32) -> Result<Rate, Stri
             break;
         }
         for (i, s) in socks.iter().enumerate() {
-            while inflight[i] < o.window {
+            let want = o.window.saturating_sub(inflight[i]).min(BATCH);
+            if want > 0 {
                 let reqs = &per[i];
-                if s.send(&reqs[next[i] % reqs.len()]).is_err() {
+                let batch: Vec<&[u8]> = (0..want)
+                    .map(|k| reqs[(next[i] + k) % reqs.len()].as_slice())
+                    .collect();
+                let n = send_batch(s, &batch);
+                next[i] += n;
+                inflight[i] += n;
+            }
+            loop {
+                let got = recv_batch(s, &mut rbufs, &mut rlens);
+                if got == 0 {
                     break;
                 }
-                next[i] += 1;
-                inflight[i] += 1;
-            }
-            while let Ok(n) = s.recv(&mut buf) {
-                inflight[i] = inflight[i].saturating_sub(1);
+                inflight[i] = inflight[i].saturating_sub(got);
                 last_answer[i] = now;
-                answers += 1;
-                // Success class (0x0101) vs anything else (errors).
-                if n >= 2 && buf[0] == 0x01 && buf[1] == 0x01 {
-                    ok += 1;
+                answers += got as u64;
+                for (k, &n) in rlens[..got].iter().enumerate() {
+                    let b = &rbufs[k * RSLOT..];
+                    // Success class (0x0101) vs anything else (errors).
+                    if n >= 2 && b[0] == 0x01 && b[1] == 0x01 {
+                        ok += 1;
+                    }
                 }
             }
             // Requests lost (queue overflow) are given up after 20 ms without an answer.
@@ -232,6 +242,63 @@ fn load(o: &Opts, what: &str, server: SocketAddr, pid: u32) -> Result<Rate, Stri
         seconds: secs,
         cpu_s: cpu_seconds(pid) - cpu0,
     })
+}
+
+/// Datagrams per sendmmsg / recvmmsg of the load generator.
+const BATCH: usize = 32;
+const RSLOT: usize = 1500;
+
+/// Sends `msgs` on the connected socket `s` with one sendmmsg; returns how many went.
+fn send_batch(s: &UdpSocket, msgs: &[&[u8]]) -> usize {
+    use std::os::fd::AsRawFd;
+    let n = msgs.len().min(BATCH);
+    // SAFETY: zeroed iovec / mmsghdr are valid; the iovecs point into `msgs`, read only by
+    // the kernel during the call; the socket is connected (no address).
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iov[i].iov_base = msgs[i].as_ptr() as *mut libc::c_void;
+        iov[i].iov_len = msgs[i].len();
+        hdr[i].msg_hdr.msg_iov = &mut iov[i];
+        hdr[i].msg_hdr.msg_iovlen = 1;
+    }
+    let r = unsafe {
+        libc::sendmmsg(
+            s.as_raw_fd(),
+            hdr.as_mut_ptr(),
+            n as _,
+            libc::MSG_DONTWAIT as _,
+        )
+    };
+    r.max(0) as usize
+}
+
+/// Receives up to [`BATCH`] datagrams into `bufs` (slots of [`RSLOT`]); returns how many.
+fn recv_batch(s: &UdpSocket, bufs: &mut [u8], lens: &mut [usize; BATCH]) -> usize {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as in `send_batch`; the iovecs point into `bufs` (BATCH slots of RSLOT).
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, slot) in bufs.chunks_mut(RSLOT).take(BATCH).enumerate() {
+        iov[i].iov_base = slot.as_mut_ptr().cast();
+        iov[i].iov_len = slot.len();
+        hdr[i].msg_hdr.msg_iov = &mut iov[i];
+        hdr[i].msg_hdr.msg_iovlen = 1;
+    }
+    let r = unsafe {
+        libc::recvmmsg(
+            s.as_raw_fd(),
+            hdr.as_mut_ptr(),
+            BATCH as _,
+            libc::MSG_DONTWAIT as _,
+            std::ptr::null_mut(),
+        )
+    };
+    let n = r.max(0) as usize;
+    for i in 0..n {
+        lens[i] = hdr[i].msg_len as usize;
+    }
+    n
 }
 
 fn start_redis(dir: &Path, port: u16) -> Result<Proc, String> {
