@@ -550,6 +550,7 @@ pub fn run(o: &Opts) -> Result<(), String> {
             r.answers - r.ok
         );
     }
+    md += "\nkeep-alives/s: answers per wall-clock second under the same closed-loop load (bounded by the load generator's core and by requests a server loses: a lost request idles its window slot for 20 ms). per CPU-second: answers per second of the server's own CPU time (/proc/PID/stat), i.e. the cost of one keep-alive; on a shared machine compare servers on this column too.\n";
     md += &format!(
         "\n| CR through the Redis registry ({} each) | client round trip p50 / p99 | server route_us p50 / p99 | datagrams received | target |\n|---|---|---|---|---|\n",
         o.crs
