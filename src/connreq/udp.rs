@@ -515,10 +515,15 @@ impl Driver {
 
     fn on_request(&mut self, r: Request, now: Instant) {
         match r {
-            Request::Resolve { token, host, port } => {
+            Request::Resolve {
+                token,
+                host,
+                port,
+                pick,
+            } => {
                 let local = self.local;
                 // A newer request supersedes (drops) an older lookup.
-                self.lookup = Some((token, Box::pin(lookup(host, port, local))));
+                self.lookup = Some((token, Box::pin(lookup(host, port, pick, local))));
             }
             Request::OpenSecondary { bind } => {
                 match secondary_socket(bind).and_then(|i| Ok((i, secondary_socket(bind)?))) {
@@ -771,9 +776,10 @@ fn log_discovery(d: &DiscoveryEvent) {
     }
 }
 
-/// Resolves `host:port` (at most [`RESOLVE_TIMEOUT`]) and finds the local source IP toward it.
-async fn lookup(host: String, port: u16, local: SocketAddr) -> Option<Resolved> {
-    let addr = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&host, port, local))
+/// Resolves `host:port` (at most [`RESOLVE_TIMEOUT`]), takes its `pick`-th address (see
+/// [`Request::Resolve`]) and finds the local source IP toward it.
+async fn lookup(host: String, port: u16, pick: u32, local: SocketAddr) -> Option<Resolved> {
+    let addr = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&host, port, pick, local))
         .await
         .ok()
         .flatten()?;
@@ -785,14 +791,32 @@ async fn lookup(host: String, port: u16, local: SocketAddr) -> Option<Resolved> 
     Some(Resolved { addr, source_ip })
 }
 
-/// Resolves `host:port` to an address of the socket's family.
-async fn resolve(host: &str, port: u16, local: SocketAddr) -> Option<SocketAddr> {
-    let want_v4 = local.is_ipv4();
+/// Resolves `host:port` to the `pick`-th (modulo their number) of its addresses of the socket's
+/// family.
+async fn resolve(host: &str, port: u16, pick: u32, local: SocketAddr) -> Option<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return (ip.is_ipv4() == want_v4).then_some(SocketAddr::new(ip, port));
+        return pick_addr([SocketAddr::new(ip, port)], pick, local);
     }
     let addrs = tokio::net::lookup_host((host, port)).await.ok()?;
-    addrs.into_iter().find(|a| a.is_ipv4() == want_v4)
+    pick_addr(addrs, pick, local)
+}
+
+/// The `pick`-th (modulo their number) of `addrs` of `local`'s family, duplicates left out.
+fn pick_addr(
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    pick: u32,
+    local: SocketAddr,
+) -> Option<SocketAddr> {
+    let mut same: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        if a.is_ipv4() == local.is_ipv4() && !same.contains(&a) && same.len() < 64 {
+            same.push(a);
+        }
+    }
+    if same.is_empty() {
+        return None;
+    }
+    same.get(pick as usize % same.len()).copied()
 }
 
 /// The source IP the kernel would use toward `target` (a connected UDP socket sends nothing).
@@ -810,6 +834,21 @@ fn source_ip_toward(target: SocketAddr, local: SocketAddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn picks_the_nth_address_of_the_family_round_robin() {
+        let a: Vec<SocketAddr> = ["[2001:db8::1]:3478", "10.0.0.1:3478", "10.0.0.2:3478"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let v4: SocketAddr = "0.0.0.0:7547".parse().unwrap();
+        let v6: SocketAddr = "[::]:7547".parse().unwrap();
+        let got: Vec<_> = (0..4).map(|p| pick_addr(a.clone(), p, v4)).collect();
+        assert_eq!(got, [Some(a[1]), Some(a[2]), Some(a[1]), Some(a[2])]);
+        assert_eq!(pick_addr(a.clone(), 5, v6), Some(a[0]));
+        assert_eq!(pick_addr(vec![a[0]], 0, v4), None);
+        assert_eq!(pick_addr(vec![a[1], a[1], a[2]], 1, v4), Some(a[2]));
+    }
 
     #[test]
     fn url_hosts() {

@@ -12,6 +12,8 @@
 //! The senders are async (tokio); a caller without a runtime runs them on a current-thread one.
 
 pub mod http;
+mod mmsg;
+pub mod resp;
 pub mod stunsrv;
 pub mod udp;
 pub mod xmpp;

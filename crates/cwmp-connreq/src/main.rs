@@ -22,14 +22,23 @@ usage:
         port-restricted NAT; HOST:PORT may then also be `last` or a binding key).
         Prints the time taken. Exit 0 when sent.
   cwmp-connreq stun-server --listen ADDR [--api ADDR] [--user U --password P] [--max-seconds S]
+                           [--quiet] [--redis redis://HOST:PORT --instance-id NAME
+                           [--binding-ttl SECS]]
         a TR-111-aware STUN server (RFC 3489 and RFC 5389 Binding; with --user, short-term
         credentials: 401 first, then USERNAME + MESSAGE-INTEGRITY keyed with the password, either
-        layout). Records each CPE's binding (by USERNAME, else by source address), logs
+        layout; --user '*': any USERNAME with that password, each CPE keyed by its own). Records each CPE's binding (by USERNAME, else by source address), logs
         CONNECTION-REQUEST-BINDING / BINDING-CHANGE on stdout, honours RESPONSE-ADDRESS only for
         the requester's own IP. The loopback HTTP API (--api) serves
           GET  /bindings                                   -> JSON
           POST /cr?to=IP:PORT|last|KEY&user=U&password=P[&copies=N]
                -> sends the UDP connection request from the STUN socket, JSON answer
+        --quiet: no log line for a keep-alive that changes nothing.
+        Cluster mode (--redis): N instances behind one name share a binding registry on Redis
+        (per CPE key: public address, owning instance, last seen; TTL --binding-ttl, default
+        45 s: a little above the CPEs' keep-alive period). POST /cr for a key at any instance
+        is sent by the owner (routed over Redis pub/sub); the JSON `result` is sent (200),
+        unknown_cpe (404), stale_binding (410), bad_request (400), busy or
+        registry_unavailable (503). GET /cpe?key=KEY shows the registry record.
   cwmp-connreq xmpp --jid ACS-JID --password P --server HOST:PORT --to CPE-JID
                     --user U --cr-password P2 [--ca FILE] [--count N] [--timeout SECS]
         logs in as ACS-JID (STARTTLS, certificate checked against --ca or the Mozilla roots,
@@ -75,6 +84,16 @@ fn take_opt(args: &mut Vec<String>, long: &str) -> Result<Option<String>, String
         return Ok(Some(v));
     }
     Ok(None)
+}
+
+fn take_flag(args: &mut Vec<String>, long: &str) -> bool {
+    match args.iter().position(|a| a == long) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -181,12 +200,42 @@ fn stun_server_cmd(mut args: Vec<String>) -> Result<bool, String> {
         Some(v) => Some(v.parse().map_err(|_| format!("bad --max-seconds {v:?}"))?),
         None => None,
     };
+    let quiet = take_flag(&mut args, "--quiet");
+    let redis = take_opt(&mut args, "--redis")?;
+    let instance = take_opt(&mut args, "--instance-id")?;
+    let ttl = take_opt(&mut args, "--binding-ttl")?;
     if let Some(a) = args.first() {
         return Err(format!("unexpected argument {a:?}"));
     }
+    let cluster = match (redis, instance) {
+        (Some(r), Some(id)) => {
+            if !stunsrv::valid_instance_id(&id) {
+                return Err(format!(
+                    "--instance-id {id:?}: want 1-64 of A-Z a-z 0-9 . _ -"
+                ));
+            }
+            let ttl: u64 = match ttl {
+                Some(t) => t
+                    .parse()
+                    .ok()
+                    .filter(|t| (1..=86_400).contains(t))
+                    .ok_or_else(|| format!("--binding-ttl {t:?}: want 1..86400 seconds"))?,
+                None => 45,
+            };
+            Some(stunsrv::Cluster {
+                redis: cwmp_connreq::resp::parse_url(&r)?,
+                instance: id,
+                ttl: Duration::from_secs(ttl),
+            })
+        }
+        (None, None) if ttl.is_none() => None,
+        _ => return Err("--redis and --instance-id go together (--binding-ttl with them)".into()),
+    };
     let opts = stunsrv::Options {
         api,
         credentials,
+        cluster,
+        quiet,
         ..stunsrv::Options::new(listen)
     };
     stunsrv::run(opts, async move {

@@ -11,12 +11,24 @@
 //! CONNECTION-REQUEST-BINDING / BINDING-CHANGE and what it sends through [`Options::log`], and
 //! honours RESPONSE-ADDRESS only for the requester's own IP.
 //!
+//! Cluster mode ([`Options::cluster`]): several instances behind one name share a binding
+//! registry on Redis. Each instance writes, per CPE key, `ADDR OWNER LAST_SEEN` under
+//! `cwmp:cpe:KEY` with a TTL ([`Cluster::ttl`], a little above the keep-alive period), when a
+//! binding is new or moved and again when a third of the TTL has passed; it forgets its own
+//! bindings older than the TTL. `POST /cr` for a key at any instance reads the registry, signs
+//! the datagram there (the password never goes to Redis) and has the owner send it: locally,
+//! or published on the owner's channel `cwmp:inst:OWNER`, the owner answering on the
+//! requester's. The answer's `result`: `sent` (200), `unknown_cpe` (404), `stale_binding` (410:
+//! the owner is gone, silent, or has a newer address or an expired binding), `bad_request`
+//! (400), `busy` / `registry_unavailable` (503). `GET /cpe?key=KEY` shows the registry record.
+//! After Redis comes back, each instance writes all its bindings again.
+//!
 //! Run it with [`run`] (blocks; `cwmp-connreq stun-server`), [`spawn`] (on a thread of its own,
 //! for a demo or a test), or [`serve`] inside a tokio `LocalSet`. [`bindings`] and
 //! [`request_cr`] are the API's client side.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -30,6 +42,40 @@ use cwmp_proto::util::codec::{random_bytes, to_hex};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::oneshot;
+
+use crate::mmsg;
+use crate::resp::{self, Resp};
+
+/// API connections served at once; more are answered 503 at once.
+const MAX_API_CONNS: usize = 256;
+/// Connection requests waiting for their owner's answer; more are answered 503.
+const MAX_PENDING: usize = 4096;
+/// Longest wait for the owner's answer to a routed connection request.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Registry commands waiting to be written; more (keep-alive refreshes) are dropped and
+/// counted.
+const REGISTRY_QUEUE: usize = 65_536;
+
+/// Cluster mode: the shared binding registry (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// Redis, `HOST:PORT` (see [`resp::parse_url`]).
+    pub redis: String,
+    /// This instance's name, unique in the cluster: `[A-Za-z0-9._-]`, at most 64.
+    pub instance: String,
+    /// How long a binding lives without keep-alive (registry TTL; own bindings forgotten).
+    pub ttl: Duration,
+}
+
+/// Whether `id` is a usable instance name.
+pub fn valid_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
 
 /// Where the server's log lines go (one line per call, no newline).
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
@@ -51,8 +97,15 @@ pub struct Options {
     /// The HTTP API; must be a loopback address.
     pub api: Option<SocketAddr>,
     /// Short-term credentials (USERNAME, password) the CPEs must use; `None`: no authentication.
+    /// USERNAME `*`: any (non-empty) USERNAME with that password, so that each CPE has a key
+    /// of its own.
     pub credentials: Option<(String, String)>,
     pub log: Log,
+    /// Cluster mode with a shared registry on Redis; `None`: one instance on its own.
+    pub cluster: Option<Cluster>,
+    /// No log line for a keep-alive that changes nothing (new, moved and BINDING-CHANGE
+    /// bindings are still logged).
+    pub quiet: bool,
 }
 
 impl Options {
@@ -63,6 +116,8 @@ impl Options {
             api: None,
             credentials: None,
             log: stdout_log(),
+            cluster: None,
+            quiet: false,
         }
     }
 }
@@ -86,6 +141,51 @@ struct Binding {
     crb_exact: bool,
     classic: bool,
     authenticated: bool,
+    /// When the last keep-alive came.
+    seen: Instant,
+    /// When it was last written to the registry (cluster mode).
+    written: Option<Instant>,
+}
+
+#[derive(Default)]
+struct ClusterCounters {
+    registry_writes: u64,
+    registry_dropped: u64,
+    routed_out: u64,
+    routed_in: u64,
+    local: u64,
+    forgotten: u64,
+    resyncs: u64,
+}
+
+struct ClusterState {
+    id: String,
+    ttl: Duration,
+    link: resp::Link,
+    pending: HashMap<u64, oneshot::Sender<Value>>,
+    next_id: u64,
+    /// [`resp::Link::connections`] when the bindings were last written in full.
+    synced: u64,
+    n: ClusterCounters,
+}
+
+impl ClusterState {
+    fn write(&mut self, key: &str, addr: SocketAddr, now: u64) {
+        let ttl = self.ttl.as_secs().max(1).to_string();
+        let v = format!("{addr} {} {now}", self.id);
+        let args = vec![
+            b"SET".to_vec(),
+            format!("cwmp:cpe:{key}").into_bytes(),
+            v.into_bytes(),
+            b"EX".to_vec(),
+            ttl.into_bytes(),
+        ];
+        if self.link.try_send(args) {
+            self.n.registry_writes += 1;
+        } else {
+            self.n.registry_dropped += 1;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -100,10 +200,12 @@ struct Counters {
 struct Server {
     sock: Rc<UdpSocket>,
     creds: Option<(String, String)>,
-    bindings: BTreeMap<String, Binding>,
+    bindings: HashMap<String, Binding>,
     last: Option<String>,
     n: Counters,
     log: Log,
+    quiet: bool,
+    cluster: Option<ClusterState>,
 }
 
 fn unix_now() -> u64 {
@@ -231,7 +333,17 @@ pub async fn serve(
         api,
         credentials,
         log,
+        cluster,
+        quiet,
     } = opts;
+    if let Some(c) = &cluster
+        && !valid_instance_id(&c.instance)
+    {
+        return Err(format!(
+            "instance id {:?}: want 1-64 of A-Z a-z 0-9 . _ -",
+            c.instance
+        ));
+    }
     if api.is_some_and(|a| !a.ip().is_loopback()) {
         return Err("--api must be a loopback address".into());
     }
@@ -243,11 +355,37 @@ pub async fn serve(
     let srv = Rc::new(RefCell::new(Server {
         sock: sock.clone(),
         creds: credentials,
-        bindings: BTreeMap::new(),
+        bindings: HashMap::new(),
         last: None,
         n: Counters::default(),
         log: log.clone(),
+        quiet,
+        cluster: None,
     }));
+    if let Some(c) = cluster {
+        let link = resp::Link::start(c.redis.clone(), REGISTRY_QUEUE);
+        log(&format!(
+            "cluster instance {} registry {} binding ttl {} s",
+            c.instance,
+            c.redis,
+            c.ttl.as_secs()
+        ));
+        let chan = format!("cwmp:inst:{}", c.instance);
+        srv.borrow_mut().cluster = Some(ClusterState {
+            id: c.instance,
+            ttl: c.ttl,
+            link,
+            pending: HashMap::new(),
+            next_id: 1,
+            synced: 0,
+            n: ClusterCounters::default(),
+        });
+        let s2 = srv.clone();
+        tokio::task::spawn_local(resp::subscribe(c.redis, chan, move |m| {
+            on_cluster_message(&s2, m)
+        }));
+        tokio::task::spawn_local(maintenance(srv.clone()));
+    }
     let mut api_bound = None;
     if let Some(a) = api {
         let l = TcpListener::bind(a)
@@ -263,18 +401,45 @@ pub async fn serve(
         stun: bound,
         api: api_bound,
     });
-    let mut buf = vec![0u8; 2048];
     let mut stop = std::pin::pin!(stop);
+    let mut rx = mmsg::RecvBatch::default();
+    let mut tx = mmsg::SendQueue::default();
     loop {
-        let r = tokio::select! {
-            r = sock.recv_from(&mut buf) => r,
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { continue },
             _ = &mut stop => break,
         };
-        if let Ok((n, from)) = r {
-            let reply = srv.borrow_mut().on_request(&buf[..n], from);
-            if let Some((bytes, to)) = reply {
-                let _ = sock.send_to(&bytes, to).await;
+        // What is queued is read and answered in batches (recvmmsg / sendmmsg), a bounded
+        // number at a time (the API and registry tasks get their turn in between).
+        let mut served = 0;
+        while served < 256 {
+            let n = match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(&sock)) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            served += n.max(1);
+            {
+                let mut s = srv.borrow_mut();
+                for i in 0..n {
+                    let (data, from) = rx.get(i);
+                    if let Some((bytes, to)) = s.on_request(data, from) {
+                        tx.push(bytes, to);
+                    }
+                }
             }
+            while tx.pending() {
+                match sock.try_io(tokio::io::Interest::WRITABLE, || tx.send(&sock)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = sock.writable().await;
+                    }
+                    // One that cannot be sent (e.g. no route) is dropped.
+                    Err(_) => tx.skip_one(),
+                }
+            }
+        }
+        if served >= 256 {
+            tokio::task::yield_now().await;
         }
     }
     Ok(())
@@ -306,7 +471,14 @@ impl Server {
                 return stun::unauthorized(&req.txid).ok().map(|b| (b, from));
             }
             let layout = match stun::check_integrity(data, pass.as_bytes()) {
-                Integrity::Valid(l) if req.username.as_deref() == Some(user.as_str()) => l,
+                // `*`: any USERNAME with the shared password (each CPE keyed by its own).
+                Integrity::Valid(l)
+                    if req.username.as_deref() == Some(user.as_str())
+                        || (user == "*"
+                            && req.username.as_deref().is_some_and(|u| !u.is_empty())) =>
+                {
+                    l
+                }
                 _ => {
                     self.n.auth_failed += 1;
                     log(&format!(
@@ -348,25 +520,36 @@ impl Server {
         }
         let key = req.username.clone().unwrap_or_else(|| from.to_string());
         let now = unix_now();
-        let b = self.bindings.entry(key.clone()).or_insert(Binding {
-            addr: from,
-            username: req.username.clone(),
-            first_seen: now,
-            last_seen: now,
-            requests: 0,
-            binding_changes: 0,
-            address_changes: 0,
-            crb: false,
-            crb_exact: false,
-            classic: false,
-            authenticated: false,
-        });
+        let at = Instant::now();
+        let new = !self.bindings.contains_key(&key);
+        if new {
+            self.bindings.insert(
+                key.clone(),
+                Binding {
+                    addr: from,
+                    username: req.username.clone(),
+                    first_seen: now,
+                    last_seen: now,
+                    requests: 0,
+                    binding_changes: 0,
+                    address_changes: 0,
+                    crb: false,
+                    crb_exact: false,
+                    classic: false,
+                    authenticated: false,
+                    seen: at,
+                    written: None,
+                },
+            );
+        }
+        let b = self.bindings.get_mut(&key)?;
         let moved = b.addr != from;
         if moved {
             b.address_changes += 1;
             b.addr = from;
         }
         b.last_seen = now;
+        b.seen = at;
         b.requests += 1;
         b.crb = req.connection_request_binding;
         b.crb_exact = req.crb_value_exact;
@@ -375,7 +558,25 @@ impl Server {
         if req.binding_change {
             b.binding_changes += 1;
         }
-        self.last = Some(key.clone());
+        if let Some(c) = &mut self.cluster
+            && (moved || b.written.is_none_or(|w| at.duration_since(w) >= c.ttl / 3))
+        {
+            b.written = Some(at);
+            c.write(&key, from, now);
+        }
+        let changed = new || moved || req.binding_change;
+        if self.last.as_deref() != Some(key.as_str()) {
+            self.last = Some(key.clone());
+        }
+        if self.quiet && !changed {
+            return stun::binding_success(
+                &req.txid,
+                from,
+                integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
+            )
+            .ok()
+            .map(|r| (r, to));
+        }
         log(&format!(
             "binding key={key} addr={from} classic={} crb={} binding_change={} auth={} moved={}{}",
             req.is_classic(),
@@ -399,9 +600,10 @@ impl Server {
     }
 
     fn bindings_json(&self) -> Value {
-        let list: Vec<Value> = self
-            .bindings
-            .iter()
+        let mut sorted: Vec<(&String, &Binding)> = self.bindings.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let list: Vec<Value> = sorted
+            .into_iter()
             .map(|(k, b)| {
                 json!({
                     "key": k,
@@ -427,7 +629,59 @@ impl Server {
             "auth_ok": self.n.auth_ok,
             "auth_failed": self.n.auth_failed,
             "crs_sent": self.n.crs_sent,
+            "cluster": self.cluster.as_ref().map(|c| json!({
+                "instance": c.id,
+                "ttl_s": c.ttl.as_secs(),
+                "registry_up": c.link.up.get(),
+                "registry_connections": c.link.connections.get(),
+                "registry_writes": c.n.registry_writes,
+                "registry_dropped": c.n.registry_dropped,
+                "routed_out": c.n.routed_out,
+                "routed_in": c.n.routed_in,
+                "sent_locally": c.n.local,
+                "forgotten": c.n.forgotten,
+                "resyncs": c.n.resyncs,
+                "pending": c.pending.len(),
+            })),
         })
+    }
+
+    /// Sends a signed connection request built by whoever was asked (cluster mode) to the
+    /// binding `key`, if this instance still holds it at `addr` and it is not older than the
+    /// TTL; the answer's `result` says what happened.
+    fn deliver(&mut self, key: &str, addr: SocketAddr, dgram: &[u8], copies: u32) -> Value {
+        let ttl = self
+            .cluster
+            .as_ref()
+            .map(|c| c.ttl)
+            .unwrap_or(Duration::MAX);
+        let Some(b) = self.bindings.get(key) else {
+            return json!({"ok": false, "result": "unknown_cpe",
+                          "error": format!("no binding for {key:?} at its owner")});
+        };
+        if b.addr != addr {
+            return json!({"ok": false, "result": "stale_binding",
+                          "error": format!("the binding moved to {}", b.addr)});
+        }
+        if b.seen.elapsed() > ttl {
+            return json!({"ok": false, "result": "stale_binding",
+                          "error": format!("no keep-alive for {} s", b.seen.elapsed().as_secs())});
+        }
+        for _ in 0..copies {
+            if let Err(e) = self.sock.try_send_to(dgram, addr) {
+                return json!({"ok": false, "result": "stale_binding",
+                              "error": format!("send to {addr}: {e}")});
+            }
+        }
+        self.n.crs_sent += 1;
+        (self.log)(&format!(
+            "udp cr to {addr} key={key} copies={copies} from {}",
+            self.sock
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        ));
+        json!({"ok": true, "result": "sent", "to": addr.to_string(), "copies": copies})
     }
 
     fn send_cr(&mut self, q: &BTreeMap<String, String>) -> Result<Value, String> {
@@ -509,15 +763,306 @@ fn form_decode(s: &str) -> String {
 }
 
 async fn api_loop(l: TcpListener, srv: Rc<RefCell<Server>>) {
+    let active = Rc::new(Cell::new(0usize));
+    let busy = Rc::new(Cell::new(0usize));
     loop {
-        let Ok((s, _)) = l.accept().await else {
+        let Ok((mut s, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let srv = srv.clone();
+        if active.get() >= MAX_API_CONNS {
+            // A flood: the request is read (bounded, briefly) and answered 503 at once; past
+            // four times the bound, the connection is just closed.
+            if busy.get() >= MAX_API_CONNS * 4 {
+                continue;
+            }
+            busy.set(busy.get() + 1);
+            let busy = busy.clone();
+            tokio::task::spawn_local(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = json!({"ok": false, "result": "busy",
+                                      "error": "too many API connections"})
+                    .to_string();
+                    let r = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(r.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                })
+                .await;
+                busy.set(busy.get() - 1);
+            });
+            continue;
+        }
+        active.set(active.get() + 1);
+        let (srv, active) = (srv.clone(), active.clone());
         tokio::task::spawn_local(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), api_conn(s, srv)).await;
+            active.set(active.get() - 1);
         });
+    }
+}
+
+/// The HTTP status of a cluster answer's `result`.
+fn status_of(v: &Value) -> u16 {
+    match v["result"].as_str() {
+        Some("sent") => 200,
+        Some("unknown_cpe") => 404,
+        Some("stale_binding") => 410,
+        Some("busy" | "registry_unavailable") => 503,
+        _ => 400,
+    }
+}
+
+fn bad_request(e: impl Into<String>) -> (u16, Value) {
+    (
+        400,
+        json!({"ok": false, "result": "bad_request", "error": e.into()}),
+    )
+}
+
+/// `POST /cr` in cluster mode (every `to` but `last`): the registry says who owns the
+/// binding; the datagram is signed here and sent by the owner.
+async fn cluster_cr(srv: &Rc<RefCell<Server>>, q: &BTreeMap<String, String>) -> (u16, Value) {
+    let t0 = Instant::now();
+    let (Some(to), Some(user), Some(pass)) = (q.get("to"), q.get("user"), q.get("password")) else {
+        return bad_request("`to`, `user` and `password` are required");
+    };
+    let copies: u32 = match q.get("copies").map(|c| c.parse()) {
+        None => 3,
+        Some(Ok(c)) if (1..=10).contains(&c) => c,
+        Some(_) => return bad_request("copies must be 1..10"),
+    };
+    if to.is_empty() || to.len() > 512 {
+        return bad_request("`to` must be 1-512 bytes");
+    }
+    let (link, me) = {
+        let s = srv.borrow();
+        let c = s.cluster.as_ref().expect("cluster mode");
+        (c.link.clone(), c.id.clone())
+    };
+    let rec = match link
+        .call(vec![b"GET".to_vec(), format!("cwmp:cpe:{to}").into_bytes()])
+        .await
+    {
+        Ok(Resp::Bulk(Some(v))) => String::from_utf8_lossy(&v).into_owned(),
+        Ok(Resp::Bulk(None)) => {
+            // Not a CPE the cluster knows: an explicit address is sent from here, as without
+            // a registry.
+            if to.parse::<SocketAddr>().is_ok() {
+                return match srv.borrow_mut().send_cr(q) {
+                    Ok(v) => (200, v),
+                    Err(e) => bad_request(e),
+                };
+            }
+            return (
+                404,
+                json!({"ok": false, "result": "unknown_cpe",
+                       "error": format!("no binding for {to:?} in the registry")}),
+            );
+        }
+        Ok(other) => {
+            return (
+                503,
+                json!({"ok": false, "result": "registry_unavailable",
+                       "error": format!("unexpected registry answer {other:?}")}),
+            );
+        }
+        Err(e) => {
+            return (
+                503,
+                json!({"ok": false, "result": "registry_unavailable", "error": e}),
+            );
+        }
+    };
+    let mut f = rec.split(' ');
+    let (Some(Ok(addr)), Some(owner)) = (f.next().map(|a| a.parse::<SocketAddr>()), f.next())
+    else {
+        return (
+            503,
+            json!({"ok": false, "result": "registry_unavailable",
+                   "error": format!("bad registry record {rec:?}")}),
+        );
+    };
+    let owner = owner.to_string();
+    let ts = unix_now();
+    let id = u64::from(u32::from_be_bytes(random_bytes::<4>()));
+    let cn = to_hex(&random_bytes::<8>());
+    let dgram = udpcr::build_udp_cr(&udpcr::authority(addr), ts, id, user, &cn, pass);
+    let mut v = if owner == me {
+        let mut s = srv.borrow_mut();
+        let v = s.deliver(to, addr, &dgram, copies);
+        if let Some(c) = &mut s.cluster {
+            c.n.local += 1;
+        }
+        v
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let rid = {
+            let mut s = srv.borrow_mut();
+            let c = s.cluster.as_mut().expect("cluster mode");
+            if c.pending.len() >= MAX_PENDING {
+                return (
+                    503,
+                    json!({"ok": false, "result": "busy",
+                           "error": "too many connection requests in flight"}),
+                );
+            }
+            let rid = c.next_id;
+            c.next_id += 1;
+            c.pending.insert(rid, tx);
+            c.n.routed_out += 1;
+            rid
+        };
+        let msg = json!({"t": "cr", "id": rid, "from": me, "key": to,
+                         "addr": addr.to_string(), "dgram": to_hex(&dgram), "copies": copies});
+        let published = link
+            .call(vec![
+                b"PUBLISH".to_vec(),
+                format!("cwmp:inst:{owner}").into_bytes(),
+                msg.to_string().into_bytes(),
+            ])
+            .await;
+        let answer = match published {
+            Ok(Resp::Int(n)) if n > 0 => match tokio::time::timeout(ROUTE_TIMEOUT, rx).await {
+                Ok(Ok(v)) => v,
+                _ => json!({"ok": false, "result": "stale_binding",
+                            "error": format!("owner {owner} did not answer")}),
+            },
+            Ok(_) => json!({"ok": false, "result": "stale_binding",
+                            "error": format!("owner {owner} is not running")}),
+            Err(e) => json!({"ok": false, "result": "registry_unavailable", "error": e}),
+        };
+        if let Some(c) = &mut srv.borrow_mut().cluster {
+            c.pending.remove(&rid);
+        }
+        answer
+    };
+    v["owner"] = json!(owner);
+    v["via"] = json!(if owner == me { "local" } else { "redis" });
+    v["id"] = json!(id);
+    v["ts"] = json!(ts);
+    v["route_us"] = json!(t0.elapsed().as_micros() as u64);
+    (status_of(&v), v)
+}
+
+/// A message on this instance's channel: a connection request to send for another instance,
+/// or the answer to one this instance routed.
+fn on_cluster_message(srv: &Rc<RefCell<Server>>, m: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(m) else {
+        return;
+    };
+    match v["t"].as_str() {
+        Some("cr") => {
+            let (Some(key), Some(addr), Some(dgram), Some(from), Some(rid)) = (
+                v["key"].as_str(),
+                v["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse::<SocketAddr>().ok()),
+                v["dgram"].as_str().and_then(from_hex),
+                v["from"].as_str().filter(|f| valid_instance_id(f)),
+                v["id"].as_u64(),
+            ) else {
+                return;
+            };
+            let copies = v["copies"].as_u64().unwrap_or(3).clamp(1, 10) as u32;
+            let mut s = srv.borrow_mut();
+            let mut answer = s.deliver(key, addr, &dgram, copies);
+            answer["t"] = json!("re");
+            answer["id"] = json!(rid);
+            if let Some(c) = &mut s.cluster {
+                c.n.routed_in += 1;
+                // Lost if the queue is full: the requester then answers "did not answer".
+                c.link.try_send(vec![
+                    b"PUBLISH".to_vec(),
+                    format!("cwmp:inst:{from}").into_bytes(),
+                    answer.to_string().into_bytes(),
+                ]);
+            }
+        }
+        Some("re") => {
+            let Some(rid) = v["id"].as_u64() else {
+                return;
+            };
+            let tx = srv
+                .borrow_mut()
+                .cluster
+                .as_mut()
+                .and_then(|c| c.pending.remove(&rid));
+            if let Some(tx) = tx {
+                let mut v = v;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("t");
+                    o.remove("id");
+                }
+                let _ = tx.send(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 4096 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Cluster housekeeping: forgets own bindings older than the TTL, and writes every binding
+/// again after each (re)connection to Redis (a restarted Redis has lost them).
+async fn maintenance(srv: Rc<RefCell<Server>>) {
+    let period = {
+        let s = srv.borrow();
+        let ttl = s
+            .cluster
+            .as_ref()
+            .map(|c| c.ttl)
+            .unwrap_or(Duration::from_secs(60));
+        (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
+    };
+    // The reconnection is looked for often; the table is scanned every `period`.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut pruned = Instant::now();
+    loop {
+        tick.tick().await;
+        let mut guard = srv.borrow_mut();
+        let s = &mut *guard;
+        let Some(c) = s.cluster.as_mut() else {
+            return;
+        };
+        let ttl = c.ttl;
+        if pruned.elapsed() >= period {
+            pruned = Instant::now();
+            let before = s.bindings.len();
+            s.bindings.retain(|_, b| b.seen.elapsed() <= ttl);
+            c.n.forgotten += (before - s.bindings.len()) as u64;
+            if s.last.as_ref().is_some_and(|k| !s.bindings.contains_key(k)) {
+                s.last = None;
+            }
+        }
+        let conns = c.link.connections.get();
+        if conns != c.synced && c.link.up.get() {
+            c.synced = conns;
+            c.n.resyncs += 1;
+            let now = Instant::now();
+            for (k, b) in s.bindings.iter_mut() {
+                b.written = Some(now);
+                c.write(k, b.addr, b.last_seen);
+            }
+        }
     }
 }
 
@@ -544,18 +1089,26 @@ async fn api_conn(mut s: TcpStream, srv: Rc<RefCell<Server>>) -> std::io::Result
             (form_decode(k), form_decode(v))
         })
         .collect();
+    let cluster = srv.borrow().cluster.is_some();
     let (status, body) = match (method, path) {
         ("GET", "/bindings") => (200, srv.borrow().bindings_json()),
+        ("POST", "/cr") if cluster && q.get("to").is_some_and(|t| t != "last") => {
+            cluster_cr(&srv, &q).await
+        }
         ("POST", "/cr") => match srv.borrow_mut().send_cr(&q) {
             Ok(v) => (200, v),
+            Err(e) if cluster => bad_request(e),
             Err(e) => (400, json!({"ok": false, "error": e})),
         },
+        ("GET", "/cpe") if cluster => cpe_record(&srv, &q).await,
         _ => (404, json!({"ok": false, "error": "not found"})),
     };
     let body = body.to_string();
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        410 => "Gone",
+        503 => "Service Unavailable",
         _ => "Not Found",
     };
     let resp = format!(
@@ -564,6 +1117,45 @@ async fn api_conn(mut s: TcpStream, srv: Rc<RefCell<Server>>) -> std::io::Result
     );
     s.write_all(resp.as_bytes()).await?;
     s.shutdown().await
+}
+
+/// `GET /cpe?key=KEY` (cluster mode): the registry's record of a CPE.
+async fn cpe_record(srv: &Rc<RefCell<Server>>, q: &BTreeMap<String, String>) -> (u16, Value) {
+    let Some(key) = q.get("key").filter(|k| !k.is_empty() && k.len() <= 512) else {
+        return bad_request("`key` (1-512 bytes) is required");
+    };
+    let link = srv.borrow().cluster.as_ref().expect("cluster").link.clone();
+    match link
+        .call(vec![
+            b"GET".to_vec(),
+            format!("cwmp:cpe:{key}").into_bytes(),
+        ])
+        .await
+    {
+        Ok(Resp::Bulk(Some(v))) => {
+            let rec = String::from_utf8_lossy(&v).into_owned();
+            let f: Vec<&str> = rec.split(' ').collect();
+            (
+                200,
+                json!({"ok": true, "key": key, "addr": f.first(), "owner": f.get(1),
+                       "last_seen": f.get(2).and_then(|t| t.parse::<u64>().ok())}),
+            )
+        }
+        Ok(Resp::Bulk(None)) => (
+            404,
+            json!({"ok": false, "result": "unknown_cpe",
+                   "error": format!("no binding for {key:?} in the registry")}),
+        ),
+        Ok(other) => (
+            503,
+            json!({"ok": false, "result": "registry_unavailable",
+                   "error": format!("unexpected registry answer {other:?}")}),
+        ),
+        Err(e) => (
+            503,
+            json!({"ok": false, "result": "registry_unavailable", "error": e}),
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@
 //! * `fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR]`: the fleet simulator
 //!   (`cwmpd-fleet`) against the test ACS: agents per process, heap and RSS per idle agent, boot
 //!   Informs/s, CR → Inform p50/p99 (`fleet_sim.rs`); writes `DIR/fleet-sim.md`;
+//! * `fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N]
+//!   [--server-core C] [--load-core C] [--out DIR]`: keep-alives per second of one STUN server
+//!   instance on one core against coturn, and CR routing latency through the Redis registry
+//!   (`fleet_stun.rs`);
 //! * `all [cr options]`: store, session and cr.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -27,6 +31,7 @@ use cwmpd::model::{Schema, Store};
 mod cr;
 mod diag;
 mod fleet_sim;
+mod fleet_stun;
 mod footprint;
 mod report;
 mod rig;
@@ -62,7 +67,7 @@ impl LiveSource for NoLive {
     }
 }
 
-const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR] | all [cr options]]";
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR] | fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N] [--server-core C] [--load-core C] [--out DIR] | all [cr options]]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,6 +98,12 @@ fn main() {
             fleet_sim::Opts::parse(&args[2..])
                 .map_err(|e| format!("{e}\n{USAGE}"))
                 .and_then(|o| fleet_sim::run(&o)),
+        ),
+        Some("fleet-stun") => report_err(
+            "fleet-stun",
+            fleet_stun::Opts::parse(&args[1..])
+                .map_err(|e| format!("{e}\n{USAGE}"))
+                .and_then(|o| fleet_stun::run(&o)),
         ),
         Some("all") => {
             bench_store(10_000);

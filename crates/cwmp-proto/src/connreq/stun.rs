@@ -538,7 +538,13 @@ pub fn check_integrity(msg: &[u8], key: &[u8]) -> Integrity {
     if mi.value.len() != 20 {
         return Integrity::Invalid;
     }
-    for layout in [MiLayout::Rfc5389, MiLayout::Rfc3489Padded] {
+    // The layout of the message's form first (one HMAC for a well-formed request).
+    let layouts = if raw.header[..4] == MAGIC_COOKIE.to_be_bytes() {
+        [MiLayout::Rfc5389, MiLayout::Rfc3489Padded]
+    } else {
+        [MiLayout::Rfc3489Padded, MiLayout::Rfc5389]
+    };
+    for layout in layouts {
         let mac = hmac_sha1(key, &mi_input(&msg[..mi.offset], layout));
         if ct_eq(&mac, mi.value) {
             return Integrity::Valid(layout);

@@ -137,6 +137,11 @@ pub enum Request {
         host: String,
         /// The port.
         port: u16,
+        /// Which of the name's addresses (those of the CR socket's family, in the resolver's
+        /// order) to take: the `pick`-th, modulo their number. It moves on by one after each
+        /// transaction that got no answer, so a name with several addresses (a cluster of STUN
+        /// servers) fails over to the next one; always 0 for the ACS host.
+        pick: u32,
     },
     /// Open the two secondary sockets (idle and prober), both bound to `bind` (port 0), and
     /// answer with [`StunClient::handle_secondary_opened`].
@@ -514,6 +519,9 @@ pub struct StunClient {
     /// The driver holds the secondary sockets.
     secondary_open: bool,
     lookup: Option<(u64, Purpose)>,
+    /// Which address of the server name to use next ([`Request::Resolve`]'s `pick`): one more
+    /// after each transaction without an answer; 0 again when reconfigured.
+    server_pick: u32,
     next_token: u64,
     transmits: VecDeque<Transmit>,
     requests: VecDeque<Request>,
@@ -552,6 +560,7 @@ impl StunClient {
             pending_change: false,
             next_send: None,
             failures: 0,
+            server_pick: 0,
             reported,
             disc: Discovery::default(),
             secondary_open: false,
@@ -635,6 +644,8 @@ impl StunClient {
             }
             if tx.sends >= MAX_SENDS {
                 let server = self.server.take(); // resolved again next time
+                // ... and the next address of the name tried (failover in a server cluster).
+                self.server_pick = self.server_pick.wrapping_add(1);
                 let retry_in = self.fail(now);
                 self.event(Event::Failed {
                     failure: Failure::Timeout { server },
@@ -765,8 +776,16 @@ impl StunClient {
         self.next_token += 1;
         let token = self.next_token;
         self.lookup = Some((token, purpose));
-        self.requests
-            .push_back(Request::Resolve { token, host, port });
+        let pick = match purpose {
+            Purpose::Server => self.server_pick,
+            Purpose::Acs => 0,
+        };
+        self.requests.push_back(Request::Resolve {
+            token,
+            host,
+            port,
+            pick,
+        });
     }
 
     /// Whether requests are sent with USERNAME and MESSAGE-INTEGRITY.
@@ -789,6 +808,7 @@ impl StunClient {
         self.source_ip = None;
         self.send_credentials = false;
         self.failures = 0;
+        self.server_pick = 0;
         self.pending_change = false;
         self.lookup = None;
         self.stop_discovery(Phase::Off);
@@ -1628,7 +1648,8 @@ mod tests {
                 Request::Resolve {
                     token: 1,
                     host: "stun.test".into(),
-                    port: 3478
+                    port: 3478,
+                    pick: 0
                 }
             ))
         );
@@ -1753,6 +1774,46 @@ mod tests {
                 (15_000, want_host, 20_000)
             ]
         );
+    }
+
+    #[test]
+    fn a_silent_server_fails_over_to_the_next_address_of_its_name() {
+        let picks = |s: &Sim| -> Vec<(u64, u32)> {
+            s.requests
+                .iter()
+                .filter_map(|(at, r)| match r {
+                    Request::Resolve { pick, .. } => Some((*at, *pick)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut s = Sim::new(config(1, Some(1)), None);
+        s.run_until(3_000);
+        // Answered: the first address, resolved once.
+        assert_eq!(picks(&s), [(0, 0)]);
+        // The server goes silent: each transaction that gets no answer moves on by one address.
+        s.srv.up = false;
+        s.run_until(100_000);
+        let p = picks(&s);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p[1].1, 1);
+        assert_eq!(p[2].1, 2);
+        // The next address answers: kept (no lookup while it answers), and the pick does not
+        // go back to the dead first address.
+        s.srv.up = true;
+        s.run_until(200_000);
+        let q = picks(&s);
+        assert_eq!(q.len(), 3, "{q:?}");
+        s.srv.up = false;
+        s.run_until(260_000);
+        assert_eq!(picks(&s).get(3).map(|x| x.1), Some(3));
+        // A new configuration starts from the first address again.
+        s.srv.up = true;
+        let mut other = config(1, Some(1));
+        other.server_host = "stun2.test".into();
+        s.c.set_config(s.now, other, None);
+        s.run_until(262_000);
+        assert_eq!(picks(&s).last().map(|x| x.1), Some(0));
     }
 
     #[test]
@@ -2252,7 +2313,8 @@ mod tests {
             == Request::Resolve {
                 token: 1,
                 host: "acs.test".into(),
-                port: 80
+                port: 80,
+                pick: 0
             }));
         assert_eq!(s.reports(), [("10.0.0.2:7547".to_string(), false)]);
         assert!(s.sent.is_empty());
