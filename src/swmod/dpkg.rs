@@ -340,31 +340,12 @@ impl DpkgBackend {
             url: url.to_owned(),
         };
         self.keep_new_deb(deb, &uuid)?;
-        st.pending = Some(Pending {
+        let pending = Pending {
             kind: Kind::Install,
             old: None,
             new: Some(new.clone()),
-        });
-        if let Err(e) = self.save(&st) {
-            st.pending = None;
-            *self.lock() = st;
-            let _ = fs::remove_file(self.new_deb(&uuid));
-            return Err(e);
-        }
-        info!(%uuid, package = %f.package, version = %f.version, "swmod dpkg: installing");
-        let out = self.dpkg(&[OsStr::new("--install"), deb.as_os_str()]);
-        let now = self.query(&f.package);
-        if let Ok(s) = &now
-            && PkgState::installed_at(s, &f.version)
-        {
-            self.commit(&mut st);
-            info!(%uuid, package = %f.package, version = %f.version, "swmod dpkg: installed");
-            return Ok(new.info());
-        }
-        let why = failure("dpkg --install", &out, &now);
-        warn!(%uuid, package = %f.package, "swmod dpkg: install failed: {}", why.text());
-        self.settle(&mut st);
-        Err(self.after_rollback(why, &st))
+        };
+        self.apply(st, pending, &new, deb, "install")
     }
 
     /// Updates an installed DU to the package in `deb` (same package, another version);
@@ -411,29 +392,46 @@ impl DpkgBackend {
             },
         };
         self.keep_new_deb(deb, &uuid)?;
-        st.pending = Some(Pending {
+        info!(%uuid, package = %f.package, from = %old.version, to = %f.version, "swmod dpkg: updating");
+        let pending = Pending {
             kind: Kind::Update,
-            old: Some(old.clone()),
+            old: Some(old),
             new: Some(new.clone()),
-        });
+        };
+        self.apply(st, pending, &new, deb, "update")
+    }
+
+    /// Records `pending` (the commit point is dpkg's database, see `settle`), runs
+    /// `dpkg --install` and commits when the root then holds `new`; otherwise rolls back.
+    /// `what` ("install", "update") names the operation in the log.
+    fn apply(
+        &self,
+        mut st: Records,
+        pending: Pending,
+        new: &Rec,
+        deb: &Path,
+        what: &str,
+    ) -> Result<DuInfo, DuError> {
+        let (uuid, package, version) = (&new.uuid, &new.package, &new.version);
+        st.pending = Some(pending);
         if let Err(e) = self.save(&st) {
             st.pending = None;
             *self.lock() = st;
-            let _ = fs::remove_file(self.new_deb(&uuid));
+            let _ = fs::remove_file(self.new_deb(uuid));
             return Err(e);
         }
-        info!(%uuid, package = %f.package, from = %old.version, to = %f.version, "swmod dpkg: updating");
+        info!(%uuid, %package, %version, "swmod dpkg: {what} starting");
         let out = self.dpkg(&[OsStr::new("--install"), deb.as_os_str()]);
-        let now = self.query(&f.package);
+        let now = self.query(package);
         if let Ok(s) = &now
-            && PkgState::installed_at(s, &f.version)
+            && PkgState::installed_at(s, version)
         {
             self.commit(&mut st);
-            info!(%uuid, package = %f.package, version = %f.version, "swmod dpkg: updated");
+            info!(%uuid, %package, %version, "swmod dpkg: {what} done");
             return Ok(new.info());
         }
         let why = failure("dpkg --install", &out, &now);
-        warn!(%uuid, package = %f.package, "swmod dpkg: update failed: {}", why.text());
+        warn!(%uuid, %package, "swmod dpkg: {what} failed: {}", why.text());
         self.settle(&mut st);
         Err(self.after_rollback(why, &st))
     }
