@@ -353,14 +353,7 @@ impl DpkgBackend {
     pub fn update(&self, uuid: &str, deb: &Path, url: &str) -> Result<DuInfo, DuError> {
         let (_op, mut st) = self.begin();
         self.settle(&mut st);
-        let uuid = manifest::normalize_uuid(uuid)
-            .ok_or_else(|| DuError::InvalidUuid(format!("{uuid:?} is not a UUID")))?;
-        let old = st
-            .units
-            .iter()
-            .find(|r| r.uuid == uuid)
-            .cloned()
-            .ok_or_else(|| DuError::Unknown(format!("no deployment unit {uuid}")))?;
+        let (uuid, old) = unit_of(&st, uuid)?;
         if st.pending.is_some() {
             return Err(DuError::Internal(
                 "an earlier dpkg operation could not be rolled back".into(),
@@ -440,14 +433,7 @@ impl DpkgBackend {
     pub fn uninstall(&self, uuid: &str, version: &str) -> Result<DuInfo, DuError> {
         let (_op, mut st) = self.begin();
         self.settle(&mut st);
-        let uuid = manifest::normalize_uuid(uuid)
-            .ok_or_else(|| DuError::InvalidUuid(format!("{uuid:?} is not a UUID")))?;
-        let old = st
-            .units
-            .iter()
-            .find(|r| r.uuid == uuid)
-            .cloned()
-            .ok_or_else(|| DuError::Unknown(format!("no deployment unit {uuid}")))?;
+        let (uuid, old) = unit_of(&st, uuid)?;
         if !version.is_empty() && version != old.version {
             return Err(DuError::Unknown(format!(
                 "{uuid} has version {:?}, not {version:?}",
@@ -917,6 +903,20 @@ fn parse_fields(text: &str) -> Fields {
 
 fn bounded(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// The recorded DU with (the normalised form of) `uuid`: 9022 for a malformed one, 9028 for
+/// one the backend does not hold.
+fn unit_of(st: &Records, uuid: &str) -> Result<(String, Rec), DuError> {
+    let uuid = manifest::normalize_uuid(uuid)
+        .ok_or_else(|| DuError::InvalidUuid(format!("{uuid:?} is not a UUID")))?;
+    let rec = st
+        .units
+        .iter()
+        .find(|r| r.uuid == uuid)
+        .cloned()
+        .ok_or_else(|| DuError::Unknown(format!("no deployment unit {uuid}")))?;
+    Ok((uuid, rec))
 }
 
 #[cfg(test)]

@@ -1149,6 +1149,11 @@ impl Store {
     /// Parameters that changed since the last delivered Inform, with their current values.
     pub fn pending_changes(&mut self) -> Vec<ValueEntry> {
         let names: Vec<String> = self.changed.iter().cloned().collect();
+        self.entries_of(names)
+    }
+
+    /// The current values of `names` (those still readable), in the given order.
+    fn entries_of(&mut self, names: Vec<String>) -> Vec<ValueEntry> {
         names
             .into_iter()
             .filter_map(|n| {
@@ -1167,18 +1172,7 @@ impl Store {
     /// Notification message, with their current values, in path order.
     pub fn lw_pending(&mut self) -> Vec<ValueEntry> {
         let names: Vec<String> = self.lw_changed.iter().cloned().collect();
-        names
-            .into_iter()
-            .filter_map(|n| {
-                let value = self.read(&n)?;
-                let t = self.schema.params[self.params[&n].def].syntax.xsi_type();
-                Some(ValueEntry {
-                    name: n,
-                    value,
-                    xsi_type: t,
-                })
-            })
-            .collect()
+        self.entries_of(names)
     }
 
     /// How many parameters wait for a Lightweight Notification message.
