@@ -10,8 +10,9 @@
 //! Options: `--counts N,N` (default 1000,10000), `--crs N` (CR samples, 200), `--concurrency K`
 //! (boot sessions in flight, 64), `--out DIR`, `--agents-dir DIR` (default /dev/shm).
 //!
-//! genieacs-sim, the simulator the issue compares against, is looked for as `genieacs-sim`
-//! (a checkout with `node_modules`) under `CWMPD_BENCH_GENIEACS_SIM`; without it the row says so.
+//! genieacs-sim, the simulator the issue compares against, runs beside it when
+//! `CWMPD_BENCH_GENIEACS_SIM` names a checkout (`genieacs_sim.rs`): `--sim-counts N,N` devices
+//! (default 50,200: one Node.js process each), forked `--sim-wait MS` apart (default 0: all at once, as the agents ramp).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,6 +28,9 @@ pub struct Opts {
     /// Where the agents' state directories go (default /dev/shm: a simulated device's flash
     /// need not be the bench machine's disk, whose fsyncs would pace the ramp).
     pub agents_dir: PathBuf,
+    /// genieacs-sim device counts, and the wait between its worker forks.
+    pub sim_counts: Vec<usize>,
+    pub sim_wait_ms: u64,
 }
 
 impl Opts {
@@ -41,6 +45,8 @@ impl Opts {
             } else {
                 std::env::temp_dir()
             },
+            sim_counts: vec![50, 200],
+            sim_wait_ms: 0,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -55,6 +61,15 @@ impl Opts {
                 "--crs" => o.crs = val()?.parse().map_err(|_| "--crs N".to_string())?,
                 "--concurrency" => {
                     o.concurrency = val()?.parse().map_err(|_| "--concurrency K".to_string())?
+                }
+                "--sim-counts" => {
+                    o.sim_counts = val()?
+                        .split(',')
+                        .map(|c| c.trim().parse().map_err(|_| format!("--sim-counts: {c:?}")))
+                        .collect::<Result<_, _>>()?
+                }
+                "--sim-wait" => {
+                    o.sim_wait_ms = val()?.parse().map_err(|_| "--sim-wait MS".to_string())?
                 }
                 "--out" => o.out = PathBuf::from(val()?),
                 "--agents-dir" => o.agents_dir = PathBuf::from(val()?),
@@ -382,19 +397,6 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
     })
 }
 
-fn genieacs_sim_note() -> String {
-    match std::env::var_os("CWMPD_BENCH_GENIEACS_SIM") {
-        Some(p) => format!(
-            "genieacs-sim at {} is not driven by this bench yet",
-            PathBuf::from(p).display()
-        ),
-        None => "genieacs-sim: not measured (not in the npm registry: `npm install genieacs-sim` \
-                 answers 404; its git repository was not reachable from this machine); set \
-                 CWMPD_BENCH_GENIEACS_SIM to a checkout"
-            .into(),
-    }
-}
-
 pub fn run(o: &Opts) -> Result<(), String> {
     raise_nofile();
     let bin = fleet_bin()?;
@@ -409,7 +411,6 @@ pub fn run(o: &Opts) -> Result<(), String> {
             Err(e) => eprintln!("fleet sim: {e}"),
         }
     }
-    let _ = std::fs::remove_dir_all(&base);
     let mut md = String::from(
         "| simulator | agents up / asked (processes) | heap per idle agent | RSS per agent (anon) | RSS, all processes | boot Informs/s (ramp) | CR → Inform p50 / p99 (n) | summary = ACS |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -431,9 +432,45 @@ pub fn run(o: &Opts) -> Result<(), String> {
             if r.summary_matches { "yes" } else { "NO" }
         ));
     }
-    md.push_str("| genieacs-sim | – | – | – | – | – | – | – |\n");
     let mut notes: Vec<String> = runs.iter().flat_map(|r| r.notes.clone()).collect();
-    notes.push(genieacs_sim_note());
+    match crate::genieacs_sim::checkout() {
+        Ok(sim) => {
+            for &count in &o.sim_counts {
+                eprintln!("fleet sim: genieacs-sim, {count} devices …");
+                match crate::genieacs_sim::run(&sim, &base, count, o.crs, o.sim_wait_ms) {
+                    Ok(r) => {
+                        md.push_str(&format!(
+                            "| genieacs-sim | {} / {} ({} workers + master {:.0} MB) | – (V8 heap per process) | {:.1} MB per worker | {:.0} MB | {:.0} ({:.1} s) | {:.2} / {:.2} ms ({}) | – |\n",
+                            r.up,
+                            r.count,
+                            r.up,
+                            r.master_rss / 1e6,
+                            r.rss_per_agent / 1e6,
+                            r.rss_total / 1e6,
+                            r.boots_per_s,
+                            r.ramp_s,
+                            r.cr_p50_ms,
+                            r.cr_p99_ms,
+                            r.crs,
+                        ));
+                        notes.extend(r.notes);
+                    }
+                    Err(e) => notes.push(format!("genieacs-sim {count}: {e}")),
+                }
+            }
+            notes.push(format!(
+                "genieacs-sim: one Node.js worker per device, forked {} ms apart; its CR listener takes any request (no authentication); its first Inform is `2 PERIODIC`; same data model as the agents, written as its device JSON",
+                o.sim_wait_ms
+            ));
+        }
+        Err(e) => {
+            md.push_str("| genieacs-sim | – | – | – | – | – | – | – |\n");
+            notes.push(format!(
+                "genieacs-sim: not measured ({e}); it is not in the npm registry, set CWMPD_BENCH_GENIEACS_SIM to a checkout"
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
     let target = runs.iter().find(|r| r.count >= 10_000).map(|r| {
         format!(
             "target: 10,000 simulated agents on this machine with ≤ 100 KB heap per idle agent: {} ({} up in {} process(es), {:.1} KB)",

@@ -12,7 +12,7 @@
 //! * `diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR]`: the TR-143 IPPing and
 //!   Download diagnostics against `ping` and `curl` on the same path, and end to end through the
 //!   release agent (Requested → 8 DIAGNOSTICS COMPLETE);
-//! * `fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR]`: the fleet simulator
+//! * `fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR] [--sim-counts N,N] [--sim-wait MS]`: the fleet simulator
 //!   (`cwmpd-fleet`) against the test ACS: agents per process, heap and RSS per idle agent, boot
 //!   Informs/s, CR → Inform p50/p99 (`fleet_sim.rs`); writes `DIR/fleet-sim.md`;
 //! * `fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N]
@@ -33,6 +33,7 @@ mod diag;
 mod fleet_sim;
 mod fleet_stun;
 mod footprint;
+mod genieacs_sim;
 mod report;
 mod rig;
 mod session;
@@ -60,14 +61,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-struct NoLive;
+pub(crate) struct NoLive;
 impl LiveSource for NoLive {
     fn read(&mut self, _: LiveKind) -> Option<String> {
         None
     }
 }
 
-const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR] | fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N] [--server-core C] [--load-core C] [--out DIR] | all [cr options]]";
+const USAGE: &str = "usage: cwmpd-bench [store [N] | session [N] | cr [--runs N] [--idle-seconds S] [--out DIR] [--no-netns] | footprint [--out DIR] [--build-features] [--skip-idle] [--skip-hostile] [--settle-seconds S] | diag [--runs N] [--size-mb M] [--rate-mbit R] [--out DIR] | fleet sim [--counts N,N] [--crs N] [--concurrency K] [--out DIR] [--agents-dir DIR] [--sim-counts N,N] [--sim-wait MS] | fleet-stun [--seconds S] [--cpes N] [--sockets N] [--window N] [--crs N] [--server-core C] [--load-core C] [--out DIR] | all [cr options]]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
