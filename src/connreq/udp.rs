@@ -779,7 +779,7 @@ fn log_discovery(d: &DiscoveryEvent) {
 /// Resolves `host:port` (at most [`RESOLVE_TIMEOUT`]), takes its `pick`-th address (see
 /// [`Request::Resolve`]) and finds the local source IP toward it.
 async fn lookup(host: String, port: u16, pick: u32, local: SocketAddr) -> Option<Resolved> {
-    let addr = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&host, port, pick, local))
+    let (addr, of) = tokio::time::timeout(RESOLVE_TIMEOUT, resolve(&host, port, pick, local))
         .await
         .ok()
         .flatten()?;
@@ -788,12 +788,16 @@ async fn lookup(host: String, port: u16, pick: u32, local: SocketAddr) -> Option
     } else {
         Some(local.ip())
     };
-    Some(Resolved { addr, source_ip })
+    Some(Resolved {
+        addr,
+        source_ip,
+        of,
+    })
 }
 
 /// Resolves `host:port` to the `pick`-th (modulo their number) of its addresses of the socket's
-/// family.
-async fn resolve(host: &str, port: u16, pick: u32, local: SocketAddr) -> Option<SocketAddr> {
+/// family, and their number.
+async fn resolve(host: &str, port: u16, pick: u32, local: SocketAddr) -> Option<(SocketAddr, u32)> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return pick_addr([SocketAddr::new(ip, port)], pick, local);
     }
@@ -801,12 +805,13 @@ async fn resolve(host: &str, port: u16, pick: u32, local: SocketAddr) -> Option<
     pick_addr(addrs, pick, local)
 }
 
-/// The `pick`-th (modulo their number) of `addrs` of `local`'s family, duplicates left out.
+/// The `pick`-th (modulo their number) of `addrs` of `local`'s family, duplicates left out, and
+/// their number.
 fn pick_addr(
     addrs: impl IntoIterator<Item = SocketAddr>,
     pick: u32,
     local: SocketAddr,
-) -> Option<SocketAddr> {
+) -> Option<(SocketAddr, u32)> {
     let mut same: Vec<SocketAddr> = Vec::new();
     for a in addrs {
         if a.is_ipv4() == local.is_ipv4() && !same.contains(&a) && same.len() < 64 {
@@ -816,7 +821,8 @@ fn pick_addr(
     if same.is_empty() {
         return None;
     }
-    same.get(pick as usize % same.len()).copied()
+    let n = same.len();
+    Some((same[pick as usize % n], n as u32))
 }
 
 /// The source IP the kernel would use toward `target` (a connected UDP socket sends nothing).
@@ -844,10 +850,18 @@ mod tests {
         let v4: SocketAddr = "0.0.0.0:7547".parse().unwrap();
         let v6: SocketAddr = "[::]:7547".parse().unwrap();
         let got: Vec<_> = (0..4).map(|p| pick_addr(a.clone(), p, v4)).collect();
-        assert_eq!(got, [Some(a[1]), Some(a[2]), Some(a[1]), Some(a[2])]);
-        assert_eq!(pick_addr(a.clone(), 5, v6), Some(a[0]));
+        assert_eq!(
+            got,
+            [
+                Some((a[1], 2)),
+                Some((a[2], 2)),
+                Some((a[1], 2)),
+                Some((a[2], 2))
+            ]
+        );
+        assert_eq!(pick_addr(a.clone(), 5, v6), Some((a[0], 1)));
         assert_eq!(pick_addr(vec![a[0]], 0, v4), None);
-        assert_eq!(pick_addr(vec![a[1], a[1], a[2]], 1, v4), Some(a[2]));
+        assert_eq!(pick_addr(vec![a[1], a[1], a[2]], 1, v4), Some((a[2], 2)));
     }
 
     #[test]

@@ -352,6 +352,9 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
         }
     }
     lat.sort_by(f64::total_cmp);
+    // The ACS counts a session when it sends its last answer; give the agent that read it a
+    // moment to count it too before the summary is asked for.
+    std::thread::sleep(Duration::from_millis(500));
     let mut ends = Vec::new();
     for p in &mut procs {
         let st = p.stop();

@@ -28,6 +28,10 @@
 //! * Retransmission RFC 5389-style: RTO [`INITIAL_RTO`] doubling, [`MAX_SENDS`] sends, then a
 //!   final wait of [`FINAL_WAIT_RTOS`] RTO; a transaction gives up after 39.5 s (the server name
 //!   is resolved again for the next one) and the next one follows the same bounded backoff.
+//! * Failover in a server cluster: when the name has more than one address, a transaction gives
+//!   up sooner ([`FAILOVER_SENDS`] sends, final wait [`FAILOVER_FINAL_WAIT_RTOS`] RTO: 7.5 s) and
+//!   the next address is tried at once, each address of the name once in a row; only when none
+//!   answered does the failure backoff apply. RFC 5389 §7.2.1 leaves Rc and Rm configurable.
 //! * Keep-alive period: between `STUNMinimumKeepAlivePeriod` (at least 1 s) and
 //!   `STUNMaximumKeepAlivePeriod` (-1: no maximum; a maximum below the minimum wins). Until the
 //!   binding lifetime is known, and whenever it cannot be found, the CR socket sends its
@@ -68,6 +72,10 @@ pub const INITIAL_RTO: Duration = Duration::from_millis(500);
 pub const MAX_SENDS: u32 = 7;
 /// Final wait after the last send, in RTOs (RFC 5389 Rm).
 pub const FINAL_WAIT_RTOS: u32 = 16;
+/// Requests sent per transaction when the server name has other addresses to fail over to.
+pub const FAILOVER_SENDS: u32 = 4;
+/// Final wait after the last send, in RTOs, when the server name has other addresses.
+pub const FAILOVER_FINAL_WAIT_RTOS: u32 = 8;
 /// First wait after a failed transaction (timeout, 401 with wrong credentials, other error).
 pub const FIRST_FAILURE_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait after repeated failures.
@@ -160,6 +168,9 @@ pub struct Resolved {
     pub addr: SocketAddr,
     /// The local source IP toward it, if known.
     pub source_ip: Option<IpAddr>,
+    /// How many addresses (of the socket's family) the name has: more than one makes a
+    /// silent server fail over to the next one quickly.
+    pub of: u32,
 }
 
 /// Why a STUN transaction failed (the next one waits the backoff given with it).
@@ -377,6 +388,9 @@ struct Transaction {
     deadline: Instant,
     authenticated: bool,
     binding_change: bool,
+    /// Sends before giving up, and the final wait after the last one.
+    max_sends: u32,
+    final_wait: Duration,
 }
 
 /// A binding-lifetime discovery request in flight (from the idle or the prober socket).
@@ -522,6 +536,10 @@ pub struct StunClient {
     /// Which address of the server name to use next ([`Request::Resolve`]'s `pick`): one more
     /// after each transaction without an answer; 0 again when reconfigured.
     server_pick: u32,
+    /// Addresses of the server name, from the last lookup.
+    server_count: u32,
+    /// Addresses tried one after the other without an answer since the last one answered.
+    failovers: u32,
     next_token: u64,
     transmits: VecDeque<Transmit>,
     requests: VecDeque<Request>,
@@ -561,6 +579,8 @@ impl StunClient {
             next_send: None,
             failures: 0,
             server_pick: 0,
+            server_count: 1,
+            failovers: 0,
             reported,
             disc: Discovery::default(),
             secondary_open: false,
@@ -642,11 +662,20 @@ impl StunClient {
             if now < tx.deadline {
                 return;
             }
-            if tx.sends >= MAX_SENDS {
+            if tx.sends >= tx.max_sends {
                 let server = self.server.take(); // resolved again next time
-                // ... and the next address of the name tried (failover in a server cluster).
+                // ... and the next address of the name tried (failover in a server cluster):
+                // at once while some address of the name has not been tried in this round.
                 self.server_pick = self.server_pick.wrapping_add(1);
-                let retry_in = self.fail(now);
+                let retry_in = if self.failovers + 1 < self.server_count {
+                    self.failovers += 1;
+                    self.tx = None;
+                    self.next_send = Some(now);
+                    Duration::ZERO
+                } else {
+                    self.failovers = 0;
+                    self.fail(now)
+                };
                 self.event(Event::Failed {
                     failure: Failure::Timeout { server },
                     retry_in,
@@ -656,8 +685,8 @@ impl StunClient {
             tx.sends += 1;
             tx.rto *= 2;
             tx.deadline = now
-                + if tx.sends >= MAX_SENDS {
-                    INITIAL_RTO * FINAL_WAIT_RTOS
+                + if tx.sends >= tx.max_sends {
+                    tx.final_wait
                 } else {
                     tx.rto
                 };
@@ -702,6 +731,7 @@ impl StunClient {
                 Some(r) => {
                     self.server = Some(r.addr);
                     self.source_ip = r.source_ip;
+                    self.server_count = r.of.max(1);
                     self.send_binding_request(now);
                 }
                 None => {
@@ -809,6 +839,7 @@ impl StunClient {
         self.send_credentials = false;
         self.failures = 0;
         self.server_pick = 0;
+        self.failovers = 0;
         self.pending_change = false;
         self.lookup = None;
         self.stop_discovery(Phase::Off);
@@ -928,6 +959,17 @@ impl StunClient {
             deadline: now + INITIAL_RTO,
             authenticated,
             binding_change,
+            max_sends: if self.server_count > 1 {
+                FAILOVER_SENDS
+            } else {
+                MAX_SENDS
+            },
+            final_wait: INITIAL_RTO
+                * if self.server_count > 1 {
+                    FAILOVER_FINAL_WAIT_RTOS
+                } else {
+                    FINAL_WAIT_RTOS
+                },
         });
     }
 
@@ -1004,6 +1046,7 @@ impl StunClient {
     /// After a successful keep-alive: schedules the next one (every minimum period until the
     /// binding lifetime is known) and starts binding-lifetime discovery if it has not run yet.
     fn after_keepalive(&mut self, now: Instant) {
+        self.failovers = 0;
         self.next_send = Some(now + self.period());
         if !matches!(self.disc.phase, Phase::Off) {
             return;
@@ -1383,6 +1426,8 @@ mod tests {
         nat: Option<Nat>,
         /// Whether name resolution works.
         resolves: bool,
+        /// How many addresses the server name has (the sim's one server stands for each).
+        addresses: u32,
         /// The driver holds the secondary sockets.
         open: bool,
         sent: Vec<Sent>,
@@ -1418,6 +1463,7 @@ mod tests {
                 },
                 nat,
                 resolves: true,
+                addresses: 1,
                 open: false,
                 sent: Vec::new(),
                 events: Vec::new(),
@@ -1528,6 +1574,7 @@ mod tests {
                             let res = self.resolves.then(|| Resolved {
                                 addr: self.server,
                                 source_ip: Some(SOURCE_IP.parse().unwrap()),
+                                of: self.addresses,
                             });
                             self.c.handle_resolved(now, token, res);
                         }
@@ -1814,6 +1861,47 @@ mod tests {
         s.c.set_config(s.now, other, None);
         s.run_until(262_000);
         assert_eq!(picks(&s).last().map(|x| x.1), Some(0));
+    }
+
+    #[test]
+    fn with_several_addresses_a_silent_server_fails_over_within_seconds() {
+        let picks = |s: &Sim| -> Vec<(u64, u32)> {
+            s.requests
+                .iter()
+                .filter_map(|(at, r)| match r {
+                    Request::Resolve { pick, .. } => Some((*at, *pick)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // A name with three addresses, keep-alives every 30 s (no discovery: min = max).
+        let mut s = Sim::new(config(30, Some(30)), None);
+        s.addresses = 3;
+        s.run_until(1_000);
+        assert_eq!(picks(&s), [(0, 0)]);
+        // Silent from the keep-alive at 30 s: sends at 30, 30.5, 31.5 and 33.5 s, given up at
+        // 37.5 s and the next address asked for at once; 7.5 s later the third one; given up at
+        // 52.5 s, all three tried: the failure backoff (at least the period), then a new round.
+        s.srv.up = false;
+        s.run_until(83_200);
+        assert_eq!(
+            picks(&s),
+            [(0, 0), (37_500, 1), (45_000, 2), (82_500, 3)],
+            "{:?}",
+            s.failures()
+        );
+        assert_eq!(
+            s.failures().iter().map(|f| f.2).collect::<Vec<_>>(),
+            [0, 0, 30_000]
+        );
+        // The retransmission at 84 s is answered: the round starts over, so the next silence
+        // (keep-alive at 114 s) fails over after 7.5 s again.
+        s.srv.up = true;
+        s.run_until(113_000);
+        assert_eq!(picks(&s).len(), 4);
+        s.srv.up = false;
+        s.run_until(130_000);
+        assert_eq!(picks(&s)[4..], [(121_500, 4), (129_000, 5)]);
     }
 
     #[test]
@@ -2358,6 +2446,7 @@ mod tests {
         let r = Resolved {
             addr: addr(SERVER),
             source_ip: None,
+            of: 1,
         };
         c.handle_resolved(t0, old, Some(r));
         assert_eq!(c.poll_transmit(), None, "a stale answer is ignored");
