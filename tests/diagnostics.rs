@@ -21,7 +21,7 @@ use std::time::Duration;
 use common::netns::{Rig, missing, unavailable};
 use common::*;
 use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle};
-use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue, SetAttr};
+use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, SetAttr};
 
 const WAIT: Duration = Duration::from_secs(60);
 const SRV: &str = "10.81.3.2";
@@ -132,15 +132,7 @@ impl Net {
 
     /// Waits for the next session to end and returns it.
     fn next_session(&mut self) -> SessionRecord {
-        self.seen += 1;
-        let all = self.acs.wait_sessions(self.seen, WAIT);
-        assert!(
-            all.len() >= self.seen && all[self.seen - 1].ended,
-            "session {} did not come: {}",
-            self.seen,
-            self.agent().log_text()
-        );
-        all[self.seen - 1].clone()
+        common::next_session(&self.acs, &mut self.seen, self.agent.as_ref().unwrap())
     }
 
     /// Runs `rpcs` in a session the test asks for (a local `inform`).
@@ -181,7 +173,7 @@ impl Net {
     /// Reads a subtree through the ACS.
     fn read(&mut self, names: &[&str]) -> BTreeMap<String, String> {
         let s = self.session(vec![gpv(names)]);
-        values(&s)
+        gpv_values(&s)
     }
 
     fn validate(&self, test: &str) {
@@ -191,37 +183,9 @@ impl Net {
     }
 }
 
+/// A SetParameterValues without a ParameterKey.
 fn spv(list: &[(String, String)]) -> AcsRequest {
-    AcsRequest::SetParameterValues {
-        list: list
-            .iter()
-            .map(|(n, v)| ParamValue {
-                name: n.clone(),
-                value: v.clone(),
-                xsi_type: None,
-            })
-            .collect(),
-        parameter_key: String::new(),
-    }
-}
-
-fn gpv(names: &[&str]) -> AcsRequest {
-    AcsRequest::GetParameterValues {
-        names: names.iter().map(|n| n.to_string()).collect(),
-    }
-}
-
-/// The values of the session's GetParameterValues answers.
-fn values(s: &SessionRecord) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for r in &s.received {
-        if let CpeMessage::GetParameterValuesResponse { list } = r {
-            for p in list {
-                m.insert(p.name.clone(), p.value.clone());
-            }
-        }
-    }
-    m
+    common::spv(list, "")
 }
 
 /// The SetParameterValues fault of a session: (overall code, [(parameter, code)]).
@@ -413,7 +377,7 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
         .unwrap();
     let flags = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!flags.contains(",UP") && !flags.contains("<UP"), "{flags}");
-    assert_eq!(values(&s)[&format!("{x1}Enable")], "false");
+    assert_eq!(gpv_values(&s)[&format!("{x1}Enable")], "false");
 
     // The ACS points the time client elsewhere: the integrator's hook runs with the servers.
     let s = net.session(vec![spv(&[
@@ -437,7 +401,7 @@ fn netns_interfaces_addresses_and_routes_follow_the_system() {
         spv(&[("Device.Time.Enable".into(), "false".into())]),
         gpv(&["Device.Time.Status"]),
     ]);
-    assert_eq!(values(&s)["Device.Time.Status"], "Disabled");
+    assert_eq!(gpv_values(&s)["Device.Time.Status"], "Disabled");
     let want = "false ntp1.example; reboot,ntp2.example";
     assert!(
         common::wait_until(WAIT, || std::fs::read_to_string(&time_log)

@@ -140,15 +140,7 @@ impl Rig {
     }
 
     fn next_session(&mut self) -> SessionRecord {
-        self.seen += 1;
-        let all = self.acs.wait_sessions(self.seen, WAIT);
-        assert!(
-            all.len() >= self.seen && all[self.seen - 1].ended,
-            "session {} did not come: {}",
-            self.seen,
-            self.agent.log_text()
-        );
-        all[self.seen - 1].clone()
+        common::next_session(&self.acs, &mut self.seen, &self.agent)
     }
 
     /// Runs `rpcs` in a session the test asks for. Sessions the agent opens by itself in

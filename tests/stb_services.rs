@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::netns::{Rig, missing, unavailable};
 use common::*;
 use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle};
-use cwmpd::cwmp::soap::{AcsRequest, CpeMessage, ParamValue};
+use cwmpd::cwmp::soap::{AcsRequest, CpeMessage};
 
 const WAIT: Duration = Duration::from_secs(30);
 const STB: &str = "Device.Services.STBService.1.";
@@ -157,15 +157,7 @@ impl Net {
     }
 
     fn next_session(&mut self) -> SessionRecord {
-        self.seen += 1;
-        let all = self.acs.wait_sessions(self.seen, WAIT);
-        assert!(
-            all.len() >= self.seen && all[self.seen - 1].ended,
-            "session {} did not come: {}",
-            self.seen,
-            self.agent().log_text()
-        );
-        all[self.seen - 1].clone()
+        common::next_session(&self.acs, &mut self.seen, self.agent.as_ref().unwrap())
     }
 
     /// Queues `rpcs` for the session of a real HTTP connection request (Digest), sends it with
@@ -202,7 +194,7 @@ impl Net {
         self.acs.queue(vec![gpv(names)]);
         self.agent()
             .ctl(serde_json::json!({"op": "inform", "event": "6 CONNECTION REQUEST"}));
-        values(&self.next_session())
+        gpv_values(&self.next_session())
     }
 
     fn validate(&self, test: &str) {
@@ -231,38 +223,6 @@ fn instances() -> String {
     .enumerate()
     .map(|(i, p)| format!("\"{STB}{p}\" = \"cpe-{}\"\n", if i == 8 { 2 } else { 1 }))
     .collect()
-}
-
-fn spv(list: &[(&str, &str)], key: &str) -> AcsRequest {
-    AcsRequest::SetParameterValues {
-        list: list
-            .iter()
-            .map(|(n, v)| ParamValue {
-                name: n.to_string(),
-                value: v.to_string(),
-                xsi_type: None,
-            })
-            .collect(),
-        parameter_key: key.into(),
-    }
-}
-
-fn gpv(names: &[&str]) -> AcsRequest {
-    AcsRequest::GetParameterValues {
-        names: names.iter().map(|n| n.to_string()).collect(),
-    }
-}
-
-fn values(s: &SessionRecord) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for r in &s.received {
-        if let CpeMessage::GetParameterValuesResponse { list } = r {
-            for p in list {
-                m.insert(p.name.clone(), p.value.clone());
-            }
-        }
-    }
-    m
 }
 
 fn num(v: &BTreeMap<String, String>, k: &str) -> u64 {
@@ -300,7 +260,7 @@ fn channel_change_through_service_connect_and_service_monitoring() {
             gpv(&[URI, &format!("{STB}AVStreams.AVStream.1.Status")]),
         ]);
         assert_eq!(spv_status(&s), Ok(0), "{:?}", s.received);
-        let v = values(&s);
+        let v = gpv_values(&s);
         assert_eq!(v[URI], *ch);
         assert_eq!(v[&format!("{STB}AVStreams.AVStream.1.Status")], "Enabled");
         figures.push(s.ended_at.unwrap() - t0);
@@ -348,7 +308,7 @@ fn channel_change_through_service_connect_and_service_monitoring() {
         panic!("a dark channel was accepted: {:?}", s.received)
     };
     assert_eq!(code, 9002, "{:?}", s.received);
-    assert_eq!(values(&s)[URI], CH1);
+    assert_eq!(gpv_values(&s)[URI], CH1);
     assert_eq!(net.agent().get(URI), CH1);
 
     // 4. Sample statistics (TR-135): one-second samples, the last three kept.

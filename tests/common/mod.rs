@@ -373,3 +373,59 @@ pub fn tcs(s: &cwmp_testacs::SessionRecord) -> Vec<cwmpd::cwmp::soap::TransferCo
         })
         .collect()
 }
+
+/// Waits (at most 20 s) for the ACS's session number `*seen + 1` to end, counts it and returns
+/// it; the agent's log goes in the failure message.
+pub fn next_session(
+    acs: &cwmp_testacs::TestAcsHandle,
+    seen: &mut usize,
+    agent: &Agent,
+) -> cwmp_testacs::SessionRecord {
+    *seen += 1;
+    let all = acs.wait_sessions(*seen, Duration::from_secs(20));
+    assert!(
+        all.len() >= *seen && all[*seen - 1].ended,
+        "session {} did not come: {}",
+        *seen,
+        agent.log_text()
+    );
+    all[*seen - 1].clone()
+}
+
+/// A GetParameterValues of `names`.
+pub fn gpv(names: &[&str]) -> cwmpd::cwmp::soap::AcsRequest {
+    cwmpd::cwmp::soap::AcsRequest::GetParameterValues {
+        names: names.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+/// A SetParameterValues of `list` (untyped values) with ParameterKey `key`.
+pub fn spv<N: AsRef<str>, V: AsRef<str>>(
+    list: &[(N, V)],
+    key: &str,
+) -> cwmpd::cwmp::soap::AcsRequest {
+    cwmpd::cwmp::soap::AcsRequest::SetParameterValues {
+        list: list
+            .iter()
+            .map(|(n, v)| cwmpd::cwmp::soap::ParamValue {
+                name: n.as_ref().to_string(),
+                value: v.as_ref().to_string(),
+                xsi_type: None,
+            })
+            .collect(),
+        parameter_key: key.into(),
+    }
+}
+
+/// The values of a session's GetParameterValues answers, by name.
+pub fn gpv_values(s: &cwmp_testacs::SessionRecord) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in &s.received {
+        if let cwmpd::cwmp::soap::CpeMessage::GetParameterValuesResponse { list } = r {
+            for p in list {
+                m.insert(p.name.clone(), p.value.clone());
+            }
+        }
+    }
+    m
+}
