@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cwmp_testacs::AcsOptions;
+use std::collections::HashMap;
+
+use cwmp_testacs::{AcsOptions, SessionRecord, TestAcsHandle};
 
 pub struct Opts {
     pub counts: Vec<usize>,
@@ -94,9 +96,8 @@ struct Run {
     rss_total: f64,
     boots_per_s: f64,
     ramp_s: f64,
-    cr_p50_ms: f64,
-    cr_p99_ms: f64,
-    crs: usize,
+    /// CR → Inform times, ms, sorted.
+    lat: Vec<f64>,
     summary_matches: bool,
     notes: Vec<String>,
 }
@@ -135,6 +136,16 @@ fn raise_nofile() {
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+/// The table's "boot Informs/s (ramp) | CR → Inform p50 / p99 (n)" cells.
+fn rate_cells(boots_per_s: f64, ramp_s: f64, lat: &[f64]) -> String {
+    format!(
+        "{boots_per_s:.0} ({ramp_s:.1} s) | {:.2} / {:.2} ms ({})",
+        pct(lat, 50.0),
+        pct(lat, 99.0),
+        lat.len()
+    )
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -202,6 +213,77 @@ fn per_process_limit() -> usize {
         }
         _ => usize::MAX,
     }
+}
+
+/// First Informs per second as the ACS saw them (`ended` sessions from the first Inform to
+/// the last session end), and that span in seconds.
+pub(crate) fn boot_rate(sessions: &[SessionRecord], ended: usize) -> (f64, f64) {
+    let first_inform = sessions.iter().filter_map(|s| s.inform_at).min();
+    let last = sessions.iter().filter_map(|s| s.ended_at).max();
+    match (first_inform, last) {
+        (Some(a), Some(b)) if b > a => {
+            let span = (b - a).as_secs_f64();
+            (ended as f64 / span, span)
+        }
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
+/// Each device's ConnectionRequestURL from its Inform, by serial number.
+pub(crate) fn cr_urls(sessions: &[SessionRecord]) -> HashMap<String, String> {
+    sessions
+        .iter()
+        .filter_map(|s| {
+            let i = s.inform.as_ref()?;
+            let url = i
+                .params
+                .iter()
+                .find(|p| p.name == "Device.ManagementServer.ConnectionRequestURL")?;
+            Some((i.device_id.serial_number.clone(), url.value.clone()))
+        })
+        .collect()
+}
+
+/// HTTP connection requests to `targets` (serial, user, password), one at a time, each
+/// waiting for the session it starts: the CR → Inform times in ms, sorted. What went wrong is
+/// added to `notes`.
+pub(crate) fn cr_latencies(
+    acs: &TestAcsHandle,
+    urls: &HashMap<String, String>,
+    targets: impl Iterator<Item = (String, String, String)>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<f64>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut lat = Vec::new();
+    let mut total = acs.session_count();
+    for (serial, user, pass) in targets {
+        let Some(url) = urls.get(&serial) else {
+            notes.push(format!("{serial}: no ConnectionRequestURL seen"));
+            continue;
+        };
+        let t0 = Instant::now();
+        match rt.block_on(cwmp_connreq::http::connection_request(url, &user, &pass)) {
+            Ok(a) if a.accepted() => {}
+            other => {
+                notes.push(format!("CR to {serial}: {other:?}"));
+                continue;
+            }
+        }
+        total += 1;
+        if acs.wait_ended(total, Duration::from_secs(30)) < total {
+            notes.push(format!("CR to {serial}: no session within 30 s"));
+            total = acs.session_count();
+            continue;
+        }
+        if let Some(at) = acs.session(total - 1).and_then(|s| s.inform_at) {
+            lat.push((at - t0).as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
 }
 
 fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
@@ -287,12 +369,7 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
         ));
     }
     let sessions = acs.sessions();
-    let first_inform = sessions.iter().filter_map(|s| s.inform_at).min();
-    let last = sessions.iter().filter_map(|s| s.ended_at).max();
-    let boots_per_s = match (first_inform, last) {
-        (Some(a), Some(b)) if b > a => ended as f64 / (b - a).as_secs_f64(),
-        _ => f64::NAN,
-    };
+    let (boots_per_s, _) = boot_rate(&sessions, ended);
     // Idle memory: let the last sessions' buffers go.
     std::thread::sleep(Duration::from_secs(2));
     let kb = |f: &str| {
@@ -303,55 +380,18 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
     };
     let (rss_kb, anon_kb) = (kb("VmRSS"), kb("RssAnon"));
     // Connection requests, one at a time, to agents spread over the fleet.
-    let urls: std::collections::HashMap<String, String> = sessions
-        .iter()
-        .filter_map(|s| {
-            let i = s.inform.as_ref()?;
-            let url = i
-                .params
-                .iter()
-                .find(|p| p.name == "Device.ManagementServer.ConnectionRequestURL")?;
-            Some((i.device_id.serial_number.clone(), url.value.clone()))
-        })
-        .collect();
+    let urls = cr_urls(&sessions);
     drop(sessions);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut lat = Vec::new();
-    let mut total = acs.session_count();
     let crs = o.crs.min(count);
-    for k in 0..crs {
-        let n = 1 + k * count / crs;
-        let Some(url) = urls.get(&format!("SIM{n}")) else {
-            notes.push(format!("SIM{n}: no ConnectionRequestURL seen"));
-            continue;
-        };
-        let t0 = Instant::now();
-        let ans = rt.block_on(cwmp_connreq::http::connection_request(
-            url,
-            &format!("cr{n}"),
-            &format!("pw-{n}"),
-        ));
-        match ans {
-            Ok(a) if a.accepted() => {}
-            other => {
-                notes.push(format!("CR to SIM{n}: {other:?}"));
-                continue;
-            }
-        }
-        total += 1;
-        if acs.wait_ended(total, Duration::from_secs(30)) < total {
-            notes.push(format!("CR to SIM{n}: no session within 30 s"));
-            total = acs.session_count();
-            continue;
-        }
-        if let Some(at) = acs.session(total - 1).and_then(|s| s.inform_at) {
-            lat.push((at - t0).as_secs_f64() * 1000.0);
-        }
-    }
-    lat.sort_by(f64::total_cmp);
+    let lat = cr_latencies(
+        &acs,
+        &urls,
+        (0..crs).map(|k| {
+            let n = 1 + k * count / crs;
+            (format!("SIM{n}"), format!("cr{n}"), format!("pw-{n}"))
+        }),
+        &mut notes,
+    )?;
     // The ACS counts a session when it sends its last answer; give the agent that read it a
     // moment to count it too before the summary is asked for.
     std::thread::sleep(Duration::from_millis(500));
@@ -392,9 +432,7 @@ fn one(bin: &Path, base: &Path, count: usize, o: &Opts) -> Result<Run, String> {
         rss_total: rss_kb * 1024.0,
         boots_per_s,
         ramp_s,
-        cr_p50_ms: pct(&lat, 50.0),
-        cr_p99_ms: pct(&lat, 99.0),
-        crs: lat.len(),
+        lat,
         summary_matches,
         notes,
     })
@@ -419,7 +457,7 @@ pub fn run(o: &Opts) -> Result<(), String> {
     );
     for r in &runs {
         md.push_str(&format!(
-            "| cwmpd-fleet | {} / {} ({}) | {:.1} KB | {:.1} KB ({:.1} KB) | {:.0} MB | {:.0} ({:.1} s) | {:.2} / {:.2} ms ({}) | {} |\n",
+            "| cwmpd-fleet | {} / {} ({}) | {:.1} KB | {:.1} KB ({:.1} KB) | {:.0} MB | {} | {} |\n",
             r.up,
             r.count,
             r.procs,
@@ -427,11 +465,7 @@ pub fn run(o: &Opts) -> Result<(), String> {
             r.rss_per_agent / 1024.0,
             r.anon_per_agent / 1024.0,
             r.rss_total / 1e6,
-            r.boots_per_s,
-            r.ramp_s,
-            r.cr_p50_ms,
-            r.cr_p99_ms,
-            r.crs,
+            rate_cells(r.boots_per_s, r.ramp_s, &r.lat),
             if r.summary_matches { "yes" } else { "NO" }
         ));
     }
@@ -443,18 +477,14 @@ pub fn run(o: &Opts) -> Result<(), String> {
                 match crate::genieacs_sim::run(&sim, &base, count, o.crs, o.sim_wait_ms) {
                     Ok(r) => {
                         md.push_str(&format!(
-                            "| genieacs-sim | {} / {} ({} workers + master {:.0} MB) | – (V8 heap per process) | {:.1} MB per worker | {:.0} MB | {:.0} ({:.1} s) | {:.2} / {:.2} ms ({}) | – |\n",
+                            "| genieacs-sim | {} / {} ({} workers + master {:.0} MB) | – (V8 heap per process) | {:.1} MB per worker | {:.0} MB | {} | – |\n",
                             r.up,
                             r.count,
                             r.up,
                             r.master_rss / 1e6,
                             r.rss_per_agent / 1e6,
                             r.rss_total / 1e6,
-                            r.boots_per_s,
-                            r.ramp_s,
-                            r.cr_p50_ms,
-                            r.cr_p99_ms,
-                            r.crs,
+                            rate_cells(r.boots_per_s, r.ramp_s, &r.lat),
                         ));
                         notes.extend(r.notes);
                     }

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cwmp_testacs::AcsOptions;
 use cwmpd::model::{Schema, Store};
@@ -29,9 +29,8 @@ pub struct SimRun {
     pub rss_total: f64,
     pub boots_per_s: f64,
     pub ramp_s: f64,
-    pub cr_p50_ms: f64,
-    pub cr_p99_ms: f64,
-    pub crs: usize,
+    /// CR → Inform times, ms, sorted.
+    pub lat: Vec<f64>,
     pub notes: Vec<String>,
 }
 
@@ -114,14 +113,6 @@ impl Drop for Group {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// One run of `count` genieacs-sim devices, spawned `wait_ms` apart.
 pub fn run(
     sim: &Path,
@@ -165,64 +156,24 @@ pub fn run(
         ));
     }
     let sessions = acs.sessions();
-    let first_inform = sessions.iter().filter_map(|s| s.inform_at).min();
-    let last = sessions.iter().filter_map(|s| s.ended_at).max();
-    let (boots_per_s, ramp_s) = match (first_inform, last) {
-        (Some(a), Some(b)) if b > a => {
-            (ended as f64 / (b - a).as_secs_f64(), (b - a).as_secs_f64())
-        }
-        _ => (f64::NAN, f64::NAN),
-    };
+    let (boots_per_s, ramp_s) = crate::fleet_sim::boot_rate(&sessions, ended);
     std::thread::sleep(Duration::from_secs(2));
     let (master_rss, workers_rss, nworkers) = rss_of_tree(group.0.id());
-    let urls: std::collections::HashMap<String, String> = sessions
-        .iter()
-        .filter_map(|s| {
-            let i = s.inform.as_ref()?;
-            let url = i
-                .params
-                .iter()
-                .find(|p| p.name == "Device.ManagementServer.ConnectionRequestURL")?;
-            Some((i.device_id.serial_number.clone(), url.value.clone()))
-        })
-        .collect();
+    let urls = crate::fleet_sim::cr_urls(&sessions);
     drop(sessions);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut lat = Vec::new();
-    let mut total = acs.session_count();
-    for k in 0..crs.min(count) {
-        let n = 1 + k * count / crs.min(count);
-        let serial = format!("{n:06}");
-        let Some(url) = urls.get(&serial) else {
-            notes.push(format!(
-                "genieacs-sim {serial}: no ConnectionRequestURL seen"
-            ));
-            continue;
-        };
-        let t0 = Instant::now();
-        match rt.block_on(cwmp_connreq::http::connection_request(url, "", "")) {
-            Ok(a) if a.accepted() => {}
-            other => {
-                notes.push(format!("genieacs-sim CR to {serial}: {other:?}"));
-                continue;
-            }
-        }
-        total += 1;
-        if acs.wait_ended(total, Duration::from_secs(30)) < total {
-            notes.push(format!(
-                "genieacs-sim CR to {serial}: no session within 30 s"
-            ));
-            total = acs.session_count();
-            continue;
-        }
-        if let Some(at) = acs.session(total - 1).and_then(|s| s.inform_at) {
-            lat.push((at - t0).as_secs_f64() * 1000.0);
-        }
-    }
-    lat.sort_by(f64::total_cmp);
+    let crs = crs.min(count);
+    let lat = crate::fleet_sim::cr_latencies(
+        &acs,
+        &urls,
+        (0..crs).map(|k| {
+            (
+                format!("{:06}", 1 + k * count / crs),
+                String::new(),
+                String::new(),
+            )
+        }),
+        &mut notes,
+    )?;
     drop(group);
     Ok(SimRun {
         count,
@@ -232,9 +183,7 @@ pub fn run(
         rss_total: master_rss + workers_rss,
         boots_per_s,
         ramp_s,
-        cr_p50_ms: pct(&lat, 50.0),
-        cr_p99_ms: pct(&lat, 99.0),
-        crs: lat.len(),
+        lat,
         notes,
     })
 }

@@ -1823,17 +1823,19 @@ mod tests {
         );
     }
 
+    /// The lookups of the server name: (ms, which address).
+    fn picks(s: &Sim) -> Vec<(u64, u32)> {
+        s.requests
+            .iter()
+            .filter_map(|(at, r)| match r {
+                Request::Resolve { pick, .. } => Some((*at, *pick)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_silent_server_fails_over_to_the_next_address_of_its_name() {
-        let picks = |s: &Sim| -> Vec<(u64, u32)> {
-            s.requests
-                .iter()
-                .filter_map(|(at, r)| match r {
-                    Request::Resolve { pick, .. } => Some((*at, *pick)),
-                    _ => None,
-                })
-                .collect()
-        };
         let mut s = Sim::new(config(1, Some(1)), None);
         s.run_until(3_000);
         // Answered: the first address, resolved once.
@@ -1865,15 +1867,6 @@ mod tests {
 
     #[test]
     fn with_several_addresses_a_silent_server_fails_over_within_seconds() {
-        let picks = |s: &Sim| -> Vec<(u64, u32)> {
-            s.requests
-                .iter()
-                .filter_map(|(at, r)| match r {
-                    Request::Resolve { pick, .. } => Some((*at, *pick)),
-                    _ => None,
-                })
-                .collect()
-        };
         // A name with three addresses, keep-alives every 30 s (no discovery: min = max).
         let mut s = Sim::new(config(30, Some(30)), None);
         s.addresses = 3;
