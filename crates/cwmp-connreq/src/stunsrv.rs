@@ -29,6 +29,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ use tokio::sync::oneshot;
 
 use crate::mmsg;
 use crate::resp::{self, Resp};
+use crate::stunfast;
 
 /// API connections served at once; more are answered 503 at once.
 const MAX_API_CONNS: usize = 256;
@@ -200,6 +202,10 @@ struct Counters {
 struct Server {
     sock: Rc<UdpSocket>,
     creds: Option<(String, String)>,
+    /// The password's MESSAGE-INTEGRITY key, computed once.
+    mi_key: Option<stunfast::MiKey>,
+    /// Scratch for the key of a binding without USERNAME (its address).
+    addr_key: String,
     bindings: HashMap<String, Binding>,
     last: Option<String>,
     n: Counters,
@@ -354,7 +360,11 @@ pub async fn serve(
     let sock = Rc::new(sock);
     let srv = Rc::new(RefCell::new(Server {
         sock: sock.clone(),
+        mi_key: credentials
+            .as_ref()
+            .map(|(_, p)| stunfast::MiKey::new(p.as_bytes())),
         creds: credentials,
+        addr_key: String::new(),
         bindings: HashMap::new(),
         last: None,
         n: Counters::default(),
@@ -420,10 +430,11 @@ pub async fn serve(
             served += n.max(1);
             {
                 let mut s = srv.borrow_mut();
+                let (now, at) = (unix_now(), Instant::now());
                 for i in 0..n {
                     let (data, from) = rx.get(i);
-                    if let Some((bytes, to)) = s.on_request(data, from) {
-                        tx.push(bytes, to);
+                    if let Some(to) = s.on_request(data, from, now, at, tx.slot()) {
+                        tx.commit(to);
                     }
                 }
             }
@@ -445,63 +456,127 @@ pub async fn serve(
     Ok(())
 }
 
+/// A Binding Request as the server uses it: read in place by [`stunfast::parse`] (a
+/// keep-alive), or by the general codec (anything else).
+struct Req<'a> {
+    header: [u8; 16],
+    username: Option<&'a str>,
+    crb: bool,
+    crb_exact: bool,
+    binding_change: bool,
+    response_address: Option<SocketAddr>,
+    has_integrity: bool,
+    /// The in-place read, for the MESSAGE-INTEGRITY check without copying the message.
+    fast: Option<stunfast::Request<'a>>,
+}
+
+impl Req<'_> {
+    fn is_classic(&self) -> bool {
+        self.header[..4] != stun::MAGIC_COOKIE.to_be_bytes()
+    }
+}
+
 impl Server {
-    fn on_request(&mut self, data: &[u8], from: SocketAddr) -> Option<(Vec<u8>, SocketAddr)> {
-        let log = self.log.clone();
-        if stun::classify(data) != stun::DatagramKind::Stun {
-            return None;
-        }
-        let req = stun::parse_binding_request(data).ok()?;
+    /// Answers one datagram: the answer is written into `out` (empty) and its destination
+    /// returned (`None`: no answer). `now` / `at`: the clocks, read once per batch.
+    fn on_request(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        now: u64,
+        at: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<SocketAddr> {
+        let slow;
+        let req = match stunfast::parse(data) {
+            Some(r) => Req {
+                header: r.header,
+                username: r.username,
+                crb: r.crb.is_some(),
+                crb_exact: r.crb == Some(&stun::CRB_VALUE[..]),
+                binding_change: r.binding_change,
+                response_address: None,
+                has_integrity: r.mi_offset.is_some(),
+                fast: Some(r),
+            },
+            None => {
+                if stun::classify(data) != stun::DatagramKind::Stun {
+                    return None;
+                }
+                slow = stun::parse_binding_request(data).ok()?;
+                if !slow.unknown_required.is_empty() {
+                    self.n.requests += 1;
+                    (self.log)(&format!(
+                        "420 to {from}: unknown attributes {:?}",
+                        slow.unknown_required
+                    ));
+                    let b = stun::binding_error(&slow.txid, 420, "Unknown Attribute").ok()?;
+                    out.extend_from_slice(&b);
+                    return Some(from);
+                }
+                Req {
+                    header: slow.txid.header_bytes(),
+                    username: slow.username.as_deref(),
+                    crb: slow.connection_request_binding,
+                    crb_exact: slow.crb_value_exact,
+                    binding_change: slow.binding_change,
+                    response_address: slow.response_address,
+                    has_integrity: slow.has_integrity,
+                    fast: None,
+                }
+            }
+        };
         self.n.requests += 1;
-        if !req.unknown_required.is_empty() {
-            log(&format!(
-                "420 to {from}: unknown attributes {:?}",
-                req.unknown_required
-            ));
-            return stun::binding_error(&req.txid, 420, "Unknown Attribute")
-                .ok()
-                .map(|b| (b, from));
-        }
-        let mut integrity = None;
-        let mut authenticated = false;
+        let mut layout = None;
         if let Some((user, pass)) = &self.creds {
+            let unauthorized = |out: &mut Vec<u8>| {
+                let txid = stun::TxId::from_header_bytes(req.header);
+                out.extend_from_slice(&stun::unauthorized(&txid).ok()?);
+                Some(from)
+            };
             if !req.has_integrity {
                 self.n.challenges += 1;
-                log(&format!("401 challenge to {from}"));
-                return stun::unauthorized(&req.txid).ok().map(|b| (b, from));
+                (self.log)(&format!("401 challenge to {from}"));
+                return unauthorized(out);
             }
-            let layout = match stun::check_integrity(data, pass.as_bytes()) {
-                // `*`: any USERNAME with the shared password (each CPE keyed by its own).
-                Integrity::Valid(l)
-                    if req.username.as_deref() == Some(user.as_str())
-                        || (user == "*"
-                            && req.username.as_deref().is_some_and(|u| !u.is_empty())) =>
-                {
-                    l
-                }
-                _ => {
-                    self.n.auth_failed += 1;
-                    log(&format!(
-                        "401 to {from}: bad credentials (username {:?})",
-                        req.username
-                    ));
-                    return stun::unauthorized(&req.txid).ok().map(|b| (b, from));
-                }
+            // `*`: any USERNAME with the shared password (each CPE keyed by its own).
+            let user_ok = req.username == Some(user.as_str())
+                || (user == "*" && req.username.is_some_and(|u| !u.is_empty()));
+            let valid = match (&req.fast, &self.mi_key) {
+                _ if !user_ok => None,
+                (Some(f), Some(k)) => k.check(data, f),
+                _ => match stun::check_integrity(data, pass.as_bytes()) {
+                    Integrity::Valid(l) => Some(l),
+                    _ => None,
+                },
+            };
+            let Some(l) = valid else {
+                self.n.auth_failed += 1;
+                (self.log)(&format!(
+                    "401 to {from}: bad credentials (username {:?})",
+                    req.username
+                ));
+                return unauthorized(out);
             };
             self.n.auth_ok += 1;
-            authenticated = true;
-            integrity = Some((pass.clone(), layout));
+            layout = Some(l);
         }
+        let authenticated = layout.is_some();
+        let integrity = match (&self.mi_key, layout) {
+            (Some(k), Some(l)) => Some((k, l)),
+            _ => None,
+        };
         // RESPONSE-ADDRESS (binding-lifetime discovery) only toward the requester's own IP, so
         // that the server cannot be used to reflect traffic elsewhere.
         let to = match req.response_address {
             Some(r) if r.ip() == from.ip() => r,
             _ => from,
         };
-        if !req.connection_request_binding {
+        stunfast::success_into(out, &req.header, from, integrity);
+        if !req.crb {
             // Not from a CPE's connection-request socket (e.g. a binding-lifetime probe from a
             // secondary socket): answered, not recorded as the CPE's binding.
-            log(&format!(
+            (self.log)(&format!(
                 "request from {from} without CONNECTION-REQUEST-BINDING classic={} auth={authenticated}{}",
                 req.is_classic(),
                 if to != from {
@@ -510,24 +585,23 @@ impl Server {
                     String::new()
                 }
             ));
-            let reply = stun::binding_success(
-                &req.txid,
-                from,
-                integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
-            )
-            .ok()?;
-            return Some((reply, to));
+            return Some(to);
         }
-        let key = req.username.clone().unwrap_or_else(|| from.to_string());
-        let now = unix_now();
-        let at = Instant::now();
-        let new = !self.bindings.contains_key(&key);
+        let key: &str = match req.username {
+            Some(u) => u,
+            None => {
+                self.addr_key.clear();
+                let _ = write!(self.addr_key, "{from}");
+                &self.addr_key
+            }
+        };
+        let new = !self.bindings.contains_key(key);
         if new {
             self.bindings.insert(
-                key.clone(),
+                key.to_owned(),
                 Binding {
                     addr: from,
-                    username: req.username.clone(),
+                    username: req.username.map(str::to_owned),
                     first_seen: now,
                     last_seen: now,
                     requests: 0,
@@ -542,7 +616,7 @@ impl Server {
                 },
             );
         }
-        let b = self.bindings.get_mut(&key)?;
+        let b = self.bindings.get_mut(key)?;
         let moved = b.addr != from;
         if moved {
             b.address_changes += 1;
@@ -551,8 +625,8 @@ impl Server {
         b.last_seen = now;
         b.seen = at;
         b.requests += 1;
-        b.crb = req.connection_request_binding;
-        b.crb_exact = req.crb_value_exact;
+        b.crb = req.crb;
+        b.crb_exact = req.crb_exact;
         b.classic = req.is_classic();
         b.authenticated = authenticated;
         if req.binding_change {
@@ -562,25 +636,24 @@ impl Server {
             && (moved || b.written.is_none_or(|w| at.duration_since(w) >= c.ttl / 3))
         {
             b.written = Some(at);
-            c.write(&key, from, now);
+            c.write(key, from, now);
         }
         let changed = new || moved || req.binding_change;
-        if self.last.as_deref() != Some(key.as_str()) {
-            self.last = Some(key.clone());
+        match &mut self.last {
+            Some(l) if l == key => {}
+            Some(l) => {
+                l.clear();
+                l.push_str(key);
+            }
+            None => self.last = Some(key.to_owned()),
         }
         if self.quiet && !changed {
-            return stun::binding_success(
-                &req.txid,
-                from,
-                integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
-            )
-            .ok()
-            .map(|r| (r, to));
+            return Some(to);
         }
-        log(&format!(
+        (self.log)(&format!(
             "binding key={key} addr={from} classic={} crb={} binding_change={} auth={} moved={}{}",
             req.is_classic(),
-            req.connection_request_binding,
+            req.crb,
             req.binding_change,
             authenticated,
             moved,
@@ -590,13 +663,7 @@ impl Server {
                 String::new()
             }
         ));
-        let reply = stun::binding_success(
-            &req.txid,
-            from,
-            integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
-        )
-        .ok()?;
-        Some((reply, to))
+        Some(to)
     }
 
     fn bindings_json(&self) -> Value {
