@@ -82,6 +82,25 @@ fn from_socketaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::sock
     }
 }
 
+/// Asks for socket buffers of `bytes` each way (the kernel caps them at `net.core.rmem_max` /
+/// `wmem_max`): a burst of keep-alives larger than the default receive buffer (about 300
+/// datagrams) would otherwise be dropped before the server reads it. Best effort.
+pub fn set_buffers(sock: &UdpSocket, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: a valid descriptor and a c_int option value of the size given.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 impl Default for RecvBatch {
     fn default() -> Self {
         RecvBatch {

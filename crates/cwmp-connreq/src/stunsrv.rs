@@ -55,6 +55,8 @@ const MAX_API_CONNS: usize = 256;
 const MAX_PENDING: usize = 4096;
 /// Longest wait for the owner's answer to a routed connection request.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The STUN socket's buffers each way (capped by the kernel's `rmem_max` / `wmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Registry commands waiting to be written; more (keep-alive refreshes) are dropped and
 /// counted.
 const REGISTRY_QUEUE: usize = 65_536;
@@ -357,6 +359,7 @@ pub async fn serve(
         .await
         .map_err(|e| format!("bind {listen}: {e}"))?;
     let bound = sock.local_addr().map_err(|e| e.to_string())?;
+    mmsg::set_buffers(&sock, SOCKET_BUFFER);
     let sock = Rc::new(sock);
     let srv = Rc::new(RefCell::new(Server {
         sock: sock.clone(),
