@@ -38,7 +38,9 @@ usage:
         45 s: a little above the CPEs' keep-alive period). POST /cr for a key at any instance
         is sent by the owner (routed over Redis pub/sub); the JSON `result` is sent (200),
         unknown_cpe (404), stale_binding (410), bad_request (400), busy or
-        registry_unavailable (503). GET /cpe?key=KEY shows the registry record.
+        registry_unavailable (503). While Redis is down, an instance still sends the CR for a
+        CPE it holds a fresh binding for (via local, registry unavailable).
+        GET /cpe?key=KEY shows the registry record.
   cwmp-connreq xmpp --jid ACS-JID --password P --server HOST:PORT --to CPE-JID
                     --user U --cr-password P2 [--ca FILE] [--count N] [--timeout SECS]
         logs in as ACS-JID (STARTTLS, certificate checked against --ca or the Mozilla roots,

@@ -20,7 +20,10 @@
 //! or published on the owner's channel `cwmp:inst:OWNER`, the owner answering on the
 //! requester's. The answer's `result`: `sent` (200), `unknown_cpe` (404), `stale_binding` (410:
 //! the owner is gone, silent, or has a newer address or an expired binding), `bad_request`
-//! (400), `busy` / `registry_unavailable` (503). `GET /cpe?key=KEY` shows the registry record.
+//! (400), `busy` / `registry_unavailable` (503). While Redis cannot be read, an instance still
+//! sends a CR itself for a CPE it holds a fresh binding for (`sent`, `"via": "local"`,
+//! `"registry": "unavailable"`); for any other CPE it answers `registry_unavailable`.
+//! `GET /cpe?key=KEY` shows the registry record.
 //! After Redis comes back, each instance writes all its bindings again.
 //!
 //! Run it with [`run`] (blocks; `cwmp-connreq stun-server`), [`spawn`] (on a thread of its own,
@@ -158,6 +161,8 @@ struct ClusterCounters {
     routed_out: u64,
     routed_in: u64,
     local: u64,
+    /// Sent locally while the registry could not be read (counted in `local` too).
+    registry_down_local: u64,
     forgotten: u64,
     resyncs: u64,
 }
@@ -709,6 +714,7 @@ impl Server {
                 "routed_out": c.n.routed_out,
                 "routed_in": c.n.routed_in,
                 "sent_locally": c.n.local,
+                "sent_locally_registry_down": c.n.registry_down_local,
                 "forgotten": c.n.forgotten,
                 "resyncs": c.n.resyncs,
                 "pending": c.pending.len(),
@@ -941,18 +947,10 @@ async fn cluster_cr(srv: &Rc<RefCell<Server>>, q: &BTreeMap<String, String>) -> 
             );
         }
         Ok(other) => {
-            return (
-                503,
-                json!({"ok": false, "result": "registry_unavailable",
-                       "error": format!("unexpected registry answer {other:?}")}),
-            );
+            let e = format!("unexpected registry answer {other:?}");
+            return registry_down(srv, to, user, pass, copies, e, t0);
         }
-        Err(e) => {
-            return (
-                503,
-                json!({"ok": false, "result": "registry_unavailable", "error": e}),
-            );
-        }
+        Err(e) => return registry_down(srv, to, user, pass, copies, e, t0),
     };
     let mut f = rec.split(' ');
     let (Some(Ok(addr)), Some(owner)) = (f.next().map(|a| a.parse::<SocketAddr>()), f.next())
@@ -1019,6 +1017,59 @@ async fn cluster_cr(srv: &Rc<RefCell<Server>>, q: &BTreeMap<String, String>) -> 
     };
     v["owner"] = json!(owner);
     v["via"] = json!(if owner == me { "local" } else { "redis" });
+    v["id"] = json!(id);
+    v["ts"] = json!(ts);
+    v["route_us"] = json!(t0.elapsed().as_micros() as u64);
+    (status_of(&v), v)
+}
+
+/// `POST /cr` while the registry cannot be read: a CPE this instance holds a binding for (no
+/// older than the TTL) is sent its connection request from here (200 `sent`, `via` `local`,
+/// `registry` `unavailable`); any other is answered 503 `registry_unavailable`, as the owner
+/// cannot be known. (A CPE that moved to another instance within the TTL may get it at its
+/// former address: best effort while the registry is away.)
+fn registry_down(
+    srv: &Rc<RefCell<Server>>,
+    to: &str,
+    user: &str,
+    pass: &str,
+    copies: u32,
+    error: String,
+    t0: Instant,
+) -> (u16, Value) {
+    let (me, addr) = {
+        let s = srv.borrow();
+        let c = s.cluster.as_ref().expect("cluster mode");
+        let addr = s
+            .bindings
+            .get(to)
+            .filter(|b| b.seen.elapsed() <= c.ttl)
+            .map(|b| b.addr);
+        (c.id.clone(), addr)
+    };
+    let Some(addr) = addr else {
+        return (
+            503,
+            json!({"ok": false, "result": "registry_unavailable", "error": error}),
+        );
+    };
+    let ts = unix_now();
+    let id = u64::from(u32::from_be_bytes(random_bytes::<4>()));
+    let cn = to_hex(&random_bytes::<8>());
+    let dgram = udpcr::build_udp_cr(&udpcr::authority(addr), ts, id, user, &cn, pass);
+    let mut v = {
+        let mut s = srv.borrow_mut();
+        let v = s.deliver(to, addr, &dgram, copies);
+        if let Some(c) = &mut s.cluster {
+            c.n.local += 1;
+            c.n.registry_down_local += 1;
+        }
+        v
+    };
+    v["owner"] = json!(me);
+    v["via"] = json!("local");
+    v["registry"] = json!("unavailable");
+    v["registry_error"] = json!(error);
     v["id"] = json!(id);
     v["ts"] = json!(ts);
     v["route_us"] = json!(t0.elapsed().as_micros() as u64);
