@@ -22,7 +22,7 @@ usage:
         port-restricted NAT; HOST:PORT may then also be `last` or a binding key).
         Prints the time taken. Exit 0 when sent.
   cwmp-connreq stun-server --listen ADDR [--api ADDR] [--user U --password P] [--max-seconds S]
-                           [--quiet] [--redis redis://HOST:PORT --instance-id NAME
+                           [--quiet] [--redis redis://[:PASSWORD@]HOST:PORT --instance-id NAME
                            [--binding-ttl SECS]]
         a TR-111-aware STUN server (RFC 3489 and RFC 5389 Binding; with --user, short-term
         credentials: 401 first, then USERNAME + MESSAGE-INTEGRITY keyed with the password, either

@@ -67,8 +67,8 @@ const REGISTRY_QUEUE: usize = 65_536;
 /// Cluster mode: the shared binding registry (see the module docs).
 #[derive(Clone, Debug)]
 pub struct Cluster {
-    /// Redis, `HOST:PORT` (see [`resp::parse_url`]).
-    pub redis: String,
+    /// Redis, and its password if any (see [`resp::parse_url`]).
+    pub redis: resp::Target,
     /// This instance's name, unique in the cluster: `[A-Za-z0-9._-]`, at most 64.
     pub instance: String,
     /// How long a binding lives without keep-alive (registry TTL; own bindings forgotten).
