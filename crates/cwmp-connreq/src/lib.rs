@@ -14,6 +14,7 @@
 pub mod http;
 mod mmsg;
 pub mod resp;
+mod stunfast;
 pub mod stunsrv;
 pub mod udp;
 pub mod xmpp;

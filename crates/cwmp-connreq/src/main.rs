@@ -22,7 +22,7 @@ usage:
         port-restricted NAT; HOST:PORT may then also be `last` or a binding key).
         Prints the time taken. Exit 0 when sent.
   cwmp-connreq stun-server --listen ADDR [--api ADDR] [--user U --password P] [--max-seconds S]
-                           [--quiet] [--redis redis://HOST:PORT --instance-id NAME
+                           [--quiet] [--redis redis://[:PASSWORD@]HOST:PORT --instance-id NAME
                            [--binding-ttl SECS]]
         a TR-111-aware STUN server (RFC 3489 and RFC 5389 Binding; with --user, short-term
         credentials: 401 first, then USERNAME + MESSAGE-INTEGRITY keyed with the password, either
@@ -38,7 +38,9 @@ usage:
         45 s: a little above the CPEs' keep-alive period). POST /cr for a key at any instance
         is sent by the owner (routed over Redis pub/sub); the JSON `result` is sent (200),
         unknown_cpe (404), stale_binding (410), bad_request (400), busy or
-        registry_unavailable (503). GET /cpe?key=KEY shows the registry record.
+        registry_unavailable (503). While Redis is down, an instance still sends the CR for a
+        CPE it holds a fresh binding for (via local, registry unavailable).
+        GET /cpe?key=KEY shows the registry record.
   cwmp-connreq xmpp --jid ACS-JID --password P --server HOST:PORT --to CPE-JID
                     --user U --cr-password P2 [--ca FILE] [--count N] [--timeout SECS]
         logs in as ACS-JID (STARTTLS, certificate checked against --ca or the Mozilla roots,

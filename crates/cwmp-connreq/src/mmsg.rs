@@ -21,10 +21,13 @@ pub struct RecvBatch {
     froms: [SocketAddr; BATCH],
 }
 
-/// Answers waiting to be sent, bounded by one batch of requests.
+/// Answers waiting to be sent, bounded by one batch of requests. Their buffers are kept and
+/// reused (no allocation per answer once warm).
 #[derive(Default)]
 pub struct SendQueue {
     out: Vec<(Vec<u8>, SocketAddr)>,
+    /// Answers queued: `out[..len]`; `out[len..]` are spare buffers.
+    len: usize,
     sent: usize,
 }
 
@@ -75,6 +78,25 @@ fn from_socketaddr(a: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::sock
             };
             s.sin6_scope_id = v6.scope_id();
             std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Asks for socket buffers of `bytes` each way (the kernel caps them at `net.core.rmem_max` /
+/// `wmem_max`): a burst of keep-alives larger than the default receive buffer (about 300
+/// datagrams) would otherwise be dropped before the server reads it. Best effort.
+pub fn set_buffers(sock: &UdpSocket, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: a valid descriptor and a c_int option value of the size given.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
         }
     }
 }
@@ -169,13 +191,29 @@ impl RecvBatch {
 }
 
 impl SendQueue {
-    pub fn push(&mut self, bytes: Vec<u8>, to: SocketAddr) {
-        self.out.push((bytes, to));
+    /// The buffer of the next answer (empty): write it, then [`SendQueue::commit`] it, or
+    /// leave it for the next one.
+    pub fn slot(&mut self) -> &mut Vec<u8> {
+        if self.len == self.out.len() {
+            self.out
+                .push((Vec::with_capacity(128), SocketAddr::from(([0, 0, 0, 0], 0))));
+        }
+        let b = &mut self.out[self.len].0;
+        b.clear();
+        b
+    }
+
+    /// Queues what [`SendQueue::slot`] holds, for `to`.
+    pub fn commit(&mut self, to: SocketAddr) {
+        if self.len < self.out.len() {
+            self.out[self.len].1 = to;
+            self.len += 1;
+        }
     }
 
     /// Whether answers wait.
     pub fn pending(&self) -> bool {
-        self.sent < self.out.len()
+        self.sent < self.len
     }
 
     /// Drops the next answer (it cannot be sent).
@@ -185,8 +223,8 @@ impl SendQueue {
     }
 
     fn tidy(&mut self) {
-        if self.sent >= self.out.len() {
-            self.out.clear();
+        if self.sent >= self.len {
+            self.len = 0;
             self.sent = 0;
         }
     }
@@ -195,7 +233,7 @@ impl SendQueue {
     #[cfg(target_os = "linux")]
     pub fn send(&mut self, sock: &UdpSocket) -> io::Result<()> {
         while self.pending() {
-            let chunk = &self.out[self.sent..self.out.len().min(self.sent + BATCH)];
+            let chunk = &self.out[self.sent..self.len.min(self.sent + BATCH)];
             // SAFETY: as in `RecvBatch::recv`; the iovecs point into `self.out`, which is not
             // touched during the call (the kernel only reads them).
             let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };

@@ -139,31 +139,124 @@ fn read_depth<'a, R: tokio::io::AsyncRead + Unpin>(
     })
 }
 
-/// `redis://HOST:PORT[/]` (or plain `HOST:PORT`) → `HOST:PORT`; the port defaults to 6379.
-pub fn parse_url(url: &str) -> Result<String, String> {
+/// Where Redis is: `HOST:PORT`, and the password to send with `AUTH` (with a user name: Redis 6
+/// ACL), if any. Its `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Target {
+    /// `HOST:PORT`, with ` (AUTH)` when a password is sent (never the password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)?;
+        if self.password.is_some() {
+            f.write_str(" (AUTH)")?;
+        }
+        Ok(())
+    }
+}
+
+fn pct_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let v = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("--redis: bad %-escape in the credentials")?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "--redis: credentials are not UTF-8".to_string())
+}
+
+/// `redis://[[USER]:PASSWORD@]HOST:PORT[/]` (or plain `HOST:PORT`) → the [`Target`]; the port
+/// defaults to 6379; USER and PASSWORD may be %-escaped.
+pub fn parse_url(url: &str) -> Result<Target, String> {
     let rest = url.strip_prefix("redis://").unwrap_or(url);
     let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('@') || rest.contains('/') {
+    let (creds, rest) = match rest.rsplit_once('@') {
+        Some((c, r)) => (Some(c), r),
+        None => (None, rest),
+    };
+    if rest.is_empty() || rest.contains('/') {
         return Err(format!(
-            "--redis: {url:?}: want redis://HOST:PORT (no credentials, no database)"
+            "--redis: want redis://[:PASSWORD@]HOST:PORT (no database) in {:?}",
+            url.rsplit_once('@').map_or(url, |(_, r)| r)
         ));
     }
-    if rest.starts_with('[')
+    let (user, password) = match creds {
+        None => (None, None),
+        Some(c) => {
+            let (u, p) = c
+                .split_once(':')
+                .ok_or("--redis: want :PASSWORD@ or USER:PASSWORD@ before the host")?;
+            let u = (!u.is_empty()).then(|| pct_decode(u)).transpose()?;
+            (u, Some(pct_decode(p)?))
+        }
+    };
+    let addr = if rest.starts_with('[')
         || rest
             .rsplit_once(':')
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
     {
-        Ok(rest.to_string())
+        rest.to_string()
     } else {
-        Ok(format!("{rest}:6379"))
-    }
+        format!("{rest}:6379")
+    };
+    Ok(Target {
+        addr,
+        user,
+        password,
+    })
 }
 
-async fn connect(addr: &str) -> std::io::Result<TcpStream> {
-    let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+/// Connects, and authenticates when the target has a password (a refusal is an error that
+/// does not quote the password).
+async fn connect(t: &Target) -> std::io::Result<TcpStream> {
+    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(&t.addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = s.set_nodelay(true);
+    if let Some(p) = &t.password {
+        let mut cmd = Vec::new();
+        match &t.user {
+            Some(u) => encode(&[b"AUTH", u.as_bytes(), p.as_bytes()], &mut cmd),
+            None => encode(&[b"AUTH", p.as_bytes()], &mut cmd),
+        }
+        let reply = tokio::time::timeout(IO_TIMEOUT, async {
+            s.write_all(&cmd).await?;
+            // Nothing else is sent before this reply: the reader buffers nothing more.
+            read(&mut BufReader::new(&mut s)).await
+        })
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if reply != Resp::Simple("OK".into()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "Redis refused AUTH",
+            ));
+        }
+    }
     Ok(s)
 }
 
@@ -188,7 +281,7 @@ pub struct Link {
 impl Link {
     /// Starts the connection task (in the current `LocalSet`); `queue` bounds the commands
     /// waiting.
-    pub fn start(addr: String, queue: usize) -> Link {
+    pub fn start(addr: Target, queue: usize) -> Link {
         let (tx, rx) = mpsc::channel(queue);
         let link = Link {
             tx,
@@ -226,7 +319,7 @@ impl Link {
 }
 
 async fn link_task(
-    addr: String,
+    addr: Target,
     mut rx: mpsc::Receiver<Cmd>,
     connections: Rc<Cell<u64>>,
     up: Rc<Cell<bool>>,
@@ -319,7 +412,7 @@ async fn link_task(
 
 /// Subscribes to `channel` and calls `on_message` with each message's payload, reconnecting
 /// (and subscribing again) whenever the connection is lost; runs until the task is dropped.
-pub async fn subscribe(addr: String, channel: String, mut on_message: impl FnMut(&[u8])) {
+pub async fn subscribe(addr: Target, channel: String, mut on_message: impl FnMut(&[u8])) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if let Ok(s) = connect(&addr).await {
@@ -382,11 +475,109 @@ mod tests {
             assert!(parse(b"?x\r\n").await.is_err());
             assert!(parse(b"+no end").await.is_err());
         });
+        let t = |a: &str, u: Option<&str>, p: Option<&str>| Target {
+            addr: a.into(),
+            user: u.map(Into::into),
+            password: p.map(Into::into),
+        };
         assert_eq!(
             parse_url("redis://127.0.0.1:6380").unwrap(),
-            "127.0.0.1:6380"
+            t("127.0.0.1:6380", None, None)
         );
-        assert_eq!(parse_url("redis://localhost/").unwrap(), "localhost:6379");
-        assert!(parse_url("redis://u:p@h:1").is_err());
+        assert_eq!(
+            parse_url("redis://localhost/").unwrap(),
+            t("localhost:6379", None, None)
+        );
+        assert_eq!(
+            parse_url("redis://:s3cr%40t@h:1").unwrap(),
+            t("h:1", None, Some("s3cr@t"))
+        );
+        assert_eq!(
+            parse_url("redis://u:p@w@[::1]:7").unwrap(),
+            t("[::1]:7", Some("u"), Some("p@w"))
+        );
+        assert!(parse_url("redis://nocolon@h:1").is_err());
+        assert!(parse_url("redis://h:1/0").is_err());
+        let e = parse_url("redis://:hunter2@h:1/0").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let shown = parse_url("redis://:hunter2@h:1").unwrap();
+        assert_eq!(shown.to_string(), "h:1 (AUTH)");
+        assert!(!format!("{shown:?}").contains("hunter2"));
+    }
+
+    /// A real `redis-server --requirepass` (skipped when it is not installed, outside CI):
+    /// the link authenticates and is served; a wrong password, or none, is not.
+    #[test]
+    fn link_authenticates_with_the_url_password() {
+        use std::process::{Command, Stdio};
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but redis-server is not installed"
+            );
+            eprintln!("SKIPPED: redis-server is not installed");
+            return;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        struct Kid(std::process::Child);
+        impl Drop for Kid {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _redis = Kid(Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", "p@ss word"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server"));
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ping = |url: String| {
+            let target = parse_url(&url).unwrap();
+            tokio::task::LocalSet::new().block_on(&rt, async move {
+                let link = Link::start(target, 8);
+                link.call(vec![b"PING".to_vec()]).await
+            })
+        };
+        assert_eq!(
+            ping(format!("redis://:p%40ss%20word@127.0.0.1:{port}")),
+            Ok(Resp::Simple("PONG".into()))
+        );
+        assert_eq!(
+            ping(format!("redis://default:p%40ss%20word@127.0.0.1:{port}")),
+            Ok(Resp::Simple("PONG".into()))
+        );
+        // Refused: the link counts Redis as away, and says so without the password.
+        let e = ping(format!("redis://:wrong@127.0.0.1:{port}")).unwrap_err();
+        assert!(!e.contains("wrong"), "{e}");
+        // No password: Redis answers NOAUTH.
+        assert!(matches!(
+            ping(format!("redis://127.0.0.1:{port}")),
+            Ok(Resp::Error(e)) if e.starts_with("NOAUTH")
+        ));
     }
 }

@@ -20,7 +20,10 @@
 //! or published on the owner's channel `cwmp:inst:OWNER`, the owner answering on the
 //! requester's. The answer's `result`: `sent` (200), `unknown_cpe` (404), `stale_binding` (410:
 //! the owner is gone, silent, or has a newer address or an expired binding), `bad_request`
-//! (400), `busy` / `registry_unavailable` (503). `GET /cpe?key=KEY` shows the registry record.
+//! (400), `busy` / `registry_unavailable` (503). While Redis cannot be read, an instance still
+//! sends a CR itself for a CPE it holds a fresh binding for (`sent`, `"via": "local"`,
+//! `"registry": "unavailable"`); for any other CPE it answers `registry_unavailable`.
+//! `GET /cpe?key=KEY` shows the registry record.
 //! After Redis comes back, each instance writes all its bindings again.
 //!
 //! Run it with [`run`] (blocks; `cwmp-connreq stun-server`), [`spawn`] (on a thread of its own,
@@ -29,6 +32,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -46,6 +50,7 @@ use tokio::sync::oneshot;
 
 use crate::mmsg;
 use crate::resp::{self, Resp};
+use crate::stunfast;
 
 /// API connections served at once; more are answered 503 at once.
 const MAX_API_CONNS: usize = 256;
@@ -53,6 +58,8 @@ const MAX_API_CONNS: usize = 256;
 const MAX_PENDING: usize = 4096;
 /// Longest wait for the owner's answer to a routed connection request.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The STUN socket's buffers each way (capped by the kernel's `rmem_max` / `wmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Registry commands waiting to be written; more (keep-alive refreshes) are dropped and
 /// counted.
 const REGISTRY_QUEUE: usize = 65_536;
@@ -60,8 +67,8 @@ const REGISTRY_QUEUE: usize = 65_536;
 /// Cluster mode: the shared binding registry (see the module docs).
 #[derive(Clone, Debug)]
 pub struct Cluster {
-    /// Redis, `HOST:PORT` (see [`resp::parse_url`]).
-    pub redis: String,
+    /// Redis, and its password if any (see [`resp::parse_url`]).
+    pub redis: resp::Target,
     /// This instance's name, unique in the cluster: `[A-Za-z0-9._-]`, at most 64.
     pub instance: String,
     /// How long a binding lives without keep-alive (registry TTL; own bindings forgotten).
@@ -154,6 +161,8 @@ struct ClusterCounters {
     routed_out: u64,
     routed_in: u64,
     local: u64,
+    /// Sent locally while the registry could not be read (counted in `local` too).
+    registry_down_local: u64,
     forgotten: u64,
     resyncs: u64,
 }
@@ -200,6 +209,10 @@ struct Counters {
 struct Server {
     sock: Rc<UdpSocket>,
     creds: Option<(String, String)>,
+    /// The password's MESSAGE-INTEGRITY key, computed once.
+    mi_key: Option<stunfast::MiKey>,
+    /// Scratch for the key of a binding without USERNAME (its address).
+    addr_key: String,
     bindings: HashMap<String, Binding>,
     last: Option<String>,
     n: Counters,
@@ -351,10 +364,15 @@ pub async fn serve(
         .await
         .map_err(|e| format!("bind {listen}: {e}"))?;
     let bound = sock.local_addr().map_err(|e| e.to_string())?;
+    mmsg::set_buffers(&sock, SOCKET_BUFFER);
     let sock = Rc::new(sock);
     let srv = Rc::new(RefCell::new(Server {
         sock: sock.clone(),
+        mi_key: credentials
+            .as_ref()
+            .map(|(_, p)| stunfast::MiKey::new(p.as_bytes())),
         creds: credentials,
+        addr_key: String::new(),
         bindings: HashMap::new(),
         last: None,
         n: Counters::default(),
@@ -420,10 +438,11 @@ pub async fn serve(
             served += n.max(1);
             {
                 let mut s = srv.borrow_mut();
+                let (now, at) = (unix_now(), Instant::now());
                 for i in 0..n {
                     let (data, from) = rx.get(i);
-                    if let Some((bytes, to)) = s.on_request(data, from) {
-                        tx.push(bytes, to);
+                    if let Some(to) = s.on_request(data, from, now, at, tx.slot()) {
+                        tx.commit(to);
                     }
                 }
             }
@@ -445,63 +464,127 @@ pub async fn serve(
     Ok(())
 }
 
+/// A Binding Request as the server uses it: read in place by [`stunfast::parse`] (a
+/// keep-alive), or by the general codec (anything else).
+struct Req<'a> {
+    header: [u8; 16],
+    username: Option<&'a str>,
+    crb: bool,
+    crb_exact: bool,
+    binding_change: bool,
+    response_address: Option<SocketAddr>,
+    has_integrity: bool,
+    /// The in-place read, for the MESSAGE-INTEGRITY check without copying the message.
+    fast: Option<stunfast::Request<'a>>,
+}
+
+impl Req<'_> {
+    fn is_classic(&self) -> bool {
+        self.header[..4] != stun::MAGIC_COOKIE.to_be_bytes()
+    }
+}
+
 impl Server {
-    fn on_request(&mut self, data: &[u8], from: SocketAddr) -> Option<(Vec<u8>, SocketAddr)> {
-        let log = self.log.clone();
-        if stun::classify(data) != stun::DatagramKind::Stun {
-            return None;
-        }
-        let req = stun::parse_binding_request(data).ok()?;
+    /// Answers one datagram: the answer is written into `out` (empty) and its destination
+    /// returned (`None`: no answer). `now` / `at`: the clocks, read once per batch.
+    fn on_request(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        now: u64,
+        at: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<SocketAddr> {
+        let slow;
+        let req = match stunfast::parse(data) {
+            Some(r) => Req {
+                header: r.header,
+                username: r.username,
+                crb: r.crb.is_some(),
+                crb_exact: r.crb == Some(&stun::CRB_VALUE[..]),
+                binding_change: r.binding_change,
+                response_address: None,
+                has_integrity: r.mi_offset.is_some(),
+                fast: Some(r),
+            },
+            None => {
+                if stun::classify(data) != stun::DatagramKind::Stun {
+                    return None;
+                }
+                slow = stun::parse_binding_request(data).ok()?;
+                if !slow.unknown_required.is_empty() {
+                    self.n.requests += 1;
+                    (self.log)(&format!(
+                        "420 to {from}: unknown attributes {:?}",
+                        slow.unknown_required
+                    ));
+                    let b = stun::binding_error(&slow.txid, 420, "Unknown Attribute").ok()?;
+                    out.extend_from_slice(&b);
+                    return Some(from);
+                }
+                Req {
+                    header: slow.txid.header_bytes(),
+                    username: slow.username.as_deref(),
+                    crb: slow.connection_request_binding,
+                    crb_exact: slow.crb_value_exact,
+                    binding_change: slow.binding_change,
+                    response_address: slow.response_address,
+                    has_integrity: slow.has_integrity,
+                    fast: None,
+                }
+            }
+        };
         self.n.requests += 1;
-        if !req.unknown_required.is_empty() {
-            log(&format!(
-                "420 to {from}: unknown attributes {:?}",
-                req.unknown_required
-            ));
-            return stun::binding_error(&req.txid, 420, "Unknown Attribute")
-                .ok()
-                .map(|b| (b, from));
-        }
-        let mut integrity = None;
-        let mut authenticated = false;
+        let mut layout = None;
         if let Some((user, pass)) = &self.creds {
+            let unauthorized = |out: &mut Vec<u8>| {
+                let txid = stun::TxId::from_header_bytes(req.header);
+                out.extend_from_slice(&stun::unauthorized(&txid).ok()?);
+                Some(from)
+            };
             if !req.has_integrity {
                 self.n.challenges += 1;
-                log(&format!("401 challenge to {from}"));
-                return stun::unauthorized(&req.txid).ok().map(|b| (b, from));
+                (self.log)(&format!("401 challenge to {from}"));
+                return unauthorized(out);
             }
-            let layout = match stun::check_integrity(data, pass.as_bytes()) {
-                // `*`: any USERNAME with the shared password (each CPE keyed by its own).
-                Integrity::Valid(l)
-                    if req.username.as_deref() == Some(user.as_str())
-                        || (user == "*"
-                            && req.username.as_deref().is_some_and(|u| !u.is_empty())) =>
-                {
-                    l
-                }
-                _ => {
-                    self.n.auth_failed += 1;
-                    log(&format!(
-                        "401 to {from}: bad credentials (username {:?})",
-                        req.username
-                    ));
-                    return stun::unauthorized(&req.txid).ok().map(|b| (b, from));
-                }
+            // `*`: any USERNAME with the shared password (each CPE keyed by its own).
+            let user_ok = req.username == Some(user.as_str())
+                || (user == "*" && req.username.is_some_and(|u| !u.is_empty()));
+            let valid = match (&req.fast, &self.mi_key) {
+                _ if !user_ok => None,
+                (Some(f), Some(k)) => k.check(data, f),
+                _ => match stun::check_integrity(data, pass.as_bytes()) {
+                    Integrity::Valid(l) => Some(l),
+                    _ => None,
+                },
+            };
+            let Some(l) = valid else {
+                self.n.auth_failed += 1;
+                (self.log)(&format!(
+                    "401 to {from}: bad credentials (username {:?})",
+                    req.username
+                ));
+                return unauthorized(out);
             };
             self.n.auth_ok += 1;
-            authenticated = true;
-            integrity = Some((pass.clone(), layout));
+            layout = Some(l);
         }
+        let authenticated = layout.is_some();
+        let integrity = match (&self.mi_key, layout) {
+            (Some(k), Some(l)) => Some((k, l)),
+            _ => None,
+        };
         // RESPONSE-ADDRESS (binding-lifetime discovery) only toward the requester's own IP, so
         // that the server cannot be used to reflect traffic elsewhere.
         let to = match req.response_address {
             Some(r) if r.ip() == from.ip() => r,
             _ => from,
         };
-        if !req.connection_request_binding {
+        stunfast::success_into(out, &req.header, from, integrity);
+        if !req.crb {
             // Not from a CPE's connection-request socket (e.g. a binding-lifetime probe from a
             // secondary socket): answered, not recorded as the CPE's binding.
-            log(&format!(
+            (self.log)(&format!(
                 "request from {from} without CONNECTION-REQUEST-BINDING classic={} auth={authenticated}{}",
                 req.is_classic(),
                 if to != from {
@@ -510,24 +593,23 @@ impl Server {
                     String::new()
                 }
             ));
-            let reply = stun::binding_success(
-                &req.txid,
-                from,
-                integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
-            )
-            .ok()?;
-            return Some((reply, to));
+            return Some(to);
         }
-        let key = req.username.clone().unwrap_or_else(|| from.to_string());
-        let now = unix_now();
-        let at = Instant::now();
-        let new = !self.bindings.contains_key(&key);
+        let key: &str = match req.username {
+            Some(u) => u,
+            None => {
+                self.addr_key.clear();
+                let _ = write!(self.addr_key, "{from}");
+                &self.addr_key
+            }
+        };
+        let new = !self.bindings.contains_key(key);
         if new {
             self.bindings.insert(
-                key.clone(),
+                key.to_owned(),
                 Binding {
                     addr: from,
-                    username: req.username.clone(),
+                    username: req.username.map(str::to_owned),
                     first_seen: now,
                     last_seen: now,
                     requests: 0,
@@ -542,7 +624,7 @@ impl Server {
                 },
             );
         }
-        let b = self.bindings.get_mut(&key)?;
+        let b = self.bindings.get_mut(key)?;
         let moved = b.addr != from;
         if moved {
             b.address_changes += 1;
@@ -551,8 +633,8 @@ impl Server {
         b.last_seen = now;
         b.seen = at;
         b.requests += 1;
-        b.crb = req.connection_request_binding;
-        b.crb_exact = req.crb_value_exact;
+        b.crb = req.crb;
+        b.crb_exact = req.crb_exact;
         b.classic = req.is_classic();
         b.authenticated = authenticated;
         if req.binding_change {
@@ -562,25 +644,24 @@ impl Server {
             && (moved || b.written.is_none_or(|w| at.duration_since(w) >= c.ttl / 3))
         {
             b.written = Some(at);
-            c.write(&key, from, now);
+            c.write(key, from, now);
         }
         let changed = new || moved || req.binding_change;
-        if self.last.as_deref() != Some(key.as_str()) {
-            self.last = Some(key.clone());
+        match &mut self.last {
+            Some(l) if l == key => {}
+            Some(l) => {
+                l.clear();
+                l.push_str(key);
+            }
+            None => self.last = Some(key.to_owned()),
         }
         if self.quiet && !changed {
-            return stun::binding_success(
-                &req.txid,
-                from,
-                integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
-            )
-            .ok()
-            .map(|r| (r, to));
+            return Some(to);
         }
-        log(&format!(
+        (self.log)(&format!(
             "binding key={key} addr={from} classic={} crb={} binding_change={} auth={} moved={}{}",
             req.is_classic(),
-            req.connection_request_binding,
+            req.crb,
             req.binding_change,
             authenticated,
             moved,
@@ -590,13 +671,7 @@ impl Server {
                 String::new()
             }
         ));
-        let reply = stun::binding_success(
-            &req.txid,
-            from,
-            integrity.as_ref().map(|(p, l)| (p.as_bytes(), *l)),
-        )
-        .ok()?;
-        Some((reply, to))
+        Some(to)
     }
 
     fn bindings_json(&self) -> Value {
@@ -639,6 +714,7 @@ impl Server {
                 "routed_out": c.n.routed_out,
                 "routed_in": c.n.routed_in,
                 "sent_locally": c.n.local,
+                "sent_locally_registry_down": c.n.registry_down_local,
                 "forgotten": c.n.forgotten,
                 "resyncs": c.n.resyncs,
                 "pending": c.pending.len(),
@@ -871,18 +947,10 @@ async fn cluster_cr(srv: &Rc<RefCell<Server>>, q: &BTreeMap<String, String>) -> 
             );
         }
         Ok(other) => {
-            return (
-                503,
-                json!({"ok": false, "result": "registry_unavailable",
-                       "error": format!("unexpected registry answer {other:?}")}),
-            );
+            let e = format!("unexpected registry answer {other:?}");
+            return registry_down(srv, to, user, pass, copies, e, t0);
         }
-        Err(e) => {
-            return (
-                503,
-                json!({"ok": false, "result": "registry_unavailable", "error": e}),
-            );
-        }
+        Err(e) => return registry_down(srv, to, user, pass, copies, e, t0),
     };
     let mut f = rec.split(' ');
     let (Some(Ok(addr)), Some(owner)) = (f.next().map(|a| a.parse::<SocketAddr>()), f.next())
@@ -949,6 +1017,59 @@ async fn cluster_cr(srv: &Rc<RefCell<Server>>, q: &BTreeMap<String, String>) -> 
     };
     v["owner"] = json!(owner);
     v["via"] = json!(if owner == me { "local" } else { "redis" });
+    v["id"] = json!(id);
+    v["ts"] = json!(ts);
+    v["route_us"] = json!(t0.elapsed().as_micros() as u64);
+    (status_of(&v), v)
+}
+
+/// `POST /cr` while the registry cannot be read: a CPE this instance holds a binding for (no
+/// older than the TTL) is sent its connection request from here (200 `sent`, `via` `local`,
+/// `registry` `unavailable`); any other is answered 503 `registry_unavailable`, as the owner
+/// cannot be known. (A CPE that moved to another instance within the TTL may get it at its
+/// former address: best effort while the registry is away.)
+fn registry_down(
+    srv: &Rc<RefCell<Server>>,
+    to: &str,
+    user: &str,
+    pass: &str,
+    copies: u32,
+    error: String,
+    t0: Instant,
+) -> (u16, Value) {
+    let (me, addr) = {
+        let s = srv.borrow();
+        let c = s.cluster.as_ref().expect("cluster mode");
+        let addr = s
+            .bindings
+            .get(to)
+            .filter(|b| b.seen.elapsed() <= c.ttl)
+            .map(|b| b.addr);
+        (c.id.clone(), addr)
+    };
+    let Some(addr) = addr else {
+        return (
+            503,
+            json!({"ok": false, "result": "registry_unavailable", "error": error}),
+        );
+    };
+    let ts = unix_now();
+    let id = u64::from(u32::from_be_bytes(random_bytes::<4>()));
+    let cn = to_hex(&random_bytes::<8>());
+    let dgram = udpcr::build_udp_cr(&udpcr::authority(addr), ts, id, user, &cn, pass);
+    let mut v = {
+        let mut s = srv.borrow_mut();
+        let v = s.deliver(to, addr, &dgram, copies);
+        if let Some(c) = &mut s.cluster {
+            c.n.local += 1;
+            c.n.registry_down_local += 1;
+        }
+        v
+    };
+    v["owner"] = json!(me);
+    v["via"] = json!("local");
+    v["registry"] = json!("unavailable");
+    v["registry_error"] = json!(error);
     v["id"] = json!(id);
     v["ts"] = json!(ts);
     v["route_us"] = json!(t0.elapsed().as_micros() as u64);

@@ -187,3 +187,89 @@ fn stun_server_command_stops_after_max_seconds() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--api must be a loopback address"), "{out}");
 }
+
+#[test]
+fn stun_server_shared_password_answers_401_or_a_signed_success() {
+    let srv = stunsrv::spawn(stunsrv::Options {
+        api: Some("127.0.0.1:0".parse().unwrap()),
+        credentials: Some(("*".into(), "stun pw".into())),
+        log: std::sync::Arc::new(|_: &str| {}),
+        quiet: true,
+        ..stunsrv::Options::new("127.0.0.1:0".parse().unwrap())
+    })
+    .expect("stun server");
+    let cpe = cpe_socket();
+    let mut buf = [0u8; 1500];
+    let mut ask = |req: &stun::BindingRequest<'_>| {
+        cpe.send_to(&req.encode().unwrap(), srv.stun_addr())
+            .unwrap();
+        let (n, _) = cpe.recv_from(&mut buf).unwrap();
+        let r = stun::parse_response(&buf[..n], &req.txid).unwrap();
+        (r, buf[..n].to_vec())
+    };
+    let me = cpe.local_addr().unwrap();
+    let mut n = 0u8;
+    for classic in [true, false] {
+        for layout in [stun::MiLayout::Rfc3489Padded, stun::MiLayout::Rfc5389] {
+            for (user, pw, ok) in [
+                (Some("stb-1"), Some("stun pw"), true),
+                (Some("stb-1"), Some("stun pX"), false),
+                (None, None, false),
+                (Some("stb-2"), Some(""), false),
+            ] {
+                n += 1;
+                let txid = if classic {
+                    stun::TxId::Classic([n; 16])
+                } else {
+                    stun::TxId::Rfc5389([n; 12])
+                };
+                let req = stun::BindingRequest {
+                    username: user,
+                    password: pw,
+                    mi_layout: layout,
+                    ..stun::BindingRequest::new(txid)
+                };
+                let (r, raw) = ask(&req);
+                if ok {
+                    assert_eq!((r.error, r.mapped), (None, Some(me)), "{req:?}");
+                    assert_eq!(
+                        stun::check_integrity(&raw, b"stun pw"),
+                        stun::Integrity::Valid(layout),
+                        "{req:?}"
+                    );
+                } else {
+                    assert!(r.is_unauthorized(), "{req:?}: {r:?}");
+                }
+            }
+        }
+    }
+    // RESPONSE-ADDRESS (read by the general codec) toward the requester's own IP is honoured.
+    let other = cpe_socket();
+    let req = stun::BindingRequest {
+        username: Some("stb-1"),
+        password: Some("stun pw"),
+        response_address: Some(other.local_addr().unwrap()),
+        ..stun::BindingRequest::new(stun::TxId::Classic([0xee; 16]))
+    };
+    cpe.send_to(&req.encode().unwrap(), srv.stun_addr())
+        .unwrap();
+    let (n, _) = other.recv_from(&mut buf).unwrap();
+    let r = stun::parse_response(&buf[..n], &req.txid).unwrap();
+    assert_eq!(r.mapped, Some(me));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = rt
+        .block_on(stunsrv::bindings(&srv.api_addr().unwrap().to_string()))
+        .unwrap();
+    // 4 accepted (+1 with RESPONSE-ADDRESS), 4 without credentials, 8 with bad ones.
+    assert_eq!(
+        (&b["auth_ok"], &b["challenges"], &b["auth_failed"]),
+        (&5.into(), &4.into(), &8.into()),
+        "{b}"
+    );
+    assert_eq!(b["bindings"].as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b["bindings"][0]["key"], "stb-1", "{b}");
+    srv.stop().unwrap();
+}

@@ -419,3 +419,72 @@ fn cluster_recovers_after_a_redis_restart_and_bounds_floods() {
     println!("200 unknown-CPE requests answered in {:?}", t0.elapsed());
     cpe.keepalive(insts[0].stun);
 }
+
+#[test]
+fn cluster_owner_sends_its_own_cpes_crs_while_redis_is_down() {
+    if no_redis().is_some() {
+        return;
+    }
+    let rp = free_tcp();
+    let mut redis_kid = redis(rp);
+    let insts: Vec<Inst> = ["a", "b"].iter().map(|n| instance(n, rp, 60)).collect();
+    let cpe = Cpe::new("owned-by-b");
+    cpe.keepalive(insts[1].stun);
+    assert!(wait_until(WAIT, || owner(&insts[0], "owned-by-b")
+        .as_deref()
+        == Some("b")));
+    redis_kid.kill();
+    // The owner sends it from its own binding, and says the registry is away.
+    let (st, v) = cr(&insts[1], "owned-by-b");
+    assert_eq!((st, v["result"].as_str()), (200, Some("sent")), "{v}");
+    assert_eq!(v["via"], "local", "{v}");
+    assert_eq!(v["registry"], "unavailable", "{v}");
+    assert_eq!(v["owner"], "b", "{v}");
+    assert_eq!(
+        cpe.expect_cr(),
+        insts[1].stun,
+        "not from the owner's STUN socket"
+    );
+    // Another instance cannot know the owner: 503, nothing sent.
+    let (st, v) = cr(&insts[0], "owned-by-b");
+    assert_eq!(
+        (st, v["result"].as_str()),
+        (503, Some("registry_unavailable")),
+        "{v}"
+    );
+    // Nor can the owner for a CPE it has no binding for.
+    let (st, v) = cr(&insts[1], "not-here");
+    assert_eq!(
+        (st, v["result"].as_str()),
+        (503, Some("registry_unavailable")),
+        "{v}"
+    );
+    let mut buf = [0u8; 1500];
+    assert!(
+        cpe.sock.recv_from(&mut buf).is_err(),
+        "a datagram came without a sent CR"
+    );
+    let (_, b) = api(&insts[1].api, "GET", "/bindings");
+    assert_eq!(b["cluster"]["sent_locally_registry_down"], 1, "{b}");
+    // Redis back (empty): the owner writes its bindings again; routed through Redis again.
+    let _redis = redis(rp);
+    assert!(
+        wait_until(WAIT, || owner(&insts[0], "owned-by-b").as_deref()
+            == Some("b")),
+        "the owner did not write its binding again"
+    );
+    // (The owner's subscription comes back on its own backoff: until then, "stale_binding".)
+    let mut last = (0, Value::Null);
+    assert!(
+        wait_until(WAIT, || {
+            last = cr(&insts[0], "owned-by-b");
+            last.0 == 200
+        }),
+        "not routed again after the Redis restart: {last:?}"
+    );
+    let v = last.1;
+    assert_eq!(v["result"], "sent", "{v}");
+    assert_eq!(v["via"], "redis", "{v}");
+    assert!(v.get("registry").is_none(), "{v}");
+    assert_eq!(cpe.expect_cr(), insts[1].stun);
+}

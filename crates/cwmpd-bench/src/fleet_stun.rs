@@ -13,6 +13,9 @@
 //!    Redis pub/sub), client round trip (a new TCP connection each, as the API is used) and the
 //!    server's own `route_us`, p50 / p99; each request's datagram is checked to arrive.
 //!
+//! The generator is cheap per request (a prebuilt pool of signed requests with distinct
+//! transaction ids, epoll, one answer in 64 checked in full) and says which side was the limit.
+//!
 //! Targets: ≥ 100,000 keep-alives/s on one core, ≥ 2× coturn in the same run; routed CR p50
 //! ≤ 1 ms on loopback.
 
@@ -80,8 +83,20 @@ struct Rate {
     what: String,
     answers: u64,
     ok: u64,
+    /// Requests sent, and given up without an answer (lost, by either side).
+    sent: u64,
+    lost: u64,
+    /// Answers checked in full (one in [`SAMPLE`]), and how many of them were wrong.
+    checked: u64,
+    bad: u64,
     seconds: f64,
+    /// The server's CPU time.
     cpu_s: f64,
+    /// The load generator's CPU time.
+    gen_cpu_s: f64,
+    /// How busy each pinned core was, with anything (from /proc/stat), 0..1.
+    server_core_busy: f64,
+    load_core_busy: f64,
 }
 
 impl Rate {
@@ -94,6 +109,30 @@ impl Rate {
         } else {
             0.0
         }
+    }
+
+    /// Which side limited the rate: the one whose CPU was saturated (≥ 90 % of its core
+    /// while measuring); else other processes when a pinned core was busy all the same
+    /// (a shared machine); else neither (waits).
+    fn limit(&self) -> String {
+        let (srv, load) = (self.cpu_s / self.seconds, self.gen_cpu_s / self.seconds);
+        let side = if srv >= 0.9 && srv >= load {
+            "server"
+        } else if load >= 0.9 {
+            "generator"
+        } else if self.server_core_busy >= 0.95 || self.load_core_busy >= 0.95 {
+            // A pinned core was busy, but not with the server or the generator.
+            "other processes on the pinned cores"
+        } else {
+            "neither saturated"
+        };
+        format!(
+            "{side} (server {:.0} % CPU, core {:.0} % busy; generator {:.0} % CPU, core {:.0} % busy)",
+            srv * 100.0,
+            self.server_core_busy * 100.0,
+            load * 100.0,
+            self.load_core_busy * 100.0
+        )
     }
 }
 
@@ -140,125 +179,310 @@ fn wait_udp_answer(server: SocketAddr) -> Result<(), String> {
     Err(format!("no STUN answer from {server}"))
 }
 
-/// Drives the keep-alive load at `server` for `o.seconds` (after a 1 s warm-up) from the
-/// current thread (pinned to the load core), counting answers; `pid` is the server's.
-fn load(o: &Opts, what: &str, server: SocketAddr, pid: u32) -> Result<Rate, String> {
-    pin_self(o.load_core);
-    let socks: Vec<UdpSocket> = (0..o.sockets)
-        .map(|_| {
-            let s = UdpSocket::bind("127.0.0.1:0")?;
-            s.set_nonblocking(true)?;
-            s.connect(server)?;
-            Ok(s)
-        })
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| format!("load sockets: {e}"))?;
-    // Requests per socket: its CPEs' keep-alives, prebuilt (the transaction id varies with
-    // the CPE; the server does not care whether it repeats).
-    let per: Vec<Vec<Vec<u8>>> = (0..o.sockets)
+/// Transaction ids per CPE in the request pool (each request of the pool has its own).
+const ROUNDS: usize = 4;
+/// One answer in this many is decoded and checked in full (transaction id, mapped address,
+/// MESSAGE-INTEGRITY); the others by their type only.
+const SAMPLE: u64 = 64;
+/// The load generator's password (the servers' `--password`).
+const PASSWORD: &str = "stun pw";
+
+/// A classic transaction id of the pool: marker, round, CPE index.
+fn pool_txid(cpe: usize, round: usize) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(b"FSTN");
+    id[4..8].copy_from_slice(&(round as u32).to_be_bytes());
+    id[8..].copy_from_slice(&(cpe as u64).to_be_bytes());
+    id
+}
+
+/// The pool's requests, prebuilt and signed: for each socket, its CPEs' keep-alives, each CPE
+/// [`ROUNDS`] times with distinct transaction ids, sent cyclically.
+fn request_pool(o: &Opts) -> Vec<Vec<Vec<u8>>> {
+    (0..o.sockets)
         .map(|s| {
-            (s..o.cpes)
-                .step_by(o.sockets)
-                .map(|i| {
+            let cpes: Vec<usize> = (s..o.cpes).step_by(o.sockets).collect();
+            (0..ROUNDS)
+                .flat_map(|round| cpes.iter().map(move |&i| (i, round)))
+                .map(|(i, round)| {
                     // The classic RFC 3489 form, as the agent sends its keep-alives (TR-111).
-                    let mut id = [0x5au8; 16];
-                    id[8..].copy_from_slice(&(i as u64).to_be_bytes());
                     let user = format!("stb-{i:08}");
                     stun::binding_request(
-                        stun::TxId::Classic(id),
+                        stun::TxId::Classic(pool_txid(i, round)),
                         Some(&user),
-                        Some("stun pw"),
+                        Some(PASSWORD),
                         false,
                     )
                     .expect("binding request")
                 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+/// Whether `answer`, received on socket `sock` (bound to `local`), is a success answer to one
+/// of the pool's requests from that socket, with the right mapped address and, when
+/// `signed`, a valid MESSAGE-INTEGRITY.
+fn answer_ok(o: &Opts, answer: &[u8], sock: usize, local: SocketAddr, signed: bool) -> bool {
+    if answer.len() < 20 {
+        return false;
+    }
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&answer[4..20]);
+    let cpe = u64::from_be_bytes(h[8..].try_into().unwrap_or([0xff; 8])) as usize;
+    let round = u32::from_be_bytes(h[4..8].try_into().unwrap_or([0xff; 4])) as usize;
+    if &h[..4] != b"FSTN" || cpe >= o.cpes || cpe % o.sockets != sock || round >= ROUNDS {
+        return false;
+    }
+    let Ok(r) = stun::parse_response(answer, &stun::TxId::Classic(h)) else {
+        return false;
+    };
+    r.error.is_none()
+        && r.mapped == Some(local)
+        && (!signed
+            || stun::check_integrity(answer, PASSWORD.as_bytes())
+                == stun::Integrity::Valid(stun::MiLayout::Rfc3489Padded))
+}
+
+/// CPU seconds of the calling thread (user + system).
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Busy and total jiffies of each core (/proc/stat), to tell how busy a core was with
+/// anything (another process included).
+fn core_jiffies() -> Vec<(u64, u64)> {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    s.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            // idle + iowait
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+fn core_busy(before: &[(u64, u64)], after: &[(u64, u64)], core: usize) -> f64 {
+    match (before.get(core), after.get(core)) {
+        (Some(b), Some(a)) if a.1 > b.1 => (a.0 - b.0) as f64 / (a.1 - b.1) as f64,
+        _ => f64::NAN,
+    }
+}
+
+/// Drives the keep-alive load at `server` for `o.seconds` (after a 1 s warm-up) from the
+/// current thread (pinned to the load core), counting answers; `pid` is the server's.
+///
+/// Cheap per request, so that the server is the limit: the requests come from a prebuilt
+/// pool, a socket is read only when epoll says it has answers (one recvmmsg) and its window
+/// refilled at once (one sendmmsg); one answer in [`SAMPLE`] is checked in full.
+fn load(o: &Opts, what: &str, server: SocketAddr, pid: u32, signed: bool) -> Result<Rate, String> {
+    pin_self(o.load_core);
+    let socks: Vec<UdpSocket> = (0..o.sockets)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.set_nonblocking(true)?;
+            s.connect(server)?;
+            set_rcvbuf(&s, 1 << 20);
+            Ok(s)
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| format!("load sockets: {e}"))?;
+    let locals: Vec<SocketAddr> = socks
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let pool = request_pool(o);
+    let ep = Epoll::new(&socks).map_err(|e| format!("epoll: {e}"))?;
     let mut next = vec![0usize; o.sockets];
     let mut inflight = vec![0usize; o.sockets];
     let mut last_answer = vec![Instant::now(); o.sockets];
     let mut rbufs = vec![0u8; RSLOT * BATCH];
     let mut rlens = [0usize; BATCH];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; o.sockets];
+    let refill = |i: usize, next: &mut [usize], inflight: &mut [usize]| {
+        let want = o.window.saturating_sub(inflight[i]).min(BATCH);
+        if want == 0 {
+            return 0;
+        }
+        let n = send_batch(&socks[i], &pool[i], next[i], want);
+        next[i] = (next[i] + n) % pool[i].len();
+        inflight[i] += n;
+        n as u64
+    };
+    for i in 0..o.sockets {
+        refill(i, &mut next, &mut inflight);
+    }
     let start = Instant::now();
     let warm = Duration::from_secs(1);
     let end = warm + Duration::from_secs_f64(o.seconds);
-    let (mut answers, mut ok) = (0u64, 0u64);
+    let (mut answers, mut ok, mut checked, mut bad) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sent, mut lost) = (0u64, 0u64);
     let mut measuring = false;
-    let mut cpu0 = 0.0;
+    let (mut cpu0, mut gen0) = (0.0, 0.0);
+    let mut cores0 = Vec::new();
     let mut t_measure = start;
+    let mut swept = start;
     loop {
         let now = Instant::now();
         let el = now - start;
         if !measuring && el >= warm {
             measuring = true;
-            answers = 0;
-            ok = 0;
+            (answers, ok, checked, bad, sent, lost) = (0, 0, 0, 0, 0, 0);
             cpu0 = cpu_seconds(pid);
+            gen0 = thread_cpu_seconds();
+            cores0 = core_jiffies();
             t_measure = now;
         }
         if el >= end {
             break;
         }
-        for (i, s) in socks.iter().enumerate() {
-            let want = o.window.saturating_sub(inflight[i]).min(BATCH);
-            if want > 0 {
-                let reqs = &per[i];
-                let batch: Vec<&[u8]> = (0..want)
-                    .map(|k| reqs[(next[i] + k) % reqs.len()].as_slice())
-                    .collect();
-                let n = send_batch(s, &batch);
-                next[i] += n;
-                inflight[i] += n;
+        let ready = ep.wait(&mut events, 5);
+        for ev in &events[..ready] {
+            let i = ev.u64 as usize;
+            let got = recv_batch(&socks[i], &mut rbufs, &mut rlens);
+            if got == 0 {
+                continue;
             }
-            loop {
-                let got = recv_batch(s, &mut rbufs, &mut rlens);
-                if got == 0 {
-                    break;
+            inflight[i] = inflight[i].saturating_sub(got);
+            last_answer[i] = now;
+            for (k, &n) in rlens[..got].iter().enumerate() {
+                let b = &rbufs[k * RSLOT..k * RSLOT + n.min(RSLOT)];
+                answers += 1;
+                // Binding Success (0x0101) vs anything else (errors).
+                if n >= 2 && b[0] == 0x01 && b[1] == 0x01 {
+                    ok += 1;
                 }
-                inflight[i] = inflight[i].saturating_sub(got);
-                last_answer[i] = now;
-                answers += got as u64;
-                for (k, &n) in rlens[..got].iter().enumerate() {
-                    let b = &rbufs[k * RSLOT..];
-                    // Success class (0x0101) vs anything else (errors).
-                    if n >= 2 && b[0] == 0x01 && b[1] == 0x01 {
-                        ok += 1;
+                if answers.is_multiple_of(SAMPLE) {
+                    checked += 1;
+                    if !answer_ok(o, b, i, locals[i], signed) {
+                        bad += 1;
                     }
                 }
             }
-            // Requests lost (queue overflow) are given up after 20 ms without an answer.
-            if inflight[i] > 0 && now - last_answer[i] > Duration::from_millis(20) {
-                inflight[i] = 0;
-                last_answer[i] = now;
+            sent += refill(i, &mut next, &mut inflight);
+        }
+        // Requests lost (queue overflow) are given up after 20 ms without an answer; windows a
+        // full send queue left short are filled.
+        if now - swept >= Duration::from_millis(5) {
+            swept = now;
+            for i in 0..o.sockets {
+                if inflight[i] > 0 && now - last_answer[i] > Duration::from_millis(20) {
+                    lost += inflight[i] as u64;
+                    inflight[i] = 0;
+                    last_answer[i] = now;
+                }
+                sent += refill(i, &mut next, &mut inflight);
             }
         }
     }
     let secs = t_measure.elapsed().as_secs_f64();
+    let cores1 = core_jiffies();
     Ok(Rate {
         what: what.into(),
         answers,
         ok,
+        sent,
+        lost,
+        checked,
+        bad,
         seconds: secs,
         cpu_s: cpu_seconds(pid) - cpu0,
+        gen_cpu_s: thread_cpu_seconds() - gen0,
+        server_core_busy: core_busy(&cores0, &cores1, o.server_core),
+        load_core_busy: core_busy(&cores0, &cores1, o.load_core),
     })
+}
+
+/// Asks for a receive buffer of `bytes` (best effort; capped by `net.core.rmem_max`).
+fn set_rcvbuf(s: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and a c_int option value of the size given.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Level-triggered epoll over the load sockets (data: the socket's index).
+struct Epoll(std::os::fd::OwnedFd);
+
+impl Epoll {
+    fn new(socks: &[UdpSocket]) -> std::io::Result<Epoll> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain system calls; the descriptor is owned from here on.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ep = Epoll(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        for (i, s) in socks.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: both descriptors are open; `ev` is valid for the call.
+            let r = unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(ep)
+    }
+
+    /// Ready sockets into `events`; how many.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> usize {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `events` has room for `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout_ms,
+            )
+        };
+        n.max(0) as usize
+    }
 }
 
 /// Datagrams per sendmmsg / recvmmsg of the load generator.
 const BATCH: usize = 32;
 const RSLOT: usize = 1500;
 
-/// Sends `msgs` on the connected socket `s` with one sendmmsg; returns how many went.
-fn send_batch(s: &UdpSocket, msgs: &[&[u8]]) -> usize {
+/// Sends `n` requests of `pool` from index `from` on (cyclically) on the connected socket `s`
+/// with one sendmmsg; returns how many went.
+fn send_batch(s: &UdpSocket, pool: &[Vec<u8>], from: usize, n: usize) -> usize {
     use std::os::fd::AsRawFd;
-    let n = msgs.len().min(BATCH);
-    // SAFETY: zeroed iovec / mmsghdr are valid; the iovecs point into `msgs`, read only by
+    let n = n.min(BATCH);
+    // SAFETY: zeroed iovec / mmsghdr are valid; the iovecs point into `pool`, read only by
     // the kernel during the call; the socket is connected (no address).
     let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut hdr: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     for i in 0..n {
-        iov[i].iov_base = msgs[i].as_ptr() as *mut libc::c_void;
-        iov[i].iov_len = msgs[i].len();
+        let m = &pool[(from + i) % pool.len()];
+        iov[i].iov_base = m.as_ptr() as *mut libc::c_void;
+        iov[i].iov_len = m.len();
         hdr[i].msg_hdr.msg_iov = &mut iov[i];
         hdr[i].msg_hdr.msg_iovlen = 1;
     }
@@ -521,7 +745,7 @@ pub fn run(o: &Opts) -> Result<(), String> {
         "cwmpd-bench fleet-stun: {} CPEs over {} sockets, window {} per socket, {:.0} s per server (after 1 s warm-up); server pinned to core {}, load on core {} ({} cores)\n\n",
         o.cpes, o.sockets, o.window, o.seconds, o.server_core, o.load_core, cores
     );
-    md += "| server (one core) | keep-alives/s | per CPU-second | answers (errors) | target |\n|---|---|---|---|---|\n";
+    md += "| server (one core) | keep-alives/s | per CPU-second | answers of sent (errors, lost) | checked (bad) | limit | target |\n|---|---|---|---|---|---|---|\n";
     let coturn = rates
         .iter()
         .find(|r| r.what.starts_with("coturn"))
@@ -542,15 +766,22 @@ pub fn run(o: &Opts) -> Result<(), String> {
             )
         };
         md += &format!(
-            "| {} | {:.0} | {:.0} | {} ({}) | {target} |\n",
+            "| {} | {:.0} | {:.0} | {} of {} ({}, {}) | {} ({}) | {} | {target} |\n",
             r.what,
             r.per_s(),
             r.per_core_s(),
             r.answers,
-            r.answers - r.ok
+            r.sent,
+            r.answers - r.ok,
+            r.lost,
+            r.checked,
+            r.bad,
+            r.limit()
         );
     }
-    md += "\nkeep-alives/s: answers per wall-clock second under the same closed-loop load (bounded by the load generator's core and by requests a server loses: a lost request idles its window slot for 20 ms). per CPU-second: answers per second of the server's own CPU time (/proc/PID/stat), i.e. the cost of one keep-alive; on a shared machine compare servers on this column too.\n";
+    md += &format!(
+        "\nkeep-alives/s: answers per wall-clock second under the same closed-loop load (bounded by the load generator's core and by requests a server loses: a lost request idles its window slot for 20 ms; lost: requests given up so). per CPU-second: answers per second of the server's own CPU time (/proc/PID/stat), i.e. the cost of one keep-alive; on a shared machine compare servers on this column too. checked (bad): answers decoded in full (one in {SAMPLE}: transaction id of a request of the pool from that socket, mapped address, MESSAGE-INTEGRITY when signed) and how many were wrong. limit: the side whose CPU was saturated (≥ 90 %) while measuring, else \"other processes\" when a pinned core was ≥ 95 % busy all the same; with each pinned core's busy share from /proc/stat (other processes included).\n"
+    );
     md += &format!(
         "\n| CR through the Redis registry ({} each) | client round trip p50 / p99 | server route_us p50 / p99 | datagrams received | target |\n|---|---|---|---|---|\n",
         o.crs
@@ -600,7 +831,7 @@ fn run_in(o: &Opts, connreq: &Path, dir: &Path) -> Result<Results, String> {
     ] {
         let (p, stun, _) = start_instance(connreq, dir, Some(o.server_core), "solo", None, auth)?;
         wait_udp_answer(stun)?;
-        rates.push(load(o, what, stun, p.pid())?);
+        rates.push(load(o, what, stun, p.pid(), auth)?);
     }
     {
         let rp = rig::free_port();
@@ -619,6 +850,7 @@ fn run_in(o: &Opts, connreq: &Path, dir: &Path) -> Result<Results, String> {
             "cwmp-connreq stun-server --user '*' --redis (registry writes)",
             stun,
             p.pid(),
+            true,
         )?);
     }
     match start_coturn(dir, o.server_core) {
@@ -629,6 +861,7 @@ fn run_in(o: &Opts, connreq: &Path, dir: &Path) -> Result<Results, String> {
                 "coturn --stun-only, 1 relay thread",
                 addr,
                 p.pid(),
+                false,
             )?);
         }
         Err(e) => eprintln!("coturn not measured: {e}"),
