@@ -303,7 +303,10 @@ fn netns_cluster_cr_via_any_instance_failover_and_redis_restart() {
     // requests go through once more.
     redis_p.child.kill().unwrap();
     let _ = redis_p.child.wait();
+    // Meanwhile the owner still sends its own box's CR; another instance cannot route it.
     let (st, v) = cr(&acs_ns, 3501, &agents[0].key);
+    assert_eq!((st, v["via"].as_str()), (200, Some("local")), "{v}");
+    let (st, v) = cr(&acs_ns, 3503, &agents[0].key);
     assert_eq!(st, 503, "{v}");
     redis_p = redis(&rig, d.path());
     let t0 = Instant::now();
