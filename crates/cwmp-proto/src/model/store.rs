@@ -326,6 +326,10 @@ impl Store {
         s.lw_changed.clear();
         s.active_change = false;
         s.dirty = false;
+        // Rebuilt from their sorted entries, the maps' nodes are full: about a third less
+        // memory than the half-full nodes that inserting one by one leaves.
+        s.params = std::mem::take(&mut s.params).into_iter().collect();
+        s.objects = std::mem::take(&mut s.objects).into_iter().collect();
         Ok(s)
     }
 
