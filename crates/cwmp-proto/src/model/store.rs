@@ -123,6 +123,18 @@ fn under<'a, V>(
     from(map, prefix).take_while(move |(k, _)| k.starts_with(prefix))
 }
 
+/// Rebuilds `map` with full nodes. `append` of a map into a non-empty one builds the result
+/// from the merged entries, which are in order (no sort, unlike `collect`, and less code).
+fn refill<V>(map: &mut BTreeMap<Key, V>) {
+    let Some((k, v)) = map.pop_first() else {
+        return;
+    };
+    let mut full = BTreeMap::new();
+    full.insert(k, v);
+    full.append(map);
+    *map = full;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ObjKind {
     Single,
@@ -328,8 +340,8 @@ impl Store {
         s.dirty = false;
         // Rebuilt from their sorted entries, the maps' nodes are full: about a third less
         // memory than the half-full nodes that inserting one by one leaves.
-        s.params = std::mem::take(&mut s.params).into_iter().collect();
-        s.objects = std::mem::take(&mut s.objects).into_iter().collect();
+        refill(&mut s.params);
+        refill(&mut s.objects);
         Ok(s)
     }
 
