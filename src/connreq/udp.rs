@@ -386,12 +386,19 @@ async fn run(
     let now = Instant::now();
     t.client
         .set_config(now, stun, url_host(ms(&snapshot, "URL")));
+    // Not kept: the engine publishes a new snapshot at every change, and holding this one
+    // would keep a second copy of the settings alive for as long as the agent runs.
+    drop(snapshot);
     t.drive(now).await;
     let mut watching = true;
     let mut buf = vec![0u8; 2048];
-    let mut buf2 = vec![0u8; 2048];
-    let mut buf3 = vec![0u8; 2048];
+    // The discovery sockets' buffers exist while those sockets do (rarely: most agents never
+    // run binding-lifetime discovery).
+    let mut buf2 = Vec::new();
+    let mut buf3 = Vec::new();
     loop {
+        size_buffer(&mut buf2, t.idle.is_some());
+        size_buffer(&mut buf3, t.prober.is_some());
         let deadline = [t.client.poll_timeout(), t.replay.save_at]
             .into_iter()
             .flatten()
@@ -456,6 +463,15 @@ async fn run(
             },
         };
         t.drive(now).await;
+    }
+}
+
+/// A receive buffer of 2048 bytes while `wanted`, none otherwise.
+fn size_buffer(buf: &mut Vec<u8>, wanted: bool) {
+    if !wanted {
+        *buf = Vec::new();
+    } else if buf.is_empty() {
+        buf.resize(2048, 0);
     }
 }
 

@@ -774,7 +774,8 @@ async fn link_event(link: &mut Link) -> LinkEvent {
     match link {
         Link::None => std::future::pending().await,
         Link::Connecting(f) => LinkEvent::Connected(f.as_mut().await),
-        Link::Online(c) => LinkEvent::Received(c.recv().await),
+        // Boxed: the reading state exists only while a connection does.
+        Link::Online(c) => LinkEvent::Received(Box::pin(c.recv()).await),
     }
 }
 
@@ -847,7 +848,9 @@ impl Client {
     async fn main(mut self) {
         self.load_settings();
         loop {
-            self.carry_out().await;
+            // The awaits that do I/O are boxed: an idle client (most agents of a fleet) keeps
+            // only this loop's own state, not the largest of theirs.
+            Box::pin(self.carry_out()).await;
             self.log_phase();
             let deadline = self.policy.poll_timeout();
             let wake = tokio::select! {
@@ -856,7 +859,7 @@ impl Client {
                 changed = self.settings.changed() => Wake::Settings(changed.is_ok()),
             };
             match wake {
-                Wake::Link(ev) => self.on_link(ev).await,
+                Wake::Link(ev) => Box::pin(self.on_link(ev)).await,
                 Wake::Timer => self.on_timeout(),
                 Wake::Settings(false) => return,
                 Wake::Settings(true) => {

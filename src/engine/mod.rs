@@ -1505,6 +1505,10 @@ impl Engine {
     }
 
     /// Runs until the command channel closes or a Shutdown arrives.
+    ///
+    /// The session (`cwmp_tick`) and command handling are boxed while they run: inline, their
+    /// state would make this task's allocation several times larger for its whole life, idle
+    /// or not (it matters to the fleet simulator's thousands of agents).
     pub async fn run(mut self, rx: mpsc::Receiver<Command>) {
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.cfg.agent.poll_interval.max(1)));
@@ -1527,7 +1531,7 @@ impl Engine {
             // Due now (a connection request just arrived): run it without going through the
             // timer, whose millisecond granularity would add up to 1 ms to every CR → Inform.
             if wake.is_some_and(|t| t <= std::time::Instant::now()) {
-                self.cwmp_tick(std::time::Instant::now()).await;
+                Box::pin(self.cwmp_tick(std::time::Instant::now())).await;
                 if self.shutdown_requested {
                     break;
                 }
@@ -1541,7 +1545,7 @@ impl Engine {
                 biased;
                 cmd = recv_opt(&mut self.rx) => match cmd {
                     Some(c) => {
-                        if !self.handle_command(c).await {
+                        if !Box::pin(self.handle_command(c)).await {
                             break;
                         }
                     }
@@ -1572,7 +1576,7 @@ impl Engine {
                 }
                 _ = sleep_opt(bulk_wake) => self.bulk_tick(std::time::Instant::now()),
                 _ = sleep_opt(lwn_wake) => self.lwn_tick(std::time::Instant::now()),
-                _ = sleep => self.cwmp_tick(std::time::Instant::now()).await,
+                _ = sleep => Box::pin(self.cwmp_tick(std::time::Instant::now())).await,
             }
             if self.shutdown_requested {
                 break;

@@ -596,7 +596,9 @@ impl DigestServer {
             lifetime: nonce_lifetime,
             opaque,
             counter: AtomicUsize::new(0),
-            used: Vec::with_capacity(REPLAY_TABLE_SIZE),
+            // Grows with use (up to REPLAY_TABLE_SIZE): an agent that never gets a
+            // connection request keeps none of it.
+            used: Vec::new(),
             evicted_upto: None,
         }
     }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use quick_xml::XmlVersion;
 use quick_xml::events::{BytesStart, Event};
@@ -48,8 +49,9 @@ pub enum ActiveNotify {
 
 #[derive(Debug, Clone)]
 pub struct ObjDef {
-    /// Generic path, ending in `.`; for a table, ends in `{i}.`.
-    pub path: String,
+    /// Generic path, ending in `.`; for a table, ends in `{i}.`. Shared: the stores built from
+    /// this schema use it as the key of a single-instance object.
+    pub path: Arc<str>,
     pub parent: Option<ObjId>,
     /// True for a multi-instance object (`…{i}.`).
     pub multi: bool,
@@ -65,8 +67,9 @@ pub struct ObjDef {
 
 #[derive(Debug, Clone)]
 pub struct ParamDef {
-    /// Generic full path.
-    pub path: String,
+    /// Generic full path. Shared: the stores built from this schema use it as the key of a
+    /// parameter outside any table.
+    pub path: Arc<str>,
     /// Local name (the last path segment).
     pub name: String,
     pub obj: ObjId,
@@ -181,10 +184,10 @@ impl Schema {
         if res.is_err() {
             // Roll back this document's additions.
             for o in self.objects.drain(backup.0..) {
-                self.obj_index.remove(&o.path);
+                self.obj_index.remove(&*o.path);
             }
             for p in self.params.drain(backup.1..) {
-                self.param_index.remove(&p.path);
+                self.param_index.remove(&*p.path);
             }
             for o in &mut self.objects {
                 o.child_objs.retain(|&c| c < backup.0);
@@ -433,7 +436,7 @@ impl Schema {
         };
         let id = self.objects.len();
         self.objects.push(ObjDef {
-            path: name.to_string(),
+            path: Arc::from(name),
             parent,
             multi,
             writable: multi && writable,
@@ -470,7 +473,7 @@ impl Schema {
         };
         let id = self.params.len();
         self.params.push(ParamDef {
-            path: path.clone(),
+            path: Arc::from(path.as_str()),
             name: p.name,
             obj: p.obj,
             syntax,

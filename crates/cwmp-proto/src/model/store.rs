@@ -7,9 +7,11 @@
 //! [`LiveSource`] or cached here and refreshed by the engine.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use super::fault::Fault;
-use super::schema::{Access, ActiveNotify, ObjId, ParamId, Schema, generic_path};
+use super::schema::{Access, ActiveNotify, ObjId, ParamDef, ParamId, Schema, generic_path};
 
 /// Who is changing the model. Changes made by the ACS are not notified back to it
 /// (TR-069 §A.3.2.1 SetParameterValues), everything else is.
@@ -63,6 +65,76 @@ pub enum Source {
     System,
 }
 
+/// [`Source`] in two bytes: a store keeps one for every parameter definition of the schema.
+/// 0 stored, 1 system, 2–6 live, 7 and up external provider (index + 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Src(u16);
+
+const LIVE_KINDS: [LiveKind; 5] = [
+    LiveKind::UpTime,
+    LiveKind::MemoryTotal,
+    LiveKind::MemoryFree,
+    LiveKind::CpuUsage,
+    LiveKind::CurrentLocalTime,
+];
+
+impl Src {
+    const STORED: Src = Src(0);
+    const SYSTEM: Src = Src(1);
+    const EXTERNAL: u16 = 7;
+
+    /// `None` for a provider index too large to encode.
+    fn pack(s: Source) -> Option<Src> {
+        Some(Src(match s {
+            Source::Stored => 0,
+            Source::System => 1,
+            Source::Live(k) => 2 + LIVE_KINDS.iter().position(|&x| x == k)? as u16,
+            Source::External(i) => u16::try_from(i).ok()?.checked_add(Self::EXTERNAL)?,
+        }))
+    }
+
+    fn get(self) -> Source {
+        match self.0 {
+            0 => Source::Stored,
+            1 => Source::System,
+            n if n < Self::EXTERNAL => Source::Live(LIVE_KINDS[usize::from(n - 2)]),
+            n => Source::External(usize::from(n - Self::EXTERNAL)),
+        }
+    }
+}
+
+/// A concrete path as a key of the store's maps. Objects and parameters outside any table
+/// share their schema definition's path (no copy per store); instance paths own theirs.
+type Key = Arc<str>;
+
+/// The entries of `map` from `start` on, in path order.
+fn from<'a, V>(
+    map: &'a BTreeMap<Key, V>,
+    start: &str,
+) -> std::collections::btree_map::Range<'a, Key, V> {
+    map.range::<str, _>((Bound::Included(start), Bound::Unbounded))
+}
+
+/// The entries of `map` whose path starts with `prefix`, in path order.
+fn under<'a, V>(
+    map: &'a BTreeMap<Key, V>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a V)> {
+    from(map, prefix).take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+/// Rebuilds `map` with full nodes. `append` of a map into a non-empty one builds the result
+/// from the merged entries, which are in order (no sort, unlike `collect`, and less code).
+fn refill<V>(map: &mut BTreeMap<Key, V>) {
+    let Some((k, v)) = map.pop_first() else {
+        return;
+    };
+    let mut full = BTreeMap::new();
+    full.insert(k, v);
+    full.append(map);
+    *map = full;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ObjKind {
     Single,
@@ -72,17 +144,60 @@ enum ObjKind {
 
 #[derive(Debug, Clone)]
 struct ObjNode {
-    def: ObjId,
+    def: u32,
     kind: ObjKind,
+    /// A table's next instance number (unused for other objects).
+    next: u32,
+}
+
+impl ObjNode {
+    fn def(&self) -> ObjId {
+        self.def as ObjId
+    }
 }
 
 #[derive(Debug, Clone)]
 struct ParamNode {
-    def: ParamId,
-    value: String,
+    def: u32,
     notification: u8,
     /// AccessList contains "Subscriber" (its only defined value), so one flag holds it.
     subscriber: bool,
+    /// `None`: the definition's default ([`default_value`]), which most parameters keep.
+    value: Option<Box<str>>,
+}
+
+/// What a parameter holds until something writes it: the schema's default, or the zero value
+/// of its type.
+fn default_value(def: &ParamDef) -> &str {
+    def.default
+        .as_deref()
+        .unwrap_or_else(|| def.syntax.zero_value())
+}
+
+impl ParamNode {
+    fn def(&self) -> ParamId {
+        self.def as ParamId
+    }
+
+    fn value<'a>(&'a self, schema: &'a Schema) -> &'a str {
+        match &self.value {
+            Some(v) => v,
+            None => default_value(&schema.params[self.def()]),
+        }
+    }
+
+    /// Stores `v`; false when it is the value already held.
+    fn set(&mut self, schema: &Schema, v: String) -> bool {
+        if self.value(schema) == v {
+            return false;
+        }
+        self.value = if v == default_value(&schema.params[self.def()]) {
+            None
+        } else {
+            Some(v.into_boxed_str())
+        };
+        true
+    }
 }
 
 /// One entry of a GetParameterValues answer.
@@ -126,23 +241,23 @@ pub struct Snapshot {
 pub struct Store {
     /// The definitions, shared by every store built from them (the fleet simulator's agents).
     schema: std::sync::Arc<Schema>,
-    sources: Vec<Source>,
-    objects: BTreeMap<String, ObjNode>,
-    params: BTreeMap<String, ParamNode>,
-    next_instance: BTreeMap<String, u32>,
+    /// By parameter definition.
+    sources: Vec<Src>,
+    objects: BTreeMap<Key, ObjNode>,
+    params: BTreeMap<Key, ParamNode>,
     /// Factory values given by configuration, by concrete path.
     factory_values: HashMap<String, String>,
     /// Factory instance sets, by table path.
-    factory_tables: BTreeMap<String, (u32, Vec<u32>)>,
+    factory_tables: BTreeMap<Key, (u32, Vec<u32>)>,
     /// Parameters whose value changed since the last Inform and whose notification is on.
-    changed: BTreeSet<String>,
+    changed: BTreeSet<Key>,
     /// True when one of `changed` has active notification.
     active_change: bool,
     /// Counts active-notification changes, so a caller can tell a new one from an old one.
     active_generation: u64,
     /// Parameters with lightweight notification (3–6) whose value changed since their last
     /// Lightweight Notification message (TR-069 Annex M), coalesced per parameter.
-    lw_changed: BTreeSet<String>,
+    lw_changed: BTreeSet<Key>,
     /// Counts active-lightweight (5, 6) changes: each asks for a message soon.
     lw_active_generation: u64,
     dirty: bool,
@@ -185,8 +300,8 @@ impl Store {
             .params
             .iter()
             .map(|p| match LiveKind::for_path(&p.path) {
-                Some(k) => Source::Live(k),
-                None => Source::Stored,
+                Some(k) => Src::pack(Source::Live(k)).expect("a live kind"),
+                None => Src::STORED,
             })
             .collect();
         let root = schema
@@ -197,7 +312,6 @@ impl Store {
             sources,
             objects: BTreeMap::new(),
             params: BTreeMap::new(),
-            next_instance: BTreeMap::new(),
             factory_values: HashMap::new(),
             factory_tables: BTreeMap::new(),
             changed: BTreeSet::new(),
@@ -210,15 +324,24 @@ impl Store {
             mirror_keys: BTreeMap::new(),
             volatile: Vec::new(),
         };
-        s.instantiate(root, "Device.".to_string(), ObjKind::Single);
+        s.instantiate(root, "Device.", ObjKind::Single);
         for (path, value) in factory {
             s.apply_factory(path, value)?;
         }
-        s.factory_tables = s.table_state();
+        s.factory_tables = s
+            .objects
+            .iter()
+            .filter(|(_, o)| o.kind == ObjKind::Table)
+            .map(|(t, o)| (t.clone(), (o.next, s.instance_numbers(t))))
+            .collect();
         s.changed.clear();
         s.lw_changed.clear();
         s.active_change = false;
         s.dirty = false;
+        // Rebuilt from their sorted entries, the maps' nodes are full: about a third less
+        // memory than the half-full nodes that inserting one by one leaves.
+        refill(&mut s.params);
+        refill(&mut s.objects);
         Ok(s)
     }
 
@@ -239,8 +362,9 @@ impl Store {
                     .filter(|&n| n >= 1)
                     .ok_or_else(|| format!("{path}: instance numbers start at 1"))?;
                 let inst = format!("{prefix}{seg}.");
-                if !self.objects.contains_key(&inst) {
-                    if !matches!(self.objects.get(&prefix), Some(o) if o.kind == ObjKind::Table) {
+                if !self.objects.contains_key(inst.as_str()) {
+                    if !matches!(self.objects.get(prefix.as_str()), Some(o) if o.kind == ObjKind::Table)
+                    {
                         return Err(format!("{path}: {prefix} is not a table"));
                     }
                     self.create_instance(&prefix, n, Origin::Internal)
@@ -255,7 +379,9 @@ impl Store {
             .validate(value)
             .map_err(|f| format!("{path}: value {value:?} is invalid: {}", f.reason))?;
         match self.params.get_mut(path) {
-            Some(node) => node.value = v.clone(),
+            Some(node) => {
+                node.set(&self.schema, v.clone());
+            }
             None => return Err(format!("{path} does not exist")),
         }
         self.factory_values.insert(path.to_string(), v);
@@ -264,46 +390,56 @@ impl Store {
 
     /// Creates object `path` of definition `def` and everything below it that exists
     /// without instances.
-    fn instantiate(&mut self, def: ObjId, path: String, kind: ObjKind) {
-        let o = &self.schema.objects[def];
-        let params: Vec<ParamId> = o.params.clone();
-        let children: Vec<ObjId> = o.child_objs.clone();
-        for pid in params {
-            let p = &self.schema.params[pid];
-            let value = p
-                .default
-                .clone()
-                .unwrap_or_else(|| p.syntax.zero_value().to_string());
+    fn instantiate(&mut self, def: ObjId, path: &str, kind: ObjKind) {
+        let schema = std::sync::Arc::clone(&self.schema);
+        let o = &schema.objects[def];
+        // Outside any table the concrete paths are the schema's own: share them.
+        let generic = *o.path == *path;
+        for &pid in &o.params {
+            let p = &schema.params[pid];
             let notification = match p.active_notify {
                 ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled => 2,
                 _ => 0,
             };
+            let key = if generic {
+                p.path.clone()
+            } else {
+                Key::from(format!("{path}{}", p.name))
+            };
             self.params.insert(
-                format!("{path}{}", p.name),
+                key,
                 ParamNode {
-                    def: pid,
-                    value,
+                    def: pid as u32,
+                    value: None,
                     notification,
                     subscriber: false,
                 },
             );
         }
-        self.objects.insert(path.clone(), ObjNode { def, kind });
-        for c in children {
-            let cdef = &self.schema.objects[c];
+        let key = if generic {
+            o.path.clone()
+        } else {
+            Key::from(path)
+        };
+        let node = ObjNode {
+            def: def as u32,
+            kind,
+            next: 1,
+        };
+        self.objects.insert(key, node);
+        for &c in &o.child_objs {
+            let cdef = &schema.objects[c];
             let local = last_segment(&cdef.path);
+            let child = format!("{path}{local}.");
             if cdef.multi {
-                let table = format!("{path}{local}.");
-                self.next_instance.entry(table.clone()).or_insert(1);
-                self.objects.insert(
-                    table,
-                    ObjNode {
-                        def: c,
-                        kind: ObjKind::Table,
-                    },
-                );
+                let node = ObjNode {
+                    def: c as u32,
+                    kind: ObjKind::Table,
+                    next: 1,
+                };
+                self.objects.insert(Key::from(child), node);
             } else {
-                self.instantiate(c, format!("{path}{local}."), ObjKind::Single);
+                self.instantiate(c, &child, ObjKind::Single);
             }
         }
     }
@@ -315,7 +451,7 @@ impl Store {
             .filter(|o| o.kind == ObjKind::Table)
             .ok_or_else(|| Fault::new(9005, "not a multi-instance object"))?
             .clone();
-        let def = &self.schema.objects[node.def];
+        let def = &self.schema.objects[node.def()];
         if let Some(max) = def.max_entries
             && self.instance_numbers(table).len() >= max as usize
         {
@@ -325,13 +461,14 @@ impl Store {
             ));
         }
         let inst = format!("{table}{n}.");
-        if self.objects.contains_key(&inst) {
+        if self.objects.contains_key(inst.as_str()) {
             return Err(Fault::new(9002, "instance exists"));
         }
-        self.instantiate(node.def, inst, ObjKind::Instance);
-        let next = self.next_instance.entry(table.to_string()).or_insert(1);
-        if *next <= n {
-            *next = n.saturating_add(1);
+        self.instantiate(node.def(), &inst, ObjKind::Instance);
+        if let Some(t) = self.objects.get_mut(table)
+            && t.next <= n
+        {
+            t.next = n.saturating_add(1);
         }
         self.update_count(table, origin);
         Ok(())
@@ -339,10 +476,7 @@ impl Store {
 
     /// Instance numbers of a table, ascending.
     pub fn instance_numbers(&self, table: &str) -> Vec<u32> {
-        let mut v: Vec<u32> = self
-            .objects
-            .range(table.to_string()..)
-            .take_while(|(k, _)| k.starts_with(table))
+        let mut v: Vec<u32> = under(&self.objects, table)
             .filter(|(_, o)| o.kind == ObjKind::Instance)
             .filter_map(|(k, _)| {
                 let rest = &k[table.len()..];
@@ -364,7 +498,7 @@ impl Store {
         let Some(node) = self.objects.get(table) else {
             return;
         };
-        let def = &self.schema.objects[node.def];
+        let def = &self.schema.objects[node.def()];
         let Some(name) = def.num_entries_param.clone() else {
             return;
         };
@@ -380,11 +514,15 @@ impl Store {
 
     /// Marks parameters under `prefix` (generic or concrete prefix, e.g. a subtree) as served
     /// by external provider `index`.
+    /// Provider indexes above 65,528 are not supported (nothing is marked).
     pub fn set_external_source(&mut self, generic_prefix: &str, index: usize) -> usize {
+        let Some(src) = Src::pack(Source::External(index)) else {
+            return 0;
+        };
         let mut n = 0;
         for (i, p) in self.schema.params.iter().enumerate() {
             if p.path.starts_with(generic_prefix) {
-                self.sources[i] = Source::External(index);
+                self.sources[i] = src;
                 n += 1;
             }
         }
@@ -392,27 +530,30 @@ impl Store {
     }
 
     pub fn source(&self, path: &str) -> Option<Source> {
-        self.params.get(path).map(|p| self.sources[p.def])
+        self.params.get(path).map(|p| self.sources[p.def()].get())
     }
 
     fn read(&mut self, path: &str) -> Option<String> {
         let node = self.params.get(path)?;
-        let def = &self.schema.params[node.def];
+        let def = &self.schema.params[node.def()];
         if def.syntax.hidden {
             return Some(String::new());
         }
-        match self.sources[node.def] {
+        match self.sources[node.def()].get() {
             Source::Live(kind) => {
-                let v = self.live.read(kind).unwrap_or_else(|| node.value.clone());
+                let v = self
+                    .live
+                    .read(kind)
+                    .unwrap_or_else(|| node.value(&self.schema).to_string());
                 Some(v)
             }
-            _ => Some(node.value.clone()),
+            _ => Some(node.value(&self.schema).to_string()),
         }
     }
 
     /// The raw stored value, including hidden ones (for the agent's own use: passwords).
     pub fn secret(&self, path: &str) -> Option<&str> {
-        self.params.get(path).map(|p| p.value.as_str())
+        self.params.get(path).map(|p| p.value(&self.schema))
     }
 
     /// Value of one parameter as the ACS would read it (hidden → empty).
@@ -427,17 +568,14 @@ impl Store {
             return Err(Fault::new(9005, "name longer than 256 characters"));
         }
         if name.is_empty() {
-            return Ok(self.params.keys().cloned().collect());
+            return Ok(self.params.keys().map(|k| k.to_string()).collect());
         }
         if name.ends_with('.') {
             if !self.objects.contains_key(name) {
                 return Err(Fault::new(9005, format!("no object {name}")));
             }
-            return Ok(self
-                .params
-                .range(name.to_string()..)
-                .take_while(|(k, _)| k.starts_with(name))
-                .map(|(k, _)| k.clone())
+            return Ok(under(&self.params, name)
+                .map(|(k, _)| k.to_string())
                 .collect());
         }
         if self.params.contains_key(name) {
@@ -489,27 +627,23 @@ impl Store {
         } = self;
         let mut count = 0;
         for n in names {
-            let range: Box<dyn Iterator<Item = (&String, &ParamNode)>> = if n.is_empty() {
+            let range: Box<dyn Iterator<Item = (&Key, &ParamNode)>> = if n.is_empty() {
                 Box::new(params.iter())
             } else if n.ends_with('.') {
-                Box::new(
-                    params
-                        .range(n.to_string()..)
-                        .take_while(move |(k, _)| k.starts_with(*n)),
-                )
+                Box::new(under(params, n))
             } else {
                 Box::new(params.get_key_value(*n).into_iter())
             };
             for (k, node) in range {
-                let def = &schema.params[node.def];
+                let def = &schema.params[node.def()];
                 let live_value;
                 let value: &str = if def.syntax.hidden {
                     ""
-                } else if let Source::Live(kind) = sources[node.def] {
+                } else if let Source::Live(kind) = sources[node.def()].get() {
                     live_value = live.read(kind);
-                    live_value.as_deref().unwrap_or(&node.value)
+                    live_value.as_deref().unwrap_or(node.value(schema))
                 } else {
-                    &node.value
+                    node.value(schema)
                 };
                 f(k, value, def.syntax.xsi_type());
                 count += 1;
@@ -534,11 +668,7 @@ impl Store {
             n = n.saturating_add(if name.is_empty() {
                 self.params.len()
             } else if name.ends_with('.') {
-                self.params
-                    .range(name.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(*name))
-                    .take(room)
-                    .count()
+                under(&self.params, name).take(room).count()
             } else {
                 1
             });
@@ -593,44 +723,38 @@ impl Store {
         if !next_level {
             out.push((path.to_string(), self.obj_writable(obj)));
         }
-        let mut objs = self
-            .objects
-            .range(path.to_string()..)
-            .take_while(|(k, _)| k.starts_with(path))
+        let mut objs = under(&self.objects, path)
             .filter(|(k, _)| k.len() > path.len())
             .filter(|(k, _)| !next_level || !k[path.len()..k.len() - 1].contains('.'))
             .peekable();
-        let mut params = self
-            .params
-            .range(path.to_string()..)
-            .take_while(|(k, _)| k.starts_with(path))
+        let mut params = under(&self.params, path)
             .filter(|(k, _)| !next_level || !k[path.len()..].contains('.'))
             .peekable();
         // Merge in path order so a subtree's parameters follow its object.
         loop {
             let take_obj = match (objs.peek(), params.peek()) {
-                (Some((o, _)), Some((p, _))) => o.as_str() < p.as_str(),
+                (Some((o, _)), Some((p, _))) => **o < **p,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
             if take_obj {
                 let (k, o) = objs.next().expect("peeked");
-                out.push((k.clone(), self.obj_writable(o)));
+                out.push((k.to_string(), self.obj_writable(o)));
             } else {
                 let (k, p) = params.next().expect("peeked");
-                out.push((k.clone(), self.param_writable(p)));
+                out.push((k.to_string(), self.param_writable(p)));
             }
         }
         Ok(out)
     }
 
     fn obj_writable(&self, o: &ObjNode) -> bool {
-        o.kind != ObjKind::Single && self.schema.objects[o.def].writable
+        o.kind != ObjKind::Single && self.schema.objects[o.def()].writable
     }
 
     fn param_writable(&self, p: &ParamNode) -> bool {
-        self.schema.params[p.def].writable()
+        self.schema.params[p.def()].writable()
     }
 
     /// Checks one SPV entry and returns the canonical value, without changing anything.
@@ -648,11 +772,11 @@ impl Store {
             .params
             .get(name)
             .ok_or_else(|| Fault::new(9005, format!("no parameter {name}")))?;
-        let def = &self.schema.params[node.def];
+        let def = &self.schema.params[node.def()];
         if origin == Origin::Acs {
             match def.access {
                 Access::ReadOnly => return Err(Fault::new(9008, format!("{name} is read-only"))),
-                Access::WriteOnceReadOnly if !node.value.is_empty() => {
+                Access::WriteOnceReadOnly if !node.value(&self.schema).is_empty() => {
                     return Err(Fault::new(9008, format!("{name} was already written")));
                 }
                 _ => {}
@@ -666,7 +790,7 @@ impl Store {
                 format!("{name} is {}, not {t}", def.syntax.xsi_type()),
             ));
         }
-        if matches!(self.sources[node.def], Source::Live(_)) {
+        if matches!(self.sources[node.def()].get(), Source::Live(_)) {
             return Err(Fault::new(
                 9008,
                 format!("{name} is computed by the device"),
@@ -716,8 +840,8 @@ impl Store {
     /// file could not be written): no notification, no access check.
     pub fn revert_values(&mut self, old: &[(String, String)]) {
         for (path, value) in old {
-            if let Some(node) = self.params.get_mut(path) {
-                node.value.clone_from(value);
+            if let Some(node) = self.params.get_mut(path.as_str()) {
+                node.set(&self.schema, value.clone());
             }
         }
         self.dirty = true;
@@ -741,7 +865,7 @@ impl Store {
             .params
             .get(path)
             .ok_or_else(|| Fault::new(9005, format!("no parameter {path}")))?;
-        let v = self.schema.params[node.def].syntax.validate(value)?;
+        let v = self.schema.params[node.def()].syntax.validate(value)?;
         Ok(self.write_value(path, v, origin))
     }
 
@@ -752,11 +876,10 @@ impl Store {
         let Some(node) = self.params.get_mut(path) else {
             return false;
         };
-        if node.value.is_empty() {
+        if !node.set(&self.schema, String::new()) {
             return false;
         }
-        node.value.clear();
-        let def = node.def;
+        let def = node.def();
         if self.persisted(def) {
             self.dirty = true;
         }
@@ -768,17 +891,17 @@ impl Store {
         let Some(node) = self.params.get_mut(path) else {
             return false;
         };
-        if node.value == value {
+        if !node.set(&self.schema, value) {
             return false;
         }
-        node.value = value;
         let notification = node.notification;
-        let def = node.def;
+        let def = node.def();
         if self.persisted(def) {
             self.dirty = true;
         }
         if origin != Origin::Acs && notification > 0 {
-            self.record_change(path, notification);
+            let key = self.params.get_key_value(path).expect("exists").0.clone();
+            self.record_change(&key, notification);
         }
         true
     }
@@ -786,16 +909,16 @@ impl Store {
     /// Records a value change for the notification mechanisms `notification` asks for
     /// (cwmp-1-4.xsd: 1 passive, 2 active, 3 passive lightweight, 4 = 1 + 3, 5 active
     /// lightweight, 6 = 1 + 5; the Inform and the lightweight mechanisms run independently).
-    fn record_change(&mut self, path: &str, notification: u8) {
+    fn record_change(&mut self, path: &Key, notification: u8) {
         if notify_in_inform(notification) {
-            self.changed.insert(path.to_string());
+            self.changed.insert(path.clone());
         }
         if notification == 2 {
             self.active_change = true;
             self.active_generation += 1;
         }
         if notify_lightweight(notification) {
-            self.lw_changed.insert(path.to_string());
+            self.lw_changed.insert(path.clone());
             if matches!(notification, 5 | 6) {
                 self.lw_active_generation += 1;
             }
@@ -805,11 +928,11 @@ impl Store {
     /// Re-reads live values of parameters with notification on and records changes.
     /// Returns how many changed.
     pub fn poll_live(&mut self) -> usize {
-        let watched: Vec<(String, LiveKind)> = self
+        let watched: Vec<(Key, LiveKind)> = self
             .params
             .iter()
             .filter(|(_, p)| p.notification > 0)
-            .filter_map(|(k, p)| match self.sources[p.def] {
+            .filter_map(|(k, p)| match self.sources[p.def()].get() {
                 Source::Live(kind) => Some((k.clone(), kind)),
                 _ => None,
             })
@@ -818,8 +941,7 @@ impl Store {
         for (path, kind) in watched {
             if let Some(v) = self.live.read(kind) {
                 let node = self.params.get_mut(&path).expect("listed");
-                if node.value != v {
-                    node.value = v;
+                if node.set(&self.schema, v) {
                     let notification = node.notification;
                     self.record_change(&path, notification);
                     n += 1;
@@ -834,8 +956,8 @@ impl Store {
         self.params
             .iter()
             .filter(|(_, p)| p.notification > 0)
-            .filter_map(|(k, p)| match self.sources[p.def] {
-                Source::External(i) => Some((i, k.clone())),
+            .filter_map(|(k, p)| match self.sources[p.def()].get() {
+                Source::External(i) => Some((i, k.to_string())),
                 _ => None,
             })
             .collect()
@@ -872,7 +994,7 @@ impl Store {
                 format!("{table} is not a multi-instance object"),
             ));
         }
-        if origin == Origin::Acs && !self.schema.objects[node.def].writable {
+        if origin == Origin::Acs && !self.schema.objects[node.def()].writable {
             return Err(Fault::new(
                 9005,
                 format!("{table} does not allow AddObject"),
@@ -881,7 +1003,7 @@ impl Store {
         // A table the schema leaves unbounded still gets a limit at run time, so that an ACS
         // cannot grow the store (and the state file) without end. Factory instances from the
         // configuration are the integrator's choice and are not limited.
-        if self.schema.objects[node.def].max_entries.is_none()
+        if self.schema.objects[node.def()].max_entries.is_none()
             && self.instance_numbers(table).len() >= MAX_ENTRIES_UNBOUNDED as usize
         {
             return Err(Fault::new(
@@ -889,7 +1011,7 @@ impl Store {
                 format!("{table} has its maximum of {MAX_ENTRIES_UNBOUNDED} entries"),
             ));
         }
-        let n = *self.next_instance.get(table).unwrap_or(&1);
+        let n = node.next;
         if n == u32::MAX {
             return Err(Fault::new(9004, "instance numbers exhausted"));
         }
@@ -910,7 +1032,7 @@ impl Store {
                 format!("{inst} is not an object instance"),
             ));
         }
-        let def = &self.schema.objects[node.def];
+        let def = &self.schema.objects[node.def()];
         if origin == Origin::Acs && !def.writable {
             return Err(Fault::new(
                 9005,
@@ -924,27 +1046,16 @@ impl Store {
                 format!("{table} needs at least {} entries", def.min_entries),
             ));
         }
-        let objs: Vec<String> = self
-            .objects
-            .range(inst.to_string()..)
-            .take_while(|(k, _)| k.starts_with(inst))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let objs: Vec<Key> = under(&self.objects, inst).map(|(k, _)| k.clone()).collect();
         for k in objs {
             self.objects.remove(&k);
         }
-        let ps: Vec<String> = self
-            .params
-            .range(inst.to_string()..)
-            .take_while(|(k, _)| k.starts_with(inst))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let ps: Vec<Key> = under(&self.params, inst).map(|(k, _)| k.clone()).collect();
         for k in ps {
             self.params.remove(&k);
             self.changed.remove(&k);
             self.lw_changed.remove(&k);
         }
-        self.next_instance.retain(|k, _| !k.starts_with(inst));
         self.active_change = self
             .changed
             .iter()
@@ -959,7 +1070,7 @@ impl Store {
         let mut out = Vec::new();
         for n in names {
             for p in self.expand(n)? {
-                let node = &self.params[&p];
+                let node = &self.params[p.as_str()];
                 out.push((p, node.notification, access_list(node.subscriber)));
             }
         }
@@ -995,7 +1106,7 @@ impl Store {
                     ));
                 }
                 for p in &all {
-                    let def = &self.schema.params[self.params[p].def];
+                    let def = &self.schema.params[self.params[p.as_str()].def()];
                     let refused = match def.active_notify {
                         ActiveNotify::ForceEnabled => n != 2,
                         ActiveNotify::CanDeny => n == 2,
@@ -1037,12 +1148,16 @@ impl Store {
         for p in plan {
             if let Some(n) = p.notification {
                 for path in &p.notify {
-                    self.params.get_mut(path).expect("expanded").notification = n;
+                    self.params
+                        .get_mut(path.as_str())
+                        .expect("expanded")
+                        .notification = n;
                 }
             }
             if let Some(al) = &p.access_list {
                 for path in &p.all {
-                    self.params.get_mut(path).expect("expanded").subscriber = !al.is_empty();
+                    let node = self.params.get_mut(path.as_str()).expect("expanded");
+                    node.subscriber = !al.is_empty();
                 }
             }
         }
@@ -1099,7 +1214,7 @@ impl Store {
                 } else {
                     let o = format!("{p}{seg}.");
                     // A path through an instance that does not exist matches nothing.
-                    if self.objects.contains_key(&o) {
+                    if self.objects.contains_key(o.as_str()) {
                         next.push(o);
                     }
                 }
@@ -1108,9 +1223,9 @@ impl Store {
         }
         prefixes.retain(|p| {
             if partial {
-                self.objects.contains_key(p)
+                self.objects.contains_key(p.as_str())
             } else {
-                self.params.contains_key(p)
+                self.params.contains_key(p.as_str())
             }
         });
         Ok(prefixes)
@@ -1148,7 +1263,7 @@ impl Store {
 
     /// Parameters that changed since the last delivered Inform, with their current values.
     pub fn pending_changes(&mut self) -> Vec<ValueEntry> {
-        let names: Vec<String> = self.changed.iter().cloned().collect();
+        let names: Vec<String> = self.changed.iter().map(|k| k.to_string()).collect();
         self.entries_of(names)
     }
 
@@ -1158,7 +1273,9 @@ impl Store {
             .into_iter()
             .filter_map(|n| {
                 let value = self.read(&n)?;
-                let t = self.schema.params[self.params[&n].def].syntax.xsi_type();
+                let t = self.schema.params[self.params[n.as_str()].def()]
+                    .syntax
+                    .xsi_type();
                 Some(ValueEntry {
                     name: n,
                     value,
@@ -1171,7 +1288,7 @@ impl Store {
     /// Parameters with lightweight notification that changed since their last Lightweight
     /// Notification message, with their current values, in path order.
     pub fn lw_pending(&mut self) -> Vec<ValueEntry> {
-        let names: Vec<String> = self.lw_changed.iter().cloned().collect();
+        let names: Vec<String> = self.lw_changed.iter().map(|k| k.to_string()).collect();
         self.entries_of(names)
     }
 
@@ -1191,7 +1308,7 @@ impl Store {
         match names {
             Some(ns) => {
                 for n in ns {
-                    self.lw_changed.remove(n);
+                    self.lw_changed.remove(n.as_str());
                 }
             }
             None => self.lw_changed.clear(),
@@ -1215,7 +1332,7 @@ impl Store {
     /// Forgets the given reported changes (after the Inform carrying them succeeded).
     pub fn clear_changes(&mut self, names: &[String]) {
         for n in names {
-            self.changed.remove(n);
+            self.changed.remove(n.as_str());
         }
         self.active_change = self
             .changed
@@ -1228,14 +1345,16 @@ impl Store {
         let names: Vec<String> = self
             .params
             .iter()
-            .filter(|(_, p)| self.schema.params[p.def].forced_inform)
-            .map(|(k, _)| k.clone())
+            .filter(|(_, p)| self.schema.params[p.def()].forced_inform)
+            .map(|(k, _)| k.to_string())
             .collect();
         names
             .into_iter()
             .filter_map(|n| {
                 let value = self.read(&n)?;
-                let t = self.schema.params[self.params[&n].def].syntax.xsi_type();
+                let t = self.schema.params[self.params[n.as_str()].def()]
+                    .syntax
+                    .xsi_type();
                 Some(ValueEntry {
                     name: n,
                     value,
@@ -1257,31 +1376,26 @@ impl Store {
         self.dirty = false;
     }
 
-    fn table_state(&self) -> BTreeMap<String, (u32, Vec<u32>)> {
-        self.next_instance
-            .iter()
-            .map(|(t, &n)| (t.clone(), (n, self.instance_numbers(t))))
-            .collect()
-    }
-
     /// What differs from the factory state, for persistence.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
-        for (t, st) in self.table_state() {
-            if self.is_volatile(&t) {
+        for (t, o) in &self.objects {
+            if o.kind != ObjKind::Table || self.is_volatile(t) {
                 continue;
             }
-            if self.factory_tables.get(&t) != Some(&st) {
-                snap.tables.insert(t, st);
+            let st = (o.next, self.instance_numbers(t));
+            if self.factory_tables.get(t) != Some(&st) {
+                snap.tables.insert(t.to_string(), st);
             }
         }
         for (path, node) in &self.params {
-            let def = &self.schema.params[node.def];
+            let def = &self.schema.params[node.def()];
             if self.is_volatile(path) {
                 continue;
             }
-            if self.persisted(node.def) && node.value != self.factory_value(path, node.def) {
-                snap.values.insert(path.clone(), node.value.clone());
+            let value = node.value(&self.schema);
+            if self.persisted(node.def()) && value != self.factory_value(path, node.def()) {
+                snap.values.insert(path.to_string(), value.to_string());
             }
             let default_n = match def.active_notify {
                 ActiveNotify::ForceEnabled | ActiveNotify::ForceDefaultEnabled => 2,
@@ -1289,7 +1403,7 @@ impl Store {
             };
             if node.notification != default_n || node.subscriber {
                 snap.attrs.insert(
-                    path.clone(),
+                    path.to_string(),
                     (node.notification, access_list(node.subscriber)),
                 );
             }
@@ -1308,7 +1422,7 @@ impl Store {
     /// notification. Only their changes make the store dirty.
     fn persisted(&self, id: ParamId) -> bool {
         let def = &self.schema.params[id];
-        self.sources[id] == Source::Stored
+        self.sources[id] == Src::STORED
             && (def.writable()
                 || def.forced_inform
                 || matches!(
@@ -1317,14 +1431,11 @@ impl Store {
                 ))
     }
 
-    fn factory_value(&self, path: &str, def: ParamId) -> String {
-        if let Some(v) = self.factory_values.get(path) {
-            return v.clone();
+    fn factory_value(&self, path: &str, def: ParamId) -> &str {
+        match self.factory_values.get(path) {
+            Some(v) => v,
+            None => default_value(&self.schema.params[def]),
         }
-        let p = &self.schema.params[def];
-        p.default
-            .clone()
-            .unwrap_or_else(|| p.syntax.zero_value().to_string())
     }
 
     /// Applies a persisted snapshot on top of the factory state. Entries the current model no
@@ -1333,7 +1444,7 @@ impl Store {
         let mut warnings = Vec::new();
         // Tables, parents before children (BTreeMap order puts A. before A.1.B.).
         for (table, (next, live)) in &snap.tables {
-            if !matches!(self.objects.get(table), Some(o) if o.kind == ObjKind::Table) {
+            if !matches!(self.objects.get(table.as_str()), Some(o) if o.kind == ObjKind::Table) {
                 warnings.push(format!("state names table {table}, which does not exist"));
                 continue;
             }
@@ -1361,17 +1472,19 @@ impl Store {
                     warnings.push(format!("cannot remove {table}{n}.: {}", f.reason));
                 }
             }
-            let e = self.next_instance.entry(table.clone()).or_insert(1);
-            *e = (*e).max(*next);
+            if let Some(t) = self.objects.get_mut(table.as_str()) {
+                t.next = t.next.max(*next);
+            }
         }
         for (path, value) in &snap.values {
-            let Some(node) = self.params.get(path) else {
+            let Some(node) = self.params.get(path.as_str()) else {
                 warnings.push(format!("state value for unknown parameter {path} skipped"));
                 continue;
             };
-            match self.schema.params[node.def].syntax.validate(value) {
+            match self.schema.params[node.def()].syntax.validate(value) {
                 Ok(v) => {
-                    self.params.get_mut(path).expect("exists").value = v;
+                    let node = self.params.get_mut(path.as_str()).expect("exists");
+                    node.set(&self.schema, v);
                 }
                 Err(f) => warnings.push(format!("state value of {path} skipped: {}", f.reason)),
             }
@@ -1381,7 +1494,7 @@ impl Store {
                 warnings.push(format!(
                     "state attributes of {path} skipped: notification {n}"
                 ));
-            } else if let Some(node) = self.params.get_mut(path) {
+            } else if let Some(node) = self.params.get_mut(path.as_str()) {
                 node.notification = *n;
                 node.subscriber = al.iter().any(|e| e == "Subscriber");
             } else {

@@ -96,8 +96,8 @@ impl Store {
     pub fn instance_by_alias(&self, table: &str, alias: &str) -> Option<u32> {
         self.instance_numbers(table).into_iter().find(|n| {
             self.params
-                .get(&format!("{table}{n}.Alias"))
-                .is_some_and(|p| p.value == alias)
+                .get(format!("{table}{n}.Alias").as_str())
+                .is_some_and(|p| p.value(&self.schema) == alias)
         })
     }
 
@@ -120,7 +120,7 @@ impl Store {
                 let table = out.clone();
                 if !self
                     .objects
-                    .get(&table)
+                    .get(table.as_str())
                     .is_some_and(|o| o.kind == ObjKind::Table)
                 {
                     return Err(bad());
@@ -160,7 +160,11 @@ impl Store {
             .unwrap_or_default();
         let dup = self.instance_numbers(&table).into_iter().any(|n| {
             let p = format!("{table}{n}.Alias");
-            p != alias_param && self.params.get(&p).is_some_and(|p| p.value == value)
+            p != alias_param
+                && self
+                    .params
+                    .get(p.as_str())
+                    .is_some_and(|p| p.value(&self.schema) == value)
         });
         if dup {
             return Err(Fault::new(
@@ -178,8 +182,9 @@ impl Store {
             .filter_map(|(k, p)| {
                 let inst = k.strip_suffix("Alias")?;
                 let last = inst.strip_suffix('.')?.rsplit('.').next()?;
-                (!p.value.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| (inst.to_string(), p.value.clone()))
+                let value = p.value(&self.schema);
+                (!value.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| (inst.to_string(), value.to_string()))
             })
             .collect()
     }

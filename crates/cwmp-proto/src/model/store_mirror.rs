@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::super::mirror::{MRow, MVal, Mirror, SyncReport};
 use super::super::schema::generic_path;
-use super::{ObjKind, Origin, Source, Store};
+use super::{ObjKind, Origin, Src, Store};
 
 /// Rows kept per table at most (a box with more processes or routes shows the first ones).
 pub const MAX_MIRROR_ROWS: usize = 1024;
@@ -28,19 +28,19 @@ impl Store {
         writes.extend(m.values.iter().map(|(p, v)| (p.to_string(), v)));
         for (path, v) in writes {
             let value = self.resolve_ref(v);
-            let Some(node) = self.params.get(&path) else {
+            let Some(node) = self.params.get(path.as_str()) else {
                 rep.refused.push(format!("{path}: not in the data model"));
                 continue;
             };
-            let def = node.def;
+            let def = node.def();
             match self.schema.params[def].syntax.validate(&value) {
                 Ok(v) => {
-                    if self.sources[def] == Source::Stored {
-                        self.sources[def] = Source::System;
+                    if self.sources[def] == Src::STORED {
+                        self.sources[def] = Src::SYSTEM;
                     }
                     if quiet {
-                        if let Some(n) = self.params.get_mut(&path) {
-                            n.value = v;
+                        if let Some(n) = self.params.get_mut(path.as_str()) {
+                            n.set(&self.schema, v);
                         }
                     } else {
                         self.write_value(&path, v, Origin::Local);
@@ -80,7 +80,7 @@ impl Store {
         writes: &mut Vec<(String, &'m MVal)>,
         rep: &mut SyncReport,
     ) {
-        if !matches!(self.objects.get(&table), Some(o) if o.kind == ObjKind::Table) {
+        if !matches!(self.objects.get(table.as_str()), Some(o) if o.kind == ObjKind::Table) {
             rep.refused
                 .push(format!("{table}: not a table of the data model"));
             return;
@@ -110,7 +110,8 @@ impl Store {
             }
         }
         map.retain(|k, n| {
-            wanted.contains(k.as_str()) && self.objects.contains_key(&format!("{table}{n}."))
+            wanted.contains(k.as_str())
+                && self.objects.contains_key(format!("{table}{n}.").as_str())
         });
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         for r in rows {
@@ -120,7 +121,7 @@ impl Store {
             let n = match map.get(&r.key) {
                 Some(&n) => n,
                 None => {
-                    let n = *self.next_instance.get(&table).unwrap_or(&1);
+                    let n = self.objects.get(table.as_str()).map_or(1, |t| t.next);
                     if n == u32::MAX {
                         rep.refused
                             .push(format!("{table}: instance numbers exhausted"));
@@ -132,9 +133,11 @@ impl Store {
                     }
                     self.dirty = true;
                     let alias = format!("{table}{n}.Alias");
-                    if self.params.get(&alias).is_some_and(|p| p.value.is_empty()) {
-                        let v = cpe_alias(&r.key);
-                        self.params.get_mut(&alias).expect("exists").value = v;
+                    let schema = &self.schema;
+                    if let Some(p) = self.params.get_mut(alias.as_str())
+                        && p.value(schema).is_empty()
+                    {
+                        p.set(schema, cpe_alias(&r.key));
                     }
                     map.insert(r.key.clone(), n);
                     rep.added.push(format!("{table}{n}."));
